@@ -1,0 +1,6 @@
+"""Shared pytest setup: each area keeps its fixtures in its own module under tests/fixtures/."""
+
+pytest_plugins = [
+    "tests.fixtures.sandbox",
+    "tests.fixtures.servicebus",
+]
