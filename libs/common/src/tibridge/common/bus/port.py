@@ -1,0 +1,108 @@
+"""The bus port: publish to a topic, consume a subscription with peek-lock.
+
+Two adapters implement it: `memory` (in-process, the embedded default) and `servicebus` (azure-servicebus aio).
+Both honour the same semantics, checked by one contract suite: peek-lock with a lock duration, delivery count,
+dead-lettering past the max delivery count, duplicate detection on message_id, subscription rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Protocol, Self
+
+from tibridge.common.contracts import Envelope, application_properties, encode
+
+PropertyValue = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    body: bytes
+    message_id: str
+    application_properties: Mapping[str, PropertyValue] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+    @classmethod
+    def from_envelope(cls, envelope: Envelope) -> OutgoingMessage:
+        return cls(
+            body=encode(envelope),
+            message_id=envelope.message_id,
+            application_properties=application_properties(envelope),
+        )
+
+
+@dataclass
+class ReceivedMessage:
+    """A message under peek-lock. `handle` is the adapter's own object, opaque to everyone else."""
+
+    body: bytes
+    message_id: str
+    application_properties: Mapping[str, PropertyValue]
+    delivery_count: int
+    sequence_number: int
+    enqueued_time: datetime
+    locked_until: datetime | None
+    dead_letter_reason: str | None = None
+    dead_letter_description: str | None = None
+    handle: object = None
+
+
+class Receiver(Protocol):
+    """A peek-lock receiver on one subscription (or its dead-letter queue)."""
+
+    async def receive(self, max_messages: int, max_wait: float) -> list[ReceivedMessage]:
+        """Up to `max_messages`, waiting at most `max_wait` seconds for the first one."""
+        ...
+
+    async def complete(self, message: ReceivedMessage) -> None: ...
+
+    async def abandon(self, message: ReceivedMessage) -> None: ...
+
+    async def dead_letter(self, message: ReceivedMessage, reason: str, description: str) -> None: ...
+
+    async def renew_lock(self, message: ReceivedMessage) -> datetime:
+        """Extends the lock and returns the new locked-until time (also stored on the message)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+class Bus(Protocol):
+    async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
+        """Sends every message, in as few transfers as the transport allows; returns once all are accepted."""
+        ...
+
+    def receiver(
+        self, topic: str, subscription: str, *, dead_letter: bool = False, prefetch: int = 0
+    ) -> Receiver: ...
+
+    async def check(self) -> None:
+        """Raises `BusUnavailable` when the bus cannot be reached (readiness)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class BusError(Exception):
+    """A bus operation failed; the message says what to check."""
+
+
+class BusUnavailable(BusError):
+    pass
+
+
+class LockLost(BusError):
+    """The message's lock expired or was lost; it will be redelivered, so the settlement is void."""
+
+
+class EntityNotFound(BusError):
+    pass
