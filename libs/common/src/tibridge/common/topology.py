@@ -26,16 +26,16 @@ class PropertyIn:
     """A subscription rule: keep messages whose application property is one of the values."""
 
     name: str
-    property: str
+    property_name: str
     values: tuple[str, ...]
 
     @property
     def sql(self) -> str:
         quoted = ",".join("'" + value.replace("'", "''") + "'" for value in self.values)
-        return f"{self.property} IN ({quoted})"
+        return f"{self.property_name} IN ({quoted})"
 
     def matches(self, properties: Mapping[str, object]) -> bool:
-        return properties.get(self.property) in self.values
+        return properties.get(self.property_name) in self.values
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,7 @@ TOPOLOGY = Topology(
             subscriptions=(
                 SubscriptionSpec(
                     PUBLISHER_SUBSCRIPTION,
-                    rule=PropertyIn(
-                        "publish-or-expire", "verdict", (str(Verdict.PUBLISH), str(Verdict.EXPIRE))
-                    ),
+                    rule=PropertyIn("publish-or-expire", "verdict", (str(Verdict.PUBLISH), str(Verdict.EXPIRE))),
                 ),
             ),
         ),
@@ -114,9 +112,7 @@ def emulator_config(topology: Topology = TOPOLOGY) -> dict[str, object]:
                             "Name": topic.name,
                             "Properties": {
                                 "DefaultMessageTimeToLive": iso_duration(topic.message_ttl),
-                                "DuplicateDetectionHistoryTimeWindow": iso_duration(
-                                    topic.duplicate_detection_window
-                                ),
+                                "DuplicateDetectionHistoryTimeWindow": iso_duration(topic.duplicate_detection_window),
                                 "RequiresDuplicateDetection": True,
                             },
                             "Subscriptions": [

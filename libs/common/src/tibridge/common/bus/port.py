@@ -36,7 +36,10 @@ class OutgoingMessage:
 
 @dataclass
 class ReceivedMessage:
-    """A message under peek-lock. `handle` is the adapter's own object, opaque to everyone else."""
+    """A message under peek-lock. `handle` is the adapter's own object, opaque to everyone else.
+
+    `delivery_count` counts earlier deliveries, as the Service Bus SDK reports it: 0 on the first delivery.
+    """
 
     body: bytes
     message_id: str
@@ -81,9 +84,7 @@ class Bus(Protocol):
         """Sends every message, in as few transfers as the transport allows; returns once all are accepted."""
         ...
 
-    def receiver(
-        self, topic: str, subscription: str, *, dead_letter: bool = False, prefetch: int = 0
-    ) -> Receiver: ...
+    def receiver(self, topic: str, subscription: str, *, dead_letter: bool = False, prefetch: int = 0) -> Receiver: ...
 
     async def check(self) -> None:
         """Raises `BusUnavailable` when the bus cannot be reached (readiness)."""

@@ -1,0 +1,269 @@
+"""The in-memory bus: the embedded default, with the same semantics as Service Bus.
+
+Peek-lock with a lock duration and expiry, delivery counts, dead-lettering past the max delivery count
+(`MaxDeliveryCountExceeded`) and on TTL expiry, duplicate detection on message_id per topic, subscription
+rules. Everything lives in one event loop; settlement of a message whose lock has lapsed raises `LockLost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from types import TracebackType
+from typing import Self
+
+from tibridge.common.bus.port import (
+    EntityNotFound,
+    LockLost,
+    OutgoingMessage,
+    PropertyValue,
+    ReceivedMessage,
+)
+from tibridge.common.clock import Clock, SystemClock
+from tibridge.common.topology import TOPOLOGY, SubscriptionSpec, TopicSpec, Topology
+
+MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
+TTL_EXPIRED = "TTLExpiredException"
+
+
+@dataclass
+class _Stored:
+    body: bytes
+    message_id: str
+    application_properties: dict[str, PropertyValue]
+    sequence_number: int
+    enqueued_time: datetime
+    expires_at: datetime
+    delivery_count: int = 0
+    dead_letter_reason: str | None = None
+    dead_letter_description: str | None = None
+
+
+@dataclass
+class _Lock:
+    stored: _Stored
+    locked_until: datetime
+
+
+@dataclass
+class _Queue:
+    """One subscription or its dead-letter queue."""
+
+    spec: SubscriptionSpec
+    dead_letter_queue: _Queue | None
+    ready: deque[_Stored] = field(default_factory=deque)
+    locked: dict[uuid.UUID, _Lock] = field(default_factory=dict)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def is_dead_letter(self) -> bool:
+        return self.dead_letter_queue is None
+
+    @property
+    def depth(self) -> int:
+        return len(self.ready) + len(self.locked)
+
+
+class MemoryBus:
+    def __init__(self, topology: Topology = TOPOLOGY, clock: Clock | None = None) -> None:
+        self._topology = topology
+        self._clock = clock or SystemClock()
+        self._sequence = 0
+        self._seen: dict[str, OrderedDict[str, datetime]] = {t.name: OrderedDict() for t in topology.topics}
+        self._queues: dict[tuple[str, str, bool], _Queue] = {}
+        for topic in topology.topics:
+            for sub in topic.subscriptions:
+                dead = _Queue(sub, dead_letter_queue=None)
+                self._queues[(topic.name, sub.name, True)] = dead
+                self._queues[(topic.name, sub.name, False)] = _Queue(sub, dead_letter_queue=dead)
+
+    # -- the port -------------------------------------------------------------------------------------------
+
+    async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
+        spec = self._topic(topic)
+        now = self._clock.now()
+        for message in messages:
+            if self._is_duplicate(spec, message.message_id, now):
+                continue
+            for sub in spec.subscriptions:
+                if sub.accepts(message.application_properties):
+                    self._sequence += 1
+                    queue = self._queues[(topic, sub.name, False)]
+                    queue.ready.append(
+                        _Stored(
+                            body=message.body,
+                            message_id=message.message_id,
+                            application_properties=dict(message.application_properties),
+                            sequence_number=self._sequence,
+                            enqueued_time=now,
+                            expires_at=now + min(spec.message_ttl, sub.message_ttl),
+                        )
+                    )
+                    queue.arrived.set()
+
+    def receiver(
+        self, topic: str, subscription: str, *, dead_letter: bool = False, prefetch: int = 0
+    ) -> MemoryReceiver:
+        key = (topic, subscription, dead_letter)
+        if key not in self._queues:
+            raise EntityNotFound(f"no subscription {topic}/{subscription} in the topology")
+        return MemoryReceiver(self, self._queues[key])
+
+    async def check(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    # -- inspection, for tests and the demo -----------------------------------------------------------------
+
+    def depth(self, topic: str, subscription: str, *, dead_letter: bool = False) -> int:
+        queue = self._queues[(topic, subscription, dead_letter)]
+        self._expire(queue)
+        return queue.depth
+
+    # -- internals ------------------------------------------------------------------------------------------
+
+    def _topic(self, name: str) -> TopicSpec:
+        try:
+            return self._topology.topic(name)
+        except KeyError as error:
+            raise EntityNotFound(str(error)) from None
+
+    def _is_duplicate(self, spec: TopicSpec, message_id: str, now: datetime) -> bool:
+        seen = self._seen[spec.name]
+        while seen:
+            oldest_id, oldest_time = next(iter(seen.items()))
+            if now - oldest_time < spec.duplicate_detection_window:
+                break
+            del seen[oldest_id]
+        if message_id in seen:
+            return True
+        seen[message_id] = now
+        return False
+
+    def _expire(self, queue: _Queue) -> None:
+        """Lapsed locks go back for redelivery (count + 1)."""
+        now = self._clock.now()
+        for token, lock in list(queue.locked.items()):
+            if lock.locked_until <= now:
+                del queue.locked[token]
+                self._return(queue, lock.stored)
+
+    def _take(self, queue: _Queue) -> _Stored | None:
+        """The next live message; those past their TTL are dead-lettered on the way."""
+        now = self._clock.now()
+        while queue.ready:
+            stored = queue.ready.popleft()
+            if queue.is_dead_letter or stored.expires_at > now:
+                return stored
+            self._to_dead_letter(queue, stored, TTL_EXPIRED, "the message expired before it was completed")
+        return None
+
+    def _return(self, queue: _Queue, stored: _Stored) -> None:
+        stored.delivery_count += 1
+        if not queue.is_dead_letter and stored.delivery_count >= queue.spec.max_delivery_count:
+            self._to_dead_letter(
+                queue,
+                stored,
+                MAX_DELIVERY_COUNT_EXCEEDED,
+                f"delivered {stored.delivery_count} times without being completed",
+            )
+            return
+        queue.ready.appendleft(stored)
+        queue.arrived.set()
+
+    def _to_dead_letter(self, queue: _Queue, stored: _Stored, reason: str, description: str) -> None:
+        dead = queue.dead_letter_queue
+        if dead is None:
+            raise LockLost("a message in a dead-letter queue cannot be dead-lettered again")
+        dead.ready.append(replace(stored, dead_letter_reason=reason, dead_letter_description=description))
+        dead.arrived.set()
+
+    def _next_lock_expiry(self, queue: _Queue) -> datetime | None:
+        return min((lock.locked_until for lock in queue.locked.values()), default=None)
+
+    def _lock(self, queue: _Queue, stored: _Stored) -> ReceivedMessage:
+        token = uuid.uuid4()
+        locked_until = self._clock.now() + queue.spec.lock_duration
+        queue.locked[token] = _Lock(stored, locked_until)
+        return ReceivedMessage(
+            body=stored.body,
+            message_id=stored.message_id,
+            application_properties=dict(stored.application_properties),
+            delivery_count=stored.delivery_count,
+            sequence_number=stored.sequence_number,
+            enqueued_time=stored.enqueued_time,
+            locked_until=locked_until,
+            dead_letter_reason=stored.dead_letter_reason,
+            dead_letter_description=stored.dead_letter_description,
+            handle=token,
+        )
+
+
+class MemoryReceiver:
+    def __init__(self, bus: MemoryBus, queue: _Queue) -> None:
+        self._bus = bus
+        self._queue = queue
+
+    async def receive(self, max_messages: int, max_wait: float) -> list[ReceivedMessage]:
+        clock = self._bus._clock
+        deadline = clock.monotonic() + max_wait
+        while True:
+            self._bus._expire(self._queue)
+            batch: list[ReceivedMessage] = []
+            while len(batch) < max_messages and (stored := self._bus._take(self._queue)) is not None:
+                batch.append(self._bus._lock(self._queue, stored))
+            if batch:
+                return batch
+            remaining = deadline - clock.monotonic()
+            if remaining <= 0:
+                return []
+            next_expiry = self._bus._next_lock_expiry(self._queue)
+            if next_expiry is not None:
+                remaining = min(remaining, max(0.0, (next_expiry - clock.now()).total_seconds()) + 0.001)
+            self._queue.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.arrived.wait(), timeout=remaining)
+
+    async def complete(self, message: ReceivedMessage) -> None:
+        self._settle(message)
+
+    async def abandon(self, message: ReceivedMessage) -> None:
+        self._bus._return(self._queue, self._settle(message))
+
+    async def dead_letter(self, message: ReceivedMessage, reason: str, description: str) -> None:
+        self._bus._to_dead_letter(self._queue, self._settle(message), reason, description)
+
+    async def renew_lock(self, message: ReceivedMessage) -> datetime:
+        lock = self._held(message)
+        lock.locked_until = self._bus._clock.now() + self._queue.spec.lock_duration
+        message.locked_until = lock.locked_until
+        return lock.locked_until
+
+    async def close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def _held(self, message: ReceivedMessage) -> _Lock:
+        self._bus._expire(self._queue)
+        if not isinstance(message.handle, uuid.UUID) or message.handle not in self._queue.locked:
+            raise LockLost(f"the lock on message {message.message_id} has expired or was already settled")
+        return self._queue.locked[message.handle]
+
+    def _settle(self, message: ReceivedMessage) -> _Stored:
+        lock = self._held(message)
+        del self._queue.locked[message.handle]  # type: ignore[arg-type]
+        return lock.stored
