@@ -1,0 +1,91 @@
+"""Settings: pydantic-settings, prefix TIBRIDGE_, secrets as SecretStr, validated at start.
+
+Each service has one class deriving from `ServiceSettings`; `load_settings` turns validation errors into
+one clear line per bad setting, naming the environment variable to fix.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Self, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tibridge.common.identity import CredentialMode
+from tibridge.common.urls import check_endpoint
+
+ENV_PREFIX = "TIBRIDGE_"
+
+
+class BusKind(StrEnum):
+    MEMORY = "memory"
+    SERVICEBUS = "servicebus"
+
+
+class TibridgeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
+
+    dev_mode: bool = Field(False, description="Allows plain http to loopback endpoints (the local sandbox).")
+    credential: CredentialMode = Field(
+        CredentialMode.DEFAULT,
+        description="`default` (DefaultAzureCredential: workload/managed identity, client secret) or `sandbox`.",
+    )
+
+    def endpoint(self, url: str) -> str:
+        return check_endpoint(url, dev_mode=self.dev_mode)
+
+
+class ServiceSettings(TibridgeSettings):
+    """What every service process needs besides its own settings: the bus, health port, logging."""
+
+    bus: BusKind = Field(BusKind.SERVICEBUS, description="`servicebus`, or `memory` for all services in one process.")
+    servicebus_connection_string: SecretStr | None = Field(
+        None, description="Service Bus (or emulator) connection string; or set TIBRIDGE_SERVICEBUS_NAMESPACE."
+    )
+    servicebus_namespace: str | None = Field(
+        None, description="Fully-qualified namespace (x.servicebus.windows.net), used with DefaultAzureCredential."
+    )
+    servicebus_prefetch: int = Field(20, ge=0, le=1000, description="Messages buffered per receiver.")
+    health_port: int = Field(8080, ge=0, le=65535, description="Port of /healthz and /readyz (0 = off).")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    max_in_flight: int = Field(64, ge=1, le=10000, description="Unsettled messages a consumer holds at most.")
+    shutdown_grace_seconds: float = Field(20.0, ge=0, description="Time in-flight work gets to finish on SIGTERM.")
+
+    @model_validator(mode="after")
+    def _bus_is_reachable(self) -> Self:
+        if self.bus is BusKind.SERVICEBUS and not (self.servicebus_connection_string or self.servicebus_namespace):
+            raise ValueError(
+                "set TIBRIDGE_SERVICEBUS_CONNECTION_STRING or TIBRIDGE_SERVICEBUS_NAMESPACE (or TIBRIDGE_BUS=memory)"
+            )
+        return self
+
+
+S = TypeVar("S", bound=TibridgeSettings)
+
+
+class SettingsError(Exception):
+    """Settings failed validation; `problems` holds one line per setting to fix."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def load_settings(cls: type[S], **overrides: Any) -> S:
+    try:
+        return cls(**overrides)
+    except ValidationError as error:
+        raise SettingsError([_describe(cls, item) for item in error.errors(include_input=False)]) from None
+
+
+def _describe(cls: type[TibridgeSettings], item: Any) -> str:
+    location = [str(part) for part in item.get("loc", ())]
+    message = str(item.get("msg", "is invalid")).removeprefix("Value error, ")
+    if not location:
+        return message[0].upper() + message[1:] + "."
+    name = location[0]
+    env = ENV_PREFIX + name.upper()
+    field = cls.model_fields.get(name)
+    hint = f" — {field.description}" if field is not None and field.description else "."
+    return f"{env}: {message}{hint}"
