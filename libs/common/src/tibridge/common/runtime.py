@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Worker(Protocol):
@@ -26,7 +26,13 @@ class Worker(Protocol):
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 
 
+def _no_counts() -> dict[str, Any]:
+    return {}
+
+
 @dataclass
 class Service:
     workers: list[Worker]
     readiness: list[ReadinessCheck] = field(default_factory=list)
+    # What the service has done so far (JSON-able counters), for the demo summary and logs at exit.
+    counts: Callable[[], dict[str, Any]] = _no_counts
