@@ -132,6 +132,7 @@ class Consumer(Generic[P]):
         self._capacity = asyncio.Event()
         self._semaphore = asyncio.Semaphore(options.max_concurrency)
         self.paused_reason: str | None = None
+        self._last_received = self._clock.monotonic()
 
     @property
     def name(self) -> str:
@@ -140,6 +141,11 @@ class Consumer(Generic[P]):
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
+
+    @property
+    def idle_for(self) -> float:
+        """Seconds since this consumer last received a message."""
+        return self._clock.monotonic() - self._last_received
 
     async def run(self, stop: asyncio.Event) -> None:
         async with self._bus.receiver(self._topic, self._subscription, prefetch=self._options.prefetch) as receiver:
@@ -171,6 +177,8 @@ class Consumer(Generic[P]):
                 log.warning("receiving from %s failed (%s); retrying", self.name, error)
                 await _first_of(asyncio.sleep(1.0), stop.wait())
                 continue
+            if messages:
+                self._last_received = self._clock.monotonic()
             for message in messages:
                 await self._dispatch(receiver, message)
 
