@@ -1,0 +1,174 @@
+"""The `tibridge` command."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tibridge.common.settings import SettingsError
+
+app = typer.Typer(
+    help="Carries MDTI indicators from Microsoft Sentinel into Anomali ThreatStream, keeping only what MDTI says is bad.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Validate and document the settings.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Inspect and re-submit dead-lettered messages (Service Bus).", no_args_is_help=True)
+topology_app = typer.Typer(help="The bus topology.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(topology_app, name="topology")
+
+
+class ServiceName(StrEnum):
+    COLLECTOR = "collector"
+    SCORER = "scorer"
+    PUBLISHER = "publisher"
+
+
+class BusChoice(StrEnum):
+    MEMORY = "memory"
+    SERVICEBUS = "servicebus"
+
+
+def _run(coroutine_factory: Callable[[], Coroutine[Any, Any, int]]) -> None:
+    """Runs a command; bad settings end it with one line per problem and exit code 2, never a traceback."""
+    try:
+        code = asyncio.run(coroutine_factory())
+    except SettingsError as error:
+        for problem in error.problems:
+            typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(code)
+
+
+SinceOption = Annotated[
+    str | None, typer.Option(help="Backfill: start this far back (ISO 8601 duration such as P30D), ignoring the checkpoint.")
+]
+
+
+@app.command()
+def run(
+    once: Annotated[bool, typer.Option(help="One collector pass, then stop when everything downstream settled.")] = False,
+    bus: Annotated[BusChoice, typer.Option(help="`memory` (all in one process) or `servicebus`.")] = BusChoice.MEMORY,
+    since: SinceOption = None,
+) -> None:
+    """Run all three services in one process (the embedded deployment)."""
+    from tibridge.cli.commands import run_pipeline
+
+    _run(lambda: run_pipeline(bus=bus.value, once=once, since=since))
+
+
+@app.command()
+def collector(
+    once: Annotated[bool, typer.Option(help="One pass, then exit (CronJob / Container Apps job).")] = False,
+    since: SinceOption = None,
+) -> None:
+    """Run the collector over Service Bus."""
+    from tibridge.cli.commands import run_one_service
+
+    _run(lambda: run_one_service("collector", once=once, since=since))
+
+
+@app.command()
+def scorer() -> None:
+    """Run the scorer over Service Bus."""
+    from tibridge.cli.commands import run_one_service
+
+    _run(lambda: run_one_service("scorer"))
+
+
+@app.command()
+def publisher() -> None:
+    """Run the publisher over Service Bus."""
+    from tibridge.cli.commands import run_one_service
+
+    _run(lambda: run_one_service("publisher"))
+
+
+@app.command()
+def demo(
+    indicators: Annotated[int, typer.Option(min=10, max=200_000, help="Rows in the seeded Sentinel table.")] = 5000,
+    seed: Annotated[int, typer.Option(help="Seed of the sandbox's data and reputations.")] = 7,
+    out: Annotated[Path, typer.Option(help="Where the JSON summary and Markdown report go.")] = Path(".demo"),
+    mode: Annotated[str, typer.Option(help="ThreatStream mode: approval or direct.")] = "approval",
+) -> None:
+    """Start the sandbox with seeded data, run the whole pipeline against it and reconcile the result."""
+    from tibridge.cli.demo import run_demo
+
+    _run(lambda: run_demo(indicators=indicators, seed=seed, out=out, mode=mode))
+
+
+@config_app.command("check")
+def config_check(
+    service: Annotated[list[ServiceName] | None, typer.Argument(help="Which services (default: all three).")] = None,
+    bus: Annotated[BusChoice | None, typer.Option(help="Check as if TIBRIDGE_BUS were this.")] = None,
+) -> None:
+    """Validate the settings in the environment; one line per problem, naming what to set."""
+    from tibridge.cli.commands import check_settings
+
+    problems = check_settings([s.value for s in service or list(ServiceName)], bus=bus.value if bus else None)
+    for name, lines in problems.items():
+        if lines:
+            for line in lines:
+                typer.echo(f"{name}: error: {line}", err=True)
+        else:
+            typer.echo(f"{name}: settings OK")
+    raise typer.Exit(2 if any(problems.values()) else 0)
+
+
+@config_app.command("docs")
+def config_docs() -> None:
+    """Print the settings table (Markdown) that the README carries."""
+    from tibridge.cli.settings_docs import settings_table
+
+    typer.echo(settings_table(), nl=False)
+
+
+@topology_app.command("emulator-config")
+def emulator_config() -> None:
+    """Print the Service Bus emulator config.json generated from the topology."""
+    from tibridge.common.topology import emulator_config_json
+
+    sys.stdout.write(emulator_config_json())
+
+
+@dlq_app.command("list")
+def dlq_list(
+    subscription: Annotated[ServiceName, typer.Argument(help="scorer or publisher.")],
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+) -> None:
+    """Show dead-lettered messages of a subscription with their reasons (they stay in the dead-letter queue)."""
+    from tibridge.cli.dlq import list_dead_letters
+
+    _run(lambda: list_dead_letters(subscription.value, limit))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    subscription: Annotated[ServiceName, typer.Argument(help="scorer or publisher.")],
+    limit: Annotated[int, typer.Option(min=1, max=10000)] = 100,
+    reason: Annotated[str | None, typer.Option(help="Only messages dead-lettered for this reason.")] = None,
+) -> None:
+    """Re-submit dead-lettered messages to their topic (after fixing the cause), then remove them from the DLQ."""
+    from tibridge.cli.dlq import replay_dead_letters
+
+    _run(lambda: replay_dead_letters(subscription.value, limit, reason))
+
+
+def _mount_sandbox() -> None:
+    from tibridge.sandbox.cli import app as sandbox_app
+
+    app.add_typer(sandbox_app, name="sandbox", help="Serve the local Log Analytics, MDTI and ThreatStream stand-ins.")
+
+
+_mount_sandbox()
