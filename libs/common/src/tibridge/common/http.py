@@ -144,13 +144,14 @@ class ResilientSender:
     def throttled(self, retry_after: str | None, attempt: int, is_429: bool) -> float:
         """The wait before the next attempt; a 429 also pauses every caller sharing the limiter."""
         announced = parse_retry_after(retry_after)
-        if announced is not None and announced > self.policy.max_retry_after_seconds:
-            raise RetriesExhausted(f"{self.api} asked us to wait {announced:.0f}s; giving the work back to the bus")
         delay = announced if announced is not None else self.policy.backoff(attempt, self.rng)
         if is_429:
             _throttled.add(1, {"api": self.api})
+            # Paused even when we give up below: the work comes back, and must not arrive inside the window.
             if self.limiter is not None:
                 self.limiter.pause(delay)
+        if announced is not None and announced > self.policy.max_retry_after_seconds:
+            raise RetriesExhausted(f"{self.api} asked us to wait {announced:.0f}s; giving the work back to the bus")
         return delay
 
 
