@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fixtures.sandbox",
     "tests.fixtures.servicebus",
+    "tests.fixtures.scorer",
 ]
