@@ -161,7 +161,7 @@ class Reputation(_Model):
 class IndicatorScored(_Model):
     kind: Literal["indicator.scored"] = "indicator.scored"
     indicator: IndicatorCollected
-    reputation: Reputation | None
+    reputation: Reputation | None = None
     verdict: Verdict
     reason: str
 
@@ -242,6 +242,9 @@ def decode(body: bytes) -> Envelope | Rejection:
         return Rejection("InvalidBody", f"body is not JSON: {error.msg} at position {error.pos}")
     except UnicodeDecodeError as error:
         return Rejection("InvalidBody", f"body is not UTF-8: invalid byte at position {error.start}")
+    except (ValueError, RecursionError) as error:
+        # Over-long integers and over-deep nesting: the parser gives up, the consumer must not.
+        return Rejection("InvalidBody", f"body is not readable JSON: {type(error).__name__}")
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if isinstance(version, str) and not _major_supported(version):
         return Rejection(
