@@ -37,7 +37,7 @@ test-fast: setup
 	$(RUN) pytest -x -q
 
 demo: setup
-	$(RUN) tibridge demo
+	$(RUN) tibridge demo $(DEMO_ARGS)
 
 bench: setup
 	$(RUN) python -m bench
