@@ -1,0 +1,3 @@
+from tibridge.sandbox.cli import app
+
+app(prog_name="tibridge sandbox")

@@ -1,0 +1,183 @@
+"""What a correct pipeline must do with a generated dataset, computed from the generator's own truth.
+
+Per indicator Id (its newest row): ignored (the collector's query filters it out), reject (the collector
+refuses it), expire (inactive upstream), or the scorer's publish / drop. And what ThreatStream must hold
+at the end: the canonical values that must be active exactly once, and those that must not be active.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from tibridge.common.contracts import (
+    SCORABLE_TYPES,
+    Classification,
+    DropReason,
+    HashAlgorithm,
+    InactiveReason,
+    ObservableType,
+    RejectionReason,
+    Reputation,
+)
+from tibridge.sandbox.dataset import (
+    MDTI_SOURCE_SYSTEMS,
+    SUPPORTED_OBSERVABLE_KEYS,
+    Dataset,
+    IndicatorRow,
+    ObservableTruth,
+)
+from tibridge.sandbox.reputation import has_reputation
+
+
+class Outcome(StrEnum):
+    PUBLISH = "publish"
+    DROP = "drop"
+    EXPIRE = "expire"
+    REJECT = "reject"
+    IGNORED = "ignored"
+
+
+class IgnoredReason(StrEnum):
+    SOURCE_NOT_MDTI = "source_not_mdti"
+    OBSERVABLE_KEY_NOT_SUPPORTED = "observable_key_not_supported"
+
+
+class PublishReason(StrEnum):
+    SCORE_AT_OR_ABOVE_THRESHOLD = "score_at_or_above_threshold"
+    UNSCORABLE_FORWARDED = "unscorable_forwarded"
+
+
+@dataclass(frozen=True, slots=True)
+class IndicatorExpectation:
+    indicator_id: str
+    outcome: Outcome
+    reason: str
+    observable_type: ObservableType | None
+    canonical_value: str | None
+    hash_algorithm: HashAlgorithm | None = None
+
+
+@dataclass(frozen=True)
+class ExpectedOutcome:
+    indicators: Mapping[str, IndicatorExpectation]
+    active: frozenset[str]
+    not_active: frozenset[str]
+
+    @property
+    def counts(self) -> Counter[Outcome]:
+        return Counter(expectation.outcome for expectation in self.indicators.values())
+
+    @property
+    def reasons(self) -> dict[Outcome, Counter[str]]:
+        reasons: dict[Outcome, Counter[str]] = {outcome: Counter() for outcome in Outcome}
+        for expectation in self.indicators.values():
+            reasons[expectation.outcome][expectation.reason] += 1
+        return reasons
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "counts": {str(outcome): self.counts[outcome] for outcome in Outcome},
+            "reasons": {str(outcome): dict(sorted(counter.items())) for outcome, counter in self.reasons.items()},
+            "threatstream": {"active": sorted(self.active), "not_active": sorted(self.not_active)},
+            "indicators": {
+                indicator_id: {
+                    "outcome": str(expectation.outcome),
+                    "reason": expectation.reason,
+                    "observable_type": expectation.observable_type and str(expectation.observable_type),
+                    "hash_algorithm": expectation.hash_algorithm and str(expectation.hash_algorithm),
+                    "value": expectation.canonical_value,
+                }
+                for indicator_id, expectation in sorted(self.indicators.items())
+            },
+        }
+
+
+class ExpectedOutcomeUnavailable(ValueError):
+    pass
+
+
+def expected_outcome(
+    dataset: Dataset,
+    reputations: Callable[[str], Reputation | None],
+    threshold: int = 75,
+    forward_unscorable: bool = False,
+    allowed_classifications: Collection[Classification] | None = None,
+    drop_non_global: bool = True,
+) -> ExpectedOutcome:
+    """`reputations(value)` is the MDTI answer for a canonical value (None = never seen)."""
+    if dataset.truths is None:
+        raise ExpectedOutcomeUnavailable(
+            "the expected outcome is only known for generated datasets, not for rows given with --rows"
+        )
+    policy = _Policy(reputations, threshold, forward_unscorable, allowed_classifications, drop_non_global)
+    indicators = {
+        indicator_id: policy.judge(row, dataset.truths[indicator_id], dataset)
+        for indicator_id, row in dataset.newest.items()
+    }
+    active = {
+        str(expectation.canonical_value)
+        for expectation in indicators.values()
+        if expectation.outcome is Outcome.PUBLISH
+    }
+    not_active = {
+        expectation.canonical_value
+        for expectation in indicators.values()
+        if expectation.outcome in (Outcome.DROP, Outcome.EXPIRE, Outcome.REJECT) and expectation.canonical_value
+    }
+    return ExpectedOutcome(indicators=indicators, active=frozenset(active), not_active=frozenset(not_active - active))
+
+
+@dataclass(frozen=True)
+class _Policy:
+    reputations: Callable[[str], Reputation | None]
+    threshold: int
+    forward_unscorable: bool
+    allowed_classifications: Collection[Classification] | None
+    drop_non_global: bool
+
+    def judge(self, row: IndicatorRow, truth: ObservableTruth, dataset: Dataset) -> IndicatorExpectation:
+        def expect(outcome: Outcome, reason: str) -> IndicatorExpectation:
+            return IndicatorExpectation(
+                row.id, outcome, reason, truth.observable_type, truth.canonical_value, truth.hash_algorithm
+            )
+
+        if row.source_system not in MDTI_SOURCE_SYSTEMS:
+            return expect(Outcome.IGNORED, IgnoredReason.SOURCE_NOT_MDTI)
+        if row.observable_key and row.observable_key not in SUPPORTED_OBSERVABLE_KEYS:
+            return expect(Outcome.IGNORED, IgnoredReason.OBSERVABLE_KEY_NOT_SUPPORTED)
+        rejection = truth.rejection
+        if rejection is RejectionReason.NON_GLOBAL_IP and not self.drop_non_global:
+            rejection = None
+        if rejection is not None:
+            return expect(Outcome.REJECT, rejection)
+        inactive = _inactive_reason(row, dataset)
+        if inactive is not None:
+            return expect(Outcome.EXPIRE, inactive)
+        if truth.observable_type not in SCORABLE_TYPES:
+            if self.forward_unscorable:
+                return expect(Outcome.PUBLISH, PublishReason.UNSCORABLE_FORWARDED)
+            return expect(Outcome.DROP, DropReason.UNSCORABLE_TYPE)
+        reputation = self.reputations(str(truth.canonical_value))
+        if reputation is None or not has_reputation(reputation):
+            return expect(Outcome.DROP, DropReason.NO_REPUTATION)
+        if reputation.score < self.threshold:
+            return expect(Outcome.DROP, DropReason.BELOW_THRESHOLD)
+        if self.allowed_classifications is not None and reputation.classification not in self.allowed_classifications:
+            return expect(Outcome.DROP, DropReason.CLASSIFICATION_NOT_ALLOWED)
+        return expect(Outcome.PUBLISH, PublishReason.SCORE_AT_OR_ABOVE_THRESHOLD)
+
+
+def _inactive_reason(row: IndicatorRow, dataset: Dataset) -> InactiveReason | None:
+    if row.revoked:
+        return InactiveReason.REVOKED
+    if row.is_deleted:
+        return InactiveReason.DELETED
+    if not row.is_active:
+        return InactiveReason.INACTIVE
+    if row.valid_until is not None and row.valid_until < dataset.anchor:
+        return InactiveReason.EXPIRED
+    return None

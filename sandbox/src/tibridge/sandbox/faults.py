@@ -1,0 +1,196 @@
+"""Seeded, deterministic fault injection per API, a token-bucket rate ceiling, and Retry-After bookkeeping.
+
+Plain code over an injected monotonic clock: the server asks for a decision when a request arrives and
+carries it out (sleeps, answers an error, hangs, drops the connection).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal, Self, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Api = Literal["loganalytics", "graph", "threatstream"]
+APIS: tuple[Api, ...] = get_args(Api)
+
+
+class FaultSpec(BaseModel):
+    """What goes wrong for one API. Probabilities are per request (per item inside a Graph batch)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    latency_ms: float = Field(0.0, ge=0, description="Added to every request.")
+    jitter_ms: float = Field(0.0, ge=0, description="Uniform extra latency in [0, jitter_ms).")
+    rate_ceiling: float | None = Field(None, gt=0, description="Requests per second; beyond it 429.")
+    burst: int | None = Field(None, ge=1, description="Token bucket size (default: one second of the ceiling).")
+    p429: float = Field(0.0, ge=0, le=1)
+    retry_after_seconds: int = Field(1, ge=0, description="Retry-After announced with an injected 429.")
+    p500: float = Field(0.0, ge=0, le=1)
+    p503: float = Field(0.0, ge=0, le=1)
+    p_hang: float = Field(0.0, ge=0, le=1, description="Sleep hang_seconds, then answer 504.")
+    hang_seconds: float = Field(120.0, gt=0)
+    p_malformed: float = Field(0.0, ge=0, le=1, description="200 with a truncated JSON body.")
+    p_drop: float = Field(0.0, ge=0, le=1, description="Close the connection without answering.")
+
+    @model_validator(mode="after")
+    def _probabilities_fit(self) -> Self:
+        if self.p429 + self.p500 + self.p503 + self.p_hang + self.p_malformed + self.p_drop > 1:
+            raise ValueError("the fault probabilities of one API add up to more than 1")
+        return self
+
+
+class FaultSpecError(ValueError):
+    pass
+
+
+def merge_faults(current: Mapping[Api, FaultSpec], patch: Mapping[str, Any]) -> dict[Api, FaultSpec]:
+    """A partial update: `{"graph": {"p429": 0.1}}` changes only that field of that API."""
+    merged = dict(current)
+    for api, fields in patch.items():
+        if api not in APIS:
+            raise FaultSpecError(f"unknown API {api!r}; use one of {', '.join(APIS)}")
+        if isinstance(fields, FaultSpec):
+            merged[api] = fields
+            continue
+        if not isinstance(fields, Mapping):
+            raise FaultSpecError(f"faults for {api} must be an object of field → value")
+        try:
+            merged[api] = FaultSpec.model_validate({**merged.get(api, FaultSpec()).model_dump(), **fields})
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            raise FaultSpecError(f"invalid faults for {api}: {problems}") from None
+    return merged
+
+
+def parse_fault_flags(flags: list[str]) -> dict[str, dict[str, str]]:
+    """`["graph.p429=0.1", "threatstream.latency_ms=50"]` → a patch for `merge_faults`."""
+    patch: dict[str, dict[str, str]] = {}
+    for flag in flags:
+        target, separator, value = flag.partition("=")
+        api, dot, field = target.partition(".")
+        if not separator or not dot or not field:
+            raise FaultSpecError(f"--fault {flag!r} must look like API.FIELD=VALUE, e.g. graph.p429=0.1")
+        patch.setdefault(api, {})[field] = value
+    return patch
+
+
+class FaultKind(StrEnum):
+    NONE = "none"
+    RATE_LIMITED = "rate_limited"  # over the ceiling
+    THROTTLED = "throttled"  # injected 429
+    ERROR_500 = "error_500"
+    ERROR_503 = "error_503"
+    HANG = "hang"
+    MALFORMED = "malformed"
+    DROP = "drop"
+
+
+@dataclass(frozen=True, slots=True)
+class FaultDecision:
+    kind: FaultKind
+    delay_seconds: float = 0.0
+    retry_after: int | None = None
+
+
+class TokenBucket:
+    def __init__(self, rate: float, capacity: float, now: float) -> None:
+        self.rate = rate
+        self.capacity = capacity
+        self.tokens = capacity
+        self.updated = now
+
+    def take(self, now: float) -> float:
+        """Takes a token and returns 0, or returns how long until one is available."""
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class FaultInjector:
+    def __init__(self, seed: int, faults: Mapping[Api, FaultSpec], monotonic: Callable[[], float]) -> None:
+        self._monotonic = monotonic
+        self._random = {api: random.Random(f"{seed}:{api}") for api in APIS}
+        self._buckets: dict[Api, TokenBucket | None] = {}
+        self.faults: dict[Api, FaultSpec] = {}
+        self.replace(faults)
+
+    def replace(self, faults: Mapping[Api, FaultSpec]) -> None:
+        now = self._monotonic()
+        self.faults = {api: faults.get(api, FaultSpec()) for api in APIS}
+        self._buckets = {
+            api: TokenBucket(spec.rate_ceiling, spec.burst or max(1.0, spec.rate_ceiling), now)
+            if spec.rate_ceiling
+            else None
+            for api, spec in self.faults.items()
+        }
+
+    def decide(self, api: Api, *, ceiling: bool = True) -> FaultDecision:
+        """For a whole HTTP request: latency, then the rate ceiling (unless the request's parts count
+        against it one by one), then one seeded draw among the faults."""
+        spec = self.faults[api]
+        rng = self._random[api]
+        delay = (spec.latency_ms + rng.random() * spec.jitter_ms) / 1000
+        decision = self._draw(api, spec, rng, item=False, ceiling=ceiling)
+        return FaultDecision(decision.kind, delay, decision.retry_after)
+
+    def decide_item(self, api: Api) -> FaultDecision:
+        """For one request inside a batch: the ceiling and the status faults (429, 500, 503) only."""
+        return self._draw(api, self.faults[api], self._random[api], item=True, ceiling=True)
+
+    def _draw(self, api: Api, spec: FaultSpec, rng: random.Random, *, item: bool, ceiling: bool) -> FaultDecision:
+        bucket = self._buckets[api]
+        if bucket is not None and ceiling:
+            wait = bucket.take(self._monotonic())
+            if wait > 0:
+                return FaultDecision(FaultKind.RATE_LIMITED, retry_after=max(1, math.ceil(wait)))
+        draw = rng.random()
+        chances: list[tuple[float, FaultKind]] = [
+            (spec.p429, FaultKind.THROTTLED),
+            (spec.p500, FaultKind.ERROR_500),
+            (spec.p503, FaultKind.ERROR_503),
+        ]
+        if not item:
+            chances += [
+                (spec.p_hang, FaultKind.HANG),
+                (spec.p_malformed, FaultKind.MALFORMED),
+                (spec.p_drop, FaultKind.DROP),
+            ]
+        for chance, kind in chances:
+            if draw < chance:
+                retry_after = spec.retry_after_seconds if kind is FaultKind.THROTTLED else None
+                return FaultDecision(kind, retry_after=retry_after)
+            draw -= chance
+        return FaultDecision(FaultKind.NONE)
+
+
+class RetryAfterLedger:
+    """Remembers every Retry-After window announced, to count requests that arrive inside one.
+
+    A request counts when it arrives more than `grace` seconds after the announcement (the answer needs
+    time to reach the caller) and before the window ends.
+    """
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self._windows: dict[Api, list[tuple[float, float]]] = {api: [] for api in APIS}
+
+    def announce(self, api: Api, now: float, seconds: float) -> None:
+        if seconds > 0:
+            self._windows[api].append((now, now + seconds))
+
+    def inside(self, api: Api, now: float) -> bool:
+        windows = [window for window in self._windows[api] if window[1] > now]
+        self._windows[api] = windows
+        return any(announced + self.grace < now < end for announced, end in windows)
+
+    def clear(self) -> None:
+        for windows in self._windows.values():
+            windows.clear()

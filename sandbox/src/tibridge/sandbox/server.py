@@ -1,0 +1,202 @@
+"""One aiohttp server on 127.0.0.1 serving Log Analytics, Graph and ThreatStream, plus /_sandbox control.
+
+async with SandboxServer(SandboxConfig(indicators=500), port=0) as server:
+    os.environ.update(server.env())
+    ...
+    stats = server.state.stats.to_json(server.state.intel)
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from aiohttp import web
+
+from tibridge.common.clock import Clock, SystemClock
+from tibridge.common.contracts import Classification
+from tibridge.sandbox import api_graph, api_loganalytics, api_threatstream
+from tibridge.sandbox.config import SandboxConfig
+from tibridge.sandbox.dataset import Dataset
+from tibridge.sandbox.expected import ExpectedOutcome, ExpectedOutcomeUnavailable
+from tibridge.sandbox.faults import FaultSpecError, merge_faults
+from tibridge.sandbox.httpkit import STATE_KEY, json_response
+from tibridge.sandbox.state import SandboxState
+
+CONTROL_PREFIX = "/_sandbox"
+# How long in-flight requests (e.g. injected hangs) get when the server stops.
+SHUTDOWN_TIMEOUT_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class SandboxEndpoints:
+    loganalytics: str  # the LogsQueryClient endpoint; the SDK appends /v1/workspaces/{id}/query
+    graph: str  # .../graph/v1.0
+    threatstream: str  # .../threatstream/api
+    workspace_id: str
+
+
+async def _stats(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    return json_response(state.stats.to_json(state.intel))
+
+
+async def _reset(request: web.Request) -> web.Response:
+    request.app[STATE_KEY].reset()
+    return json_response({"reset": True})
+
+
+async def _get_faults(request: web.Request) -> web.Response:
+    faults = request.app[STATE_KEY].faults.faults
+    return json_response({api: spec.model_dump() for api, spec in faults.items()})
+
+
+async def _set_faults(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    try:
+        patch = await request.json()
+        if not isinstance(patch, dict):
+            raise FaultSpecError('send a JSON object like {"graph": {"p429": 0.1}}')
+        state.faults.replace(merge_faults(state.faults.faults, patch))
+    except (json.JSONDecodeError, FaultSpecError) as error:
+        return json_response({"message": str(error)}, 400)
+    return await _get_faults(request)
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "false").lower() in ("1", "true", "yes")
+
+
+async def _expected(request: web.Request) -> web.Response:
+    """Query parameters mirror `SandboxServer.expected`: threshold, forward_unscorable,
+    allowed_classifications (comma-separated), drop_non_global."""
+    state = request.app[STATE_KEY]
+    query = request.query
+    try:
+        allowed = query.get("allowed_classifications")
+        outcome = state.expected(
+            threshold=int(query.get("threshold", 75)),
+            forward_unscorable=_flag(request, "forward_unscorable"),
+            allowed_classifications=[Classification(c) for c in allowed.split(",")] if allowed else None,
+            drop_non_global=query.get("drop_non_global", "true").lower() != "false",
+        )
+    except ValueError as error:  # also ExpectedOutcomeUnavailable
+        return json_response({"message": str(error)}, 404 if isinstance(error, ExpectedOutcomeUnavailable) else 400)
+    return json_response(outcome.to_json())
+
+
+async def _threatstream_objects(request: web.Request) -> web.Response:
+    intel = request.app[STATE_KEY].intel
+    return json_response({"objects": [obj.to_json() for obj in intel.objects.values()]})
+
+
+def build_app(state: SandboxState) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024**2)
+    app[STATE_KEY] = state
+    app.router.add_get(f"{CONTROL_PREFIX}/stats", _stats)
+    app.router.add_post(f"{CONTROL_PREFIX}/reset", _reset)
+    app.router.add_get(f"{CONTROL_PREFIX}/faults", _get_faults)
+    app.router.add_post(f"{CONTROL_PREFIX}/faults", _set_faults)
+    app.router.add_get(f"{CONTROL_PREFIX}/expected", _expected)
+    app.router.add_get(f"{CONTROL_PREFIX}/threatstream/objects", _threatstream_objects)
+    app.add_subapp(api_loganalytics.PREFIX, api_loganalytics.create_app(state))
+    app.add_subapp(api_graph.PREFIX, api_graph.create_app(state))
+    app.add_subapp(api_threatstream.PREFIX, api_threatstream.create_app(state))
+    return app
+
+
+class SandboxServer:
+    def __init__(self, config: SandboxConfig | None = None, *, port: int = 0, clock: Clock | None = None) -> None:
+        self.config = config or SandboxConfig()
+        self.state = SandboxState(self.config, clock or SystemClock())
+        self._requested_port = port
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        runner = web.AppRunner(
+            build_app(self.state),
+            handler_cancellation=True,  # a caller that gives up on a hung request ends its handler
+            shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+            access_log=None,
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, self._requested_port)
+        try:
+            await site.start()
+        except OSError as error:
+            await runner.cleanup()
+            raise OSError(
+                f"cannot listen on {self.config.host}:{self._requested_port} ({error.strerror}); choose another --port"
+            ) from None
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    @property
+    def base_url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("the sandbox is not running; use `async with SandboxServer(...)` first")
+        return f"http://{self.config.host}:{self.port}"
+
+    @property
+    def endpoints(self) -> SandboxEndpoints:
+        return SandboxEndpoints(
+            loganalytics=self.base_url + api_loganalytics.PREFIX,
+            graph=self.base_url + api_graph.PREFIX + "/v1.0",
+            threatstream=self.base_url + api_threatstream.PREFIX + "/api",
+            workspace_id=self.config.workspace_id,
+        )
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.state.dataset
+
+    def env(self) -> dict[str, str]:
+        """The TIBRIDGE_* environment that points every service at this sandbox."""
+        endpoints = self.endpoints
+        return {
+            "TIBRIDGE_DEV_MODE": "true",
+            "TIBRIDGE_CREDENTIAL": "sandbox",
+            "TIBRIDGE_LOGANALYTICS_ENDPOINT": endpoints.loganalytics,
+            "TIBRIDGE_LOGANALYTICS_WORKSPACE_ID": endpoints.workspace_id,
+            "TIBRIDGE_GRAPH_BASE_URL": endpoints.graph,
+            "TIBRIDGE_THREATSTREAM_BASE_URL": endpoints.threatstream,
+            "TIBRIDGE_THREATSTREAM_USERNAME": self.config.threatstream_username,
+            "TIBRIDGE_THREATSTREAM_API_KEY": self.config.threatstream_api_key.get_secret_value(),
+        }
+
+    def write_env_file(self, path: Path) -> None:
+        """`NAME=value` lines, shell-quoted, so `set -a; . PATH; set +a` loads them."""
+        lines = [f"{name}={shlex.quote(value)}\n" for name, value in self.env().items()]
+        path.write_text("".join(lines), encoding="utf-8")
+
+    def expected(
+        self,
+        threshold: int = 75,
+        forward_unscorable: bool = False,
+        allowed_classifications: Collection[Classification] | None = None,
+        drop_non_global: bool = True,
+    ) -> ExpectedOutcome:
+        return self.state.expected(threshold, forward_unscorable, allowed_classifications, drop_non_global)
+
+    def stats(self) -> dict[str, Any]:
+        return self.state.stats.to_json(self.state.intel)
