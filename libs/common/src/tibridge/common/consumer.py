@@ -281,11 +281,18 @@ class Consumer(Generic[P]):
                         log.warning("renewing the lock of %s failed: %s", item.message.message_id, error)
 
     async def _drain(self) -> None:
-        grace = self._options.shutdown_grace_seconds
+        # One grace period for handlers and flush together: the orchestrator's kill deadline is fixed.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._options.shutdown_grace_seconds
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=grace)
+            await asyncio.wait(set(self._tasks), timeout=self._options.shutdown_grace_seconds)
         try:
-            await asyncio.wait_for(self._handler.flush(), timeout=grace)
+            async with asyncio.timeout_at(deadline):
+                await self._handler.flush()
+        except TimeoutError:
+            log.warning(
+                "flushing %s did not finish within the grace period; its messages will be redelivered", self.name
+            )
         except Exception:
             log.exception("flushing %s on stop failed; its messages will be redelivered", self.name)
         for task in list(self._tasks):
