@@ -1,16 +1,44 @@
-"""What a service is to the runtime: workers to run until stopped, and readiness checks.
+"""The process runtime: what a service is to it (workers, readiness checks) and how a process serves them.
 
 Each service package exposes `async def build(settings, bus, resources, clock) -> Service`; a process
 (one service over Service Bus, or all three on the in-memory bus) loads settings, makes the bus, calls the
-builders and serves the workers.
+builders and serves the workers: `run_service(settings, build)` does all of it for one service, `serve`
+runs already-built services (the all-in-one composition uses it directly).
+
+On SIGTERM or SIGINT the process stops receiving; in-flight work gets `shutdown_grace_seconds` to finish
+and what is left is abandoned for redelivery; then clients and the bus close and the exit code is 0. A
+worker that crashes stops the others the same way and makes the exit code 1.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from azure.core.credentials_async import AsyncTokenCredential
+
+from tibridge.common import logging as structured_logging
+from tibridge.common import telemetry
+from tibridge.common.bus.memory import MemoryBus
+from tibridge.common.bus.port import Bus, BusError
+from tibridge.common.clock import Clock, SystemClock
+from tibridge.common.health import HealthServer
+from tibridge.common.identity import build_credential
+from tibridge.common.settings import BusKind, ServiceSettings
+
+log = logging.getLogger(__name__)
+
+# Beyond the grace period, time for workers to abandon what they still hold and close their receivers;
+# the orchestrator's own deadline (k8s terminationGracePeriodSeconds) should cover both.
+SETTLE_ALLOWANCE_SECONDS = 10.0
+READINESS_TIMEOUT_SECONDS = 5.0
+EXIT_OK = 0
+EXIT_WORKER_CRASHED = 1
 
 
 class Worker(Protocol):
@@ -36,3 +64,227 @@ class Service:
     readiness: list[ReadinessCheck] = field(default_factory=list)
     # What the service has done so far (JSON-able counters), for the demo summary and logs at exit.
     counts: Callable[[], dict[str, Any]] = _no_counts
+
+
+@runtime_checkable
+class Pausable(Protocol):
+    """A worker that can pause itself (a Consumer whose dependency refuses us); paused means not ready."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def paused_reason(self) -> str | None: ...
+
+
+def not_paused(worker: Pausable) -> ReadinessCheck:
+    async def check() -> str | None:
+        reason = worker.paused_reason
+        return None if reason is None else f"{worker.name} is paused: {reason}"
+
+    return check
+
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+Build = Callable[[SettingsT, Bus, contextlib.AsyncExitStack, Clock], Awaitable[Service]]
+
+
+async def bus_from_settings(
+    settings: ServiceSettings,
+    resources: contextlib.AsyncExitStack,
+    *,
+    credential: AsyncTokenCredential | None = None,
+) -> Bus:
+    """The bus the settings ask for, closed with `resources`.
+
+    Service Bus by connection string, or by namespace with `credential` (default: the one
+    TIBRIDGE_CREDENTIAL names, closed with `resources` too).
+    """
+    if settings.bus is BusKind.MEMORY:
+        memory = MemoryBus()
+        resources.push_async_callback(memory.close)
+        return memory
+    # Imported here so processes on the memory bus never load the AMQP stack.
+    from tibridge.common.bus.servicebus import ServiceBusBus
+
+    if settings.servicebus_connection_string is not None:
+        bus = ServiceBusBus.from_connection_string(settings.servicebus_connection_string)
+    else:
+        namespace = settings.servicebus_namespace or ""
+        if credential is None:
+            credential = build_credential(settings.credential, f"sb://{namespace}")
+            resources.push_async_callback(credential.close)
+        bus = ServiceBusBus.from_namespace(namespace, credential)
+    resources.push_async_callback(bus.close)
+    return bus
+
+
+async def run_service(settings: SettingsT, build: Build[SettingsT]) -> int:
+    """Runs one service as a process: bus from settings, its resources, its workers; returns the exit code."""
+    name = _service_name(build)
+    _configure_observability(settings, name)
+    async with contextlib.AsyncExitStack() as resources:
+        bus = await bus_from_settings(settings, resources)
+        service = await build(settings, bus, resources, SystemClock())
+        return await serve(settings, bus, [service], name=name)
+
+
+async def serve(
+    settings: ServiceSettings,
+    bus: Bus,
+    services: Sequence[Service],
+    *,
+    stop: asyncio.Event | None = None,
+    name: str = "tibridge",
+) -> int:
+    """Runs every worker until `stop` is set (SIGTERM and SIGINT set it) or all have returned.
+
+    Serves /healthz and /readyz meanwhile (unless TIBRIDGE_HEALTH_PORT=0). The caller owns `bus` and
+    whatever the services hold, and closes them after this returns (as `run_service` does). Returns 0, or 1
+    when a worker crashed.
+    """
+    _configure_observability(settings, name)
+    stop = stop or asyncio.Event()
+    workers = [worker for service in services for worker in service.workers]
+    checks = [check for service in services for check in service.readiness]
+    checks += [not_paused(worker) for worker in workers if isinstance(worker, Pausable)]
+
+    async def readiness() -> list[str]:
+        return await readiness_problems(bus, checks, stopping=stop.is_set())
+
+    async with _health_server(settings, readiness):
+        with _stop_on_signals(stop, settings.shutdown_grace_seconds):
+            code = await _run_workers(workers, stop, settings.shutdown_grace_seconds + SETTLE_ALLOWANCE_SECONDS)
+    for service in services:
+        log.info("%s stopped", name, extra={"counts": service.counts()})
+    telemetry.flush()
+    return code
+
+
+async def readiness_problems(bus: Bus, checks: Sequence[ReadinessCheck], *, stopping: bool = False) -> list[str]:
+    """Every reason the process is not ready: stopping, the bus unreachable, a failing check."""
+    if stopping:
+        return ["the service is stopping"]
+
+    async def bus_reachable() -> str | None:
+        try:
+            await bus.check()
+        except BusError as error:
+            return str(error)
+        return None
+
+    results = await asyncio.gather(*(_bounded(check) for check in [bus_reachable, *checks]))
+    return [reason for reason in results if reason is not None]
+
+
+async def _bounded(check: ReadinessCheck) -> str | None:
+    try:
+        async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
+            return await check()
+    except TimeoutError:
+        return f"a readiness check ({_describe(check)}) took longer than {READINESS_TIMEOUT_SECONDS:.0f} s"
+    except Exception as error:
+        log.warning("readiness check %s failed", _describe(check), exc_info=True)
+        return f"a readiness check ({_describe(check)}) failed: {type(error).__name__}"
+
+
+def _describe(check: ReadinessCheck) -> str:
+    return getattr(check, "__qualname__", type(check).__name__)
+
+
+async def _run_workers(workers: Sequence[Worker], stop: asyncio.Event, deadline_seconds: float) -> int:
+    tasks = {asyncio.create_task(worker.run(stop), name=worker.name): worker for worker in workers}
+    stopping = asyncio.create_task(_until(stop))
+    running = set(tasks)
+    crashed = False
+    try:
+        while running and not stop.is_set():
+            done, running = await asyncio.wait(running | {stopping}, return_when=asyncio.FIRST_COMPLETED)
+            running.discard(stopping)
+            for task in done - {stopping}:
+                if _crashed(task, tasks[task]):
+                    crashed = True
+                    stop.set()
+        if running:
+            done, running = await asyncio.wait(running, timeout=deadline_seconds)
+            for task in done:
+                crashed = _crashed(task, tasks[task]) or crashed
+        if running:
+            log.warning(
+                "%s did not stop within %.0f s; cancelling (what they still hold comes back when its lock lapses)",
+                ", ".join(sorted(tasks[task].name for task in running)),
+                deadline_seconds,
+            )
+    finally:
+        for task in [*running, stopping]:
+            task.cancel()
+        await asyncio.gather(*running, stopping, return_exceptions=True)
+    return EXIT_WORKER_CRASHED if crashed else EXIT_OK
+
+
+async def _until(event: asyncio.Event) -> None:
+    await event.wait()
+
+
+def _crashed(task: asyncio.Task[None], worker: Worker) -> bool:
+    if task.cancelled():
+        return False
+    error = task.exception()
+    if error is None:
+        log.info("worker %s finished", worker.name)
+        return False
+    log.error("worker %s crashed; stopping the service", worker.name, exc_info=error)
+    return True
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: asyncio.Event, grace_seconds: float) -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+
+    def request_stop(signal_number: signal.Signals) -> None:
+        if stop.is_set():
+            log.info("%s received while stopping; still stopping", signal_number.name)
+            return
+        log.info(
+            "%s received: no new messages; in-flight work gets %.0f s to finish, then goes back to the bus",
+            signal_number.name,
+            grace_seconds,
+        )
+        stop.set()
+
+    installed: list[signal.Signals] = []
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signal_number, request_stop, signal_number)
+            installed.append(signal_number)
+        except (NotImplementedError, RuntimeError, ValueError):
+            # Not the main thread (or not a Unix loop): whoever runs us is in charge of stopping.
+            log.debug("cannot handle %s here; stop comes from the caller", signal_number.name)
+    try:
+        yield
+    finally:
+        for signal_number in installed:
+            loop.remove_signal_handler(signal_number)
+
+
+@contextlib.asynccontextmanager
+async def _health_server(
+    settings: ServiceSettings, readiness: Callable[[], Awaitable[list[str]]]
+) -> AsyncIterator[HealthServer | None]:
+    if settings.health_port == 0:
+        yield None
+        return
+    async with HealthServer(settings.health_host, settings.health_port, readiness) as server:
+        yield server
+
+
+def _configure_observability(settings: ServiceSettings, name: str) -> None:
+    structured_logging.configure(settings.log_level)
+    structured_logging.register_settings_secrets(settings)
+    telemetry.configure(name)
+
+
+def _service_name(build: Callable[..., object]) -> str:
+    """`tibridge.scorer.app.build` → `tibridge-scorer`."""
+    parts = build.__module__.split(".")
+    return "-".join(parts[:2]) if len(parts) >= 2 and parts[0] == "tibridge" else "tibridge"

@@ -6,16 +6,18 @@ one clear line per bad setting, naming the environment variable to fix.
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
 from typing import Any, Self, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tibridge.common.identity import CredentialMode
 from tibridge.common.urls import check_endpoint
 
 ENV_PREFIX = "TIBRIDGE_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class BusKind(StrEnum):
@@ -48,9 +50,30 @@ class ServiceSettings(TibridgeSettings):
     )
     servicebus_prefetch: int = Field(20, ge=0, le=1000, description="Messages buffered per receiver.")
     health_port: int = Field(8080, ge=0, le=65535, description="Port of /healthz and /readyz (0 = off).")
+    health_host: str = Field(
+        "0.0.0.0",  # noqa: S104 - kubelet probes reach the pod IP; the endpoints reveal only ready/not ready
+        description="Address /healthz and /readyz listen on: 0.0.0.0 for container probes, 127.0.0.1 on a shared host.",
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     max_in_flight: int = Field(64, ge=1, le=10000, description="Unsettled messages a consumer holds at most.")
     shutdown_grace_seconds: float = Field(20.0, ge=0, description="Time in-flight work gets to finish on SIGTERM.")
+
+    @field_validator("health_host")
+    @classmethod
+    def _is_ip_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address such as 0.0.0.0 or 127.0.0.1") from None
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _is_log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+        return level
 
     @model_validator(mode="after")
     def _bus_is_reachable(self) -> Self:

@@ -1,0 +1,285 @@
+"""The consumer loop on the in-memory bus: bounded in-flight work, dead-lettering, redelivery, pause, locks, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.fixtures.runtime import collected_envelope, eventually, scored
+from tibridge.common.bus.memory import MAX_DELIVERY_COUNT_EXCEEDED, MemoryBus
+from tibridge.common.bus.port import OutgoingMessage, ReceivedMessage
+from tibridge.common.consumer import (
+    UNEXPECTED_TYPE,
+    Consumer,
+    ConsumerOptions,
+    DependencyUnavailable,
+    InFlight,
+    PermanentFailure,
+)
+from tibridge.common.contracts import IndicatorCollected, envelope_for
+from tibridge.common.runtime import not_paused
+from tibridge.common.telemetry import current_trace_context
+from tibridge.common.topology import INDICATORS_TOPIC, SCORER_SUBSCRIPTION, SubscriptionSpec, TopicSpec, Topology
+
+MAX_DELIVERIES = 3
+FAST = ConsumerOptions(
+    max_in_flight=8,
+    max_concurrency=8,
+    receive_wait_seconds=0.05,
+    shutdown_grace_seconds=0.2,
+    probe_interval_seconds=0.02,
+    lock_check_interval_seconds=0.02,
+)
+
+OnMessage = Callable[[InFlight[IndicatorCollected]], Awaitable[None]]
+
+
+def topology(lock_seconds: float = 60.0) -> Topology:
+    subscription = SubscriptionSpec(
+        SCORER_SUBSCRIPTION, lock_duration=timedelta(seconds=lock_seconds), max_delivery_count=MAX_DELIVERIES
+    )
+    return Topology(topics=(TopicSpec(INDICATORS_TOPIC, subscriptions=(subscription,)),))
+
+
+async def complete(item: InFlight[IndicatorCollected]) -> None:
+    await item.complete()
+
+
+class RecordingHandler:
+    payload_type = IndicatorCollected
+
+    def __init__(self, on_message: OnMessage = complete) -> None:
+        self.on_message = on_message
+        self.seen: list[tuple[str, int]] = []
+        self.recovered = False
+        self.flushed = False
+
+    async def handle(self, item: InFlight[IndicatorCollected]) -> None:
+        self.seen.append((item.message.message_id, item.message.delivery_count))
+        await self.on_message(item)
+
+    async def flush(self) -> None:
+        self.flushed = True
+
+    async def probe(self) -> bool:
+        return self.recovered
+
+
+async def publish(bus: MemoryBus, *numbers: int) -> list[str]:
+    envelopes = [collected_envelope(number) for number in numbers]
+    await bus.publish(INDICATORS_TOPIC, [OutgoingMessage.from_envelope(envelope) for envelope in envelopes])
+    return [envelope.message_id for envelope in envelopes]
+
+
+async def dead_letters(bus: MemoryBus) -> list[ReceivedMessage]:
+    async with bus.receiver(INDICATORS_TOPIC, SCORER_SUBSCRIPTION, dead_letter=True) as receiver:
+        return await receiver.receive(100, 0.01)
+
+
+def depth(bus: MemoryBus) -> int:
+    return bus.depth(INDICATORS_TOPIC, SCORER_SUBSCRIPTION)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    bus: MemoryBus, handler: RecordingHandler, options: ConsumerOptions = FAST
+) -> AsyncIterator[Consumer[IndicatorCollected]]:
+    consumer = Consumer(bus, INDICATORS_TOPIC, SCORER_SUBSCRIPTION, handler, options)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        yield consumer
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+
+
+async def test_completes_every_message() -> None:
+    bus = MemoryBus(topology())
+    handler = RecordingHandler()
+    ids = await publish(bus, 1, 2, 3, 4, 5)
+    async with running(bus, handler):
+        await eventually(lambda: depth(bus) == 0, what="completing all five")
+    assert sorted(message_id for message_id, _ in handler.seen) == sorted(ids)
+
+
+async def test_holds_no_more_than_max_in_flight() -> None:
+    bus = MemoryBus(topology())
+    release = asyncio.Event()
+
+    async def hold(item: InFlight[IndicatorCollected]) -> None:
+        await release.wait()
+        await item.complete()
+
+    handler = RecordingHandler(hold)
+    await publish(bus, *range(1, 9))
+    options = ConsumerOptions(max_in_flight=3, receive_batch=10, receive_wait_seconds=0.05)
+    async with running(bus, handler, options) as consumer:
+        await eventually(lambda: len(handler.seen) == 3, what="taking the first three")
+        await asyncio.sleep(0.2)  # room to over-receive, if the bound did not hold
+        assert consumer.in_flight == 3
+        assert len(handler.seen) == 3
+        release.set()
+        await eventually(lambda: depth(bus) == 0, what="completing all eight")
+    assert len(handler.seen) == 8
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "InvalidBody"),
+        (b'{"schema_version": "2.0", "payload": {}}', "UnsupportedSchemaVersion"),
+        (b'{"schema_version": "1.0", "message_id": "x"}', "InvalidBody"),
+        (b"[" * 100_000, "InvalidBody"),
+    ],
+    ids=["not-json", "unknown-major-version", "invalid-envelope", "too-deep"],
+)
+async def test_unreadable_body_is_dead_lettered_with_its_reason_and_the_consumer_goes_on(
+    body: bytes, reason: str
+) -> None:
+    bus = MemoryBus(topology())
+    handler = RecordingHandler()
+    await bus.publish(INDICATORS_TOPIC, [OutgoingMessage(body=body, message_id="unreadable")])
+    [good] = await publish(bus, 1)
+    async with running(bus, handler):
+        await eventually(lambda: depth(bus) == 0, what="settling both messages")
+    assert handler.seen == [(good, 0)]
+    [dead] = await dead_letters(bus)
+    assert (dead.message_id, dead.dead_letter_reason) == ("unreadable", reason)
+    assert dead.dead_letter_description
+
+
+async def test_a_payload_of_the_wrong_type_is_dead_lettered() -> None:
+    bus = MemoryBus(topology())
+    handler = RecordingHandler()
+    await bus.publish(INDICATORS_TOPIC, [OutgoingMessage.from_envelope(envelope_for(scored(1)))])
+    async with running(bus, handler):
+        await eventually(lambda: depth(bus) == 0, what="dead-lettering the scored message")
+    assert handler.seen == []
+    [dead] = await dead_letters(bus)
+    assert dead.dead_letter_reason == UNEXPECTED_TYPE
+    assert "IndicatorScored" in (dead.dead_letter_description or "")
+
+
+async def test_a_failing_handler_gets_the_message_again_until_max_delivery_dead_letters_it() -> None:
+    bus = MemoryBus(topology())
+
+    async def fail(item: InFlight[IndicatorCollected]) -> None:
+        raise RuntimeError("the handler broke")
+
+    handler = RecordingHandler(fail)
+    [message_id] = await publish(bus, 1)
+    async with running(bus, handler):
+        await eventually(lambda: depth(bus) == 0, what="exhausting the deliveries")
+    assert handler.seen == [(message_id, count) for count in range(MAX_DELIVERIES)]
+    [dead] = await dead_letters(bus)
+    assert dead.dead_letter_reason == MAX_DELIVERY_COUNT_EXCEEDED
+
+
+async def test_a_permanent_failure_is_dead_lettered_at_once_with_its_reason() -> None:
+    bus = MemoryBus(topology())
+
+    async def refuse(item: InFlight[IndicatorCollected]) -> None:
+        raise PermanentFailure("Rejected", "ThreatStream refused the value")
+
+    handler = RecordingHandler(refuse)
+    [message_id] = await publish(bus, 1)
+    async with running(bus, handler):
+        await eventually(lambda: depth(bus) == 0, what="dead-lettering the message")
+    assert handler.seen == [(message_id, 0)]
+    [dead] = await dead_letters(bus)
+    assert (dead.dead_letter_reason, dead.dead_letter_description) == ("Rejected", "ThreatStream refused the value")
+
+
+async def test_an_unavailable_dependency_pauses_the_consumer_until_the_probe_passes() -> None:
+    bus = MemoryBus(topology())
+    refusing = True
+
+    async def needs_dependency(item: InFlight[IndicatorCollected]) -> None:
+        if refusing:
+            raise DependencyUnavailable("Graph answers 403: grant ThreatIntelligence.Read.All")
+        await item.complete()
+
+    handler = RecordingHandler(needs_dependency)
+    [message_id] = await publish(bus, 1)
+    async with running(bus, handler) as consumer:
+        await eventually(lambda: consumer.paused_reason is not None, what="pausing")
+        reason = await not_paused(consumer)()
+        assert reason is not None
+        assert "indicators/scorer is paused" in reason
+        assert "ThreatIntelligence.Read.All" in reason
+        await eventually(lambda: depth(bus) == 1 and consumer.in_flight == 0, what="abandoning the message")
+        # A receive already under way as the pause began may hand the message over once more; no later one.
+        attempts = len(handler.seen)
+        await asyncio.sleep(0.1)  # several probe intervals: a paused consumer takes nothing
+        assert len(handler.seen) == attempts <= 2
+
+        refusing = False
+        handler.recovered = True
+        await eventually(lambda: depth(bus) == 0, what="resuming and completing")
+        assert await not_paused(consumer)() is None
+    assert handler.seen == [(message_id, count) for count in range(attempts + 1)]
+
+
+@pytest.mark.parametrize("renewing", [True, False], ids=["renewing", "not-renewing"])
+async def test_a_slow_message_keeps_its_lock_while_the_handler_works(renewing: bool) -> None:
+    lock_seconds = 0.2
+    bus = MemoryBus(topology(lock_seconds))
+
+    async def slow(item: InFlight[IndicatorCollected]) -> None:
+        if item.message.delivery_count == 0:
+            await asyncio.sleep(lock_seconds * 3)
+        await item.complete()
+
+    handler = RecordingHandler(slow)
+    options = ConsumerOptions(
+        receive_wait_seconds=0.05, lock_check_interval_seconds=0.02 if renewing else 60.0, shutdown_grace_seconds=2
+    )
+    [message_id] = await publish(bus, 1)
+    async with running(bus, handler, options):
+        await eventually(lambda: len(handler.seen) >= 1, what="receiving the message")
+        await eventually(lambda: depth(bus) == 0, what="completing the message")
+    # Without renewal the lock lapses mid-work, so the bus hands the message out a second time.
+    assert handler.seen == ([(message_id, 0)] if renewing else [(message_id, 0), (message_id, 1)])
+
+
+async def test_stop_lets_quick_work_finish_and_abandons_what_outlasts_the_grace_period() -> None:
+    bus = MemoryBus(topology())
+
+    async def quick_or_stuck(item: InFlight[IndicatorCollected]) -> None:
+        if item.payload.indicator_id.endswith("1"):
+            await asyncio.sleep(0.05)
+            await item.complete()
+        else:
+            await asyncio.Event().wait()
+
+    handler = RecordingHandler(quick_or_stuck)
+    _quick, stuck = await publish(bus, 1, 2)
+    async with running(bus, handler, FAST):
+        await eventually(lambda: len(handler.seen) == 2, what="taking both")
+    assert handler.flushed
+    async with bus.receiver(INDICATORS_TOPIC, SCORER_SUBSCRIPTION) as receiver:
+        left = await receiver.receive(10, 0.01)
+    assert [(message.message_id, message.delivery_count) for message in left] == [(stuck, 1)]
+
+
+async def test_the_consumer_span_continues_the_producer_trace(span_exporter: InMemorySpanExporter) -> None:
+    bus = MemoryBus(topology())
+    handler = RecordingHandler()
+    with trace.get_tracer("test.producer").start_as_current_span("collect") as producer:
+        traceparent, _ = current_trace_context()
+    envelope = collected_envelope(1, traceparent=traceparent)
+    await bus.publish(INDICATORS_TOPIC, [OutgoingMessage.from_envelope(envelope)])
+    async with running(bus, handler):
+        await eventually(lambda: depth(bus) == 0, what="completing the message")
+    [consumer_span] = [span for span in span_exporter.get_finished_spans() if span.name == "indicators/scorer process"]
+    assert consumer_span.context is not None
+    assert consumer_span.parent is not None
+    assert consumer_span.context.trace_id == producer.get_span_context().trace_id
+    assert consumer_span.parent.span_id == producer.get_span_context().span_id

@@ -1,0 +1,118 @@
+"""Structured logs: JSON lines with trace ids and extras, and no secret in any of them."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from pydantic import SecretStr
+
+from tibridge.common import logging as structured_logging
+from tibridge.common.logging import REDACTED, redact, register_secret, register_settings_secrets
+from tibridge.common.settings import ServiceSettings, load_settings
+
+pytestmark = pytest.mark.usefixtures("restored_logging")
+
+
+@pytest.fixture
+def lines(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    """What `configure` writes to stderr."""
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_tibridge_handler", False)]:
+        root.removeHandler(handler)
+    structured_logging.configure("INFO")
+    return stream
+
+
+def records(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("Authorization: apikey analyst@example.com:0123456789abcdef", "0123456789abcdef"),
+        ("Authorization: Bearer eyJ0eXAiOiJKV1Qi.eyJhdWQiOi.c2lnbmF0dXJl", "eyJ0eXAiOiJKV1Qi"),
+        ("Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=app;SharedAccessKey=abc+/def=", "abc+/def="),
+        ("DefaultEndpointsProtocol=https;AccountName=x;AccountKey=bXlrZXk=;EndpointSuffix=core", "bXlrZXk="),
+        ("GET https://x.blob.core.windows.net/c?sv=2024&sig=s1gn4ture%3D&se=2026", "s1gn4ture%3D"),
+        ("GET /api/v2/intelligence/?username=me&api_key=k3yk3y", "k3yk3y"),
+    ],
+    ids=["threatstream", "bearer", "servicebus-key", "storage-key", "sas-signature", "api-key-query"],
+)
+def test_credential_shapes_are_masked(text: str, secret: str) -> None:
+    masked = redact(text)
+    assert secret not in masked
+    assert REDACTED in masked
+
+
+def test_ordinary_text_is_left_alone() -> None:
+    text = "published 1000 indicators to ThreatStream in 2 requests (signature=ok, bearer of news)"
+    assert redact(text) == text
+
+
+def test_registered_secret_values_are_masked_wherever_they_appear() -> None:
+    register_secret(SecretStr("plain-registered-value-42"))
+    register_secret("ab")  # too short to mask without masking ordinary words
+    assert redact("token plain-registered-value-42, about") == f"token {REDACTED}, about"
+
+
+def test_every_secret_of_the_settings_is_registered() -> None:
+    settings = load_settings(
+        ServiceSettings, bus="servicebus", servicebus_connection_string="Endpoint=sb://x/;Opaque=0paque-value-77"
+    )
+    register_settings_secrets(settings)
+    assert "0paque-value-77" not in redact("connecting with Endpoint=sb://x/;Opaque=0paque-value-77")
+
+
+def test_a_log_line_is_json_with_level_logger_message_and_extras(lines: io.StringIO) -> None:
+    logging.getLogger("tibridge.test").info("scored %d indicators", 20, extra={"verdicts": {"publish": 12}})
+    [record] = records(lines)
+    assert record["level"] == "INFO"
+    assert record["logger"] == "tibridge.test"
+    assert record["message"] == "scored 20 indicators"
+    assert record["verdicts"] == {"publish": 12}
+    assert isinstance(record["timestamp"], str)
+    assert "trace_id" not in record
+
+
+def test_a_log_line_inside_a_span_carries_its_trace(lines: io.StringIO) -> None:
+    with TracerProvider().get_tracer("test").start_as_current_span("work") as span:
+        logging.getLogger("tibridge.test").warning("inside")
+    [record] = records(lines)
+    context = span.get_span_context()
+    assert record["trace_id"] == format(context.trace_id, "032x")
+    assert record["span_id"] == format(context.span_id, "016x")
+
+
+def test_secrets_are_masked_in_message_arguments_exceptions_and_extras(lines: io.StringIO) -> None:
+    log = logging.getLogger("tibridge.test")
+    log.error("calling with %s", "Bearer abc.def.ghi", extra={"header": "apikey me:k3y-in-extra"})
+    try:
+        raise RuntimeError("connection string SharedAccessKey=k3y-in-exception;")
+    except RuntimeError:
+        log.exception("failed")
+    output = lines.getvalue()
+    for secret in ("abc.def.ghi", "k3y-in-extra", "k3y-in-exception"):
+        assert secret not in output
+    first, second = records(lines)
+    assert first["message"] == f"calling with Bearer {REDACTED}"
+    assert "RuntimeError" in str(second["exception"])
+
+
+def test_a_bad_format_string_does_not_break_the_caller(lines: io.StringIO) -> None:
+    logging.getLogger("tibridge.test").info("%d indicators", "many")
+    [record] = records(lines)
+    assert "arguments did not match" in str(record["message"])
+
+
+def test_configuring_again_changes_the_level_without_a_second_handler(lines: io.StringIO) -> None:
+    structured_logging.configure("WARNING")
+    logging.getLogger("tibridge.test").info("hidden")
+    logging.getLogger("tibridge.test").warning("shown")
+    assert [record["message"] for record in records(lines)] == ["shown"]
