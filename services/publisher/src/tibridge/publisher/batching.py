@@ -1,0 +1,174 @@
+"""Batches of held messages, and how a batch becomes ThreatStream requests. Pure code: time is passed in.
+
+A batch gathers messages until it holds `max_messages` or its oldest message has waited `max_age` seconds.
+Messages go into lanes (a `publish` batch and an `expire` batch never share a request); several messages
+about one observable coalesce into one entry whose payload is the newest by indicator time — across lanes,
+so a revocation that arrives with an older publication wins — while the entry keeps every message it
+stands for, to settle them together.
+
+In approval mode one import session's settings apply to all its observables, so a batch is grouped by
+everything an import session states about them: itype, status, TLP, severity, confidence and expiry. To keep
+the groups few, confidence is rounded down to a multiple of 5 (never overstated) and an active expiry is
+rounded up to the next midnight UTC (at most one day later than upstream's ValidUntil); tags an import
+session states are the ones every observable in it shares (always `mdti` and the source name).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, time, timedelta
+from typing import Generic, TypeVar
+
+from tibridge.publisher.mapping import IntelObject, IntelStatus
+
+L = TypeVar("L", bound=Hashable)
+P = TypeVar("P")
+M = TypeVar("M")
+T = TypeVar("T")
+
+CONFIDENCE_STEP = 5
+
+
+@dataclass
+class Entry(Generic[P, M]):
+    """One observable in a batch: the newest payload about it and every message it stands for."""
+
+    payload: P
+    order: datetime
+    messages: list[M]
+    first_added: float
+
+
+@dataclass(frozen=True)
+class Batch(Generic[L, P, M]):
+    lane: L
+    entries: tuple[Entry[P, M], ...]
+
+    @property
+    def messages(self) -> list[M]:
+        return [message for entry in self.entries for message in entry.messages]
+
+
+@dataclass
+class _Lane(Generic[P, M]):
+    entries: dict[Hashable, Entry[P, M]] = field(default_factory=dict)
+    messages: int = 0
+    started: float = math.inf
+
+
+class Batcher(Generic[L, P, M]):
+    def __init__(self, max_messages: int, max_age_seconds: float) -> None:
+        if max_messages < 1 or max_age_seconds <= 0:
+            raise ValueError("a batch needs room for a message and a positive age")
+        self._max_messages = max_messages
+        self._max_age = max_age_seconds
+        self._lanes: dict[L, _Lane[P, M]] = {}
+        self._lane_of: dict[Hashable, L] = {}
+        self._sealed: list[Batch[L, P, M]] = []
+
+    @property
+    def held(self) -> int:
+        """Messages waiting in open or sealed batches."""
+        return sum(lane.messages for lane in self._lanes.values()) + sum(len(b.messages) for b in self._sealed)
+
+    def add(self, lane: L, key: Hashable, order: datetime, payload: P, message: M, now: float) -> bool:
+        """Adds a message; True when a batch is full (`ready` hands it out)."""
+        current = self._lane_of.get(key)
+        if current is None:
+            target = self._lanes.setdefault(lane, _Lane())
+            target.entries[key] = Entry(payload, order, [message], now)
+            target.messages += 1
+            target.started = min(target.started, now)
+            self._lane_of[key] = lane
+        else:
+            holder = self._lanes[current]
+            entry = holder.entries[key]
+            entry.messages.append(message)
+            holder.messages += 1
+            if order >= entry.order:
+                entry.payload, entry.order = payload, order
+                if current != lane:
+                    self._move(key, current, lane)
+        final = self._lane_of[key]
+        if self._lanes[final].messages >= self._max_messages:
+            self._seal(final)
+        return bool(self._sealed)
+
+    def ready(self, now: float) -> list[Batch[L, P, M]]:
+        """Full batches, and those whose oldest message has waited long enough; they leave the batcher."""
+        for lane, state in list(self._lanes.items()):
+            if now - state.started >= self._max_age:
+                self._seal(lane)
+        return self.drain_sealed()
+
+    def drain(self) -> list[Batch[L, P, M]]:
+        """Every batch, due or not (on stop)."""
+        for lane in list(self._lanes):
+            self._seal(lane)
+        return self.drain_sealed()
+
+    def drain_sealed(self) -> list[Batch[L, P, M]]:
+        sealed, self._sealed = self._sealed, []
+        return sealed
+
+    def next_due(self) -> float | None:
+        """When the oldest open batch becomes due (monotonic seconds), if any is open."""
+        started = min((lane.started for lane in self._lanes.values()), default=math.inf)
+        return None if math.isinf(started) else started + self._max_age
+
+    def _move(self, key: Hashable, source: L, target: L) -> None:
+        entry = self._lanes[source].entries.pop(key)
+        self._lanes[source].messages -= len(entry.messages)
+        if not self._lanes[source].entries:
+            del self._lanes[source]
+        destination = self._lanes.setdefault(target, _Lane())
+        destination.entries[key] = entry
+        destination.messages += len(entry.messages)
+        destination.started = min(destination.started, entry.first_added)
+        self._lane_of[key] = target
+
+    def _seal(self, lane: L) -> None:
+        state = self._lanes.pop(lane)
+        for key in state.entries:
+            del self._lane_of[key]
+        self._sealed.append(Batch(lane, tuple(state.entries.values())))
+
+
+def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def bucket_confidence(confidence: int | None) -> int | None:
+    return None if confidence is None else confidence - confidence % CONFIDENCE_STEP
+
+
+def bucket_expiration(expiration: datetime) -> datetime:
+    """The next midnight UTC at or after `expiration`."""
+    moment = expiration.astimezone(UTC)
+    midnight = datetime.combine(moment.date(), time.min, tzinfo=UTC)
+    return midnight if midnight == moment else midnight + timedelta(days=1)
+
+
+def session_view(obj: IntelObject) -> IntelObject:
+    """The object as an import session can state it: bucketed confidence and (active) expiry."""
+    expiration = obj.expiration if obj.status is IntelStatus.INACTIVE else bucket_expiration(obj.expiration)
+    return replace(obj, confidence=bucket_confidence(obj.confidence), expiration=expiration)
+
+
+def import_groups(items: Iterable[T], intel: Callable[[T], IntelObject]) -> list[tuple[IntelObject, list[T]]]:
+    """Groups items whose objects one import session can state correctly; each group with the session's
+    view of its objects (shared tags only)."""
+    groups: dict[tuple[object, ...], tuple[IntelObject, list[T]]] = {}
+    for item in items:
+        view = session_view(intel(item))
+        key = (view.itype, view.status, view.tlp, view.severity, view.confidence, view.expiration, view.threat_type)
+        if key in groups:
+            shared, members = groups[key]
+            members.append(item)
+            groups[key] = (replace(shared, tags=tuple(t for t in shared.tags if t in view.tags)), members)
+        else:
+            groups[key] = (view, [item])
+    return list(groups.values())

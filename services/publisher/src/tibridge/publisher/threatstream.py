@@ -1,0 +1,167 @@
+"""Sending requests to ThreatStream (httpx), or writing them to a file (dry run). Both answer an `Answer`.
+
+The `Authorization: apikey user:key` header is built from the secret at request time; the key is never in a
+URL, a log line, an exception or a repr, and is masked out of anything ThreatStream says back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from pydantic import SecretStr
+
+from tibridge.common.http import RETRYABLE_STATUS, ResilientSender, RetriesExhausted
+from tibridge.publisher.payloads import IMPORT_PATH, ThreatStreamRequest
+
+_tracer = trace.get_tracer("tibridge.publisher")
+
+MAX_MESSAGE_LENGTH = 500
+_MASK = "[REDACTED]"
+
+
+class Outcome(StrEnum):
+    ACCEPTED = "accepted"
+    # ThreatStream refuses the content: bisect the request to find the offending items.
+    REJECTED = "rejected"
+    # ThreatStream refuses us (credentials, permissions, wrong URL): nothing will pass until it is fixed.
+    REFUSED = "refused"
+    # Still failing (429/5xx/timeouts) after the retry budget: give the messages back to the bus.
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True)
+class Answer:
+    outcome: Outcome
+    detail: str
+    status: int | None = None
+
+
+@dataclass
+class GatewayCounts:
+    requests: int = 0
+    retries: int = 0
+
+
+class Gateway(Protocol):
+    counts: GatewayCounts
+
+    async def send(self, request: ThreatStreamRequest) -> Answer: ...
+
+
+class ThreatStreamClient:
+    def __init__(self, http: httpx.AsyncClient, username: str, api_key: SecretStr, sender: ResilientSender) -> None:
+        self._http = http
+        self._username = username
+        self._api_key = api_key
+        self._sender = sender
+        self.counts = GatewayCounts()
+
+    async def send(self, request: ThreatStreamRequest) -> Answer:
+        attempts = 0
+
+        async def attempt() -> httpx.Response:
+            nonlocal attempts
+            attempts += 1
+            return await self._http.request(
+                request.method,
+                request.path,
+                headers={"Authorization": f"apikey {self._username}:{self._api_key.get_secret_value()}"},
+                # Every form field as a nameless part: ThreatStream's import takes multipart/form-data.
+                files={name: (None, value) for name, value in request.form.items()} or None,
+                json=request.json_body,
+            )
+
+        with _tracer.start_as_current_span(
+            f"ThreatStream {request.method} {request.path}",
+            kind=SpanKind.CLIENT,
+            attributes={"tibridge.threatstream.objects": request.objects},
+        ):
+            try:
+                response = await self._sender.send(attempt)
+            except RetriesExhausted as error:
+                return Answer(Outcome.UNAVAILABLE, str(error))
+            except httpx.HTTPError as error:
+                return Answer(Outcome.UNAVAILABLE, f"ThreatStream could not be reached ({type(error).__name__})")
+            finally:
+                self.counts.requests += attempts
+                self.counts.retries += max(0, attempts - 1)
+        return self._interpret(request, response)
+
+    def _interpret(self, request: ThreatStreamRequest, response: httpx.Response) -> Answer:
+        status = response.status_code
+        said = self._message(response)
+        if response.is_success:
+            if request.path == IMPORT_PATH and not _import_succeeded(response):
+                return Answer(Outcome.REJECTED, f"ThreatStream did not take the import: {said}", status)
+            return Answer(Outcome.ACCEPTED, said, status)
+        if status == 401:
+            reason = (
+                "ThreatStream refused the API key (401): check TIBRIDGE_THREATSTREAM_USERNAME and "
+                "TIBRIDGE_THREATSTREAM_API_KEY."
+            )
+        elif status == 403:
+            reason = f"ThreatStream denied the request (403): {_permission_needed(request)}"
+        elif status in RETRYABLE_STATUS:
+            return Answer(Outcome.UNAVAILABLE, f"ThreatStream kept answering {status}: {said}", status)
+        elif status in (404, 405) or response.is_redirect:
+            reason = (
+                f"ThreatStream has no {request.method} {request.path} ({status}): check "
+                "TIBRIDGE_THREATSTREAM_BASE_URL (the API root, ending in /api)."
+            )
+        else:
+            return Answer(Outcome.REJECTED, f"ThreatStream answered {status}: {said}", status)
+        return Answer(Outcome.REFUSED, reason, status)
+
+    def _message(self, response: httpx.Response) -> str:
+        try:
+            body = response.json()
+        except ValueError:
+            text = response.text
+        else:
+            message = (body.get("message") or body.get("error")) if isinstance(body, dict) else None
+            text = message if isinstance(message, str) else json.dumps(body)
+        masked = text.replace(self._api_key.get_secret_value(), _MASK) if self._api_key.get_secret_value() else text
+        return " ".join(masked.split())[:MAX_MESSAGE_LENGTH]
+
+
+def _import_succeeded(response: httpx.Response) -> bool:
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("success") is True
+
+
+def _permission_needed(request: ThreatStreamRequest) -> str:
+    if request.path == IMPORT_PATH:
+        return (
+            "the ThreatStream user needs the right to import intelligence (and 'Approve Import' with "
+            "TIBRIDGE_THREATSTREAM_AUTO_APPROVE=true)."
+        )
+    return "the ThreatStream user needs the 'Approve Intel' permission for TIBRIDGE_THREATSTREAM_MODE=direct."
+
+
+class DryRun:
+    """Writes each request to a JSONL file instead of sending it, and answers that it was accepted."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self.counts = GatewayCounts()
+
+    async def send(self, request: ThreatStreamRequest) -> Answer:
+        line = json.dumps(request.record(), ensure_ascii=False, sort_keys=True) + "\n"
+        await asyncio.to_thread(self._append, line)
+        self.counts.requests += 1
+        return Answer(Outcome.ACCEPTED, f"written to {self._path}")
+
+    def _append(self, line: str) -> None:
+        with self._path.open("a", encoding="utf-8") as out:
+            out.write(line)
