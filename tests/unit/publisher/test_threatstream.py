@@ -1,0 +1,181 @@
+"""The ThreatStream client over httpx.MockTransport: auth, retries, how answers are read, the dry run."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from tests.fixtures.publisher import observable, scored_indicator
+from tests.fixtures.scorer import FAST_RETRIES, ManualClock
+from tibridge.common.contracts import ObservableType
+from tibridge.common.http import ResilientSender
+from tibridge.publisher.batching import session_view
+from tibridge.publisher.mapping import MappingPolicy, intel_objects
+from tibridge.publisher.payloads import ThreatStreamRequest, WireOptions, import_request, upsert_request
+from tibridge.publisher.threatstream import DryRun, Outcome, ThreatStreamClient
+
+API_KEY = "k3y-0f-the-analyst-5ecret"
+BASE_URL = "https://threatstream.test/api"
+NOW = datetime(2026, 11, 2, tzinfo=UTC)
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def a_client(handler: Handler, clock: ManualClock) -> ThreatStreamClient:
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url=BASE_URL)
+    return ThreatStreamClient(
+        http, "analyst", SecretStr(API_KEY), ResilientSender("threatstream", FAST_RETRIES, clock=clock)
+    )
+
+
+def an_import() -> ThreatStreamRequest:
+    (obj,) = intel_objects(scored_indicator(observable(ObservableType.DOMAIN)), MappingPolicy(), NOW)
+    return import_request(session_view(obj), ["bad.example.com", "worse.example.com"], WireOptions())
+
+
+def an_upsert() -> ThreatStreamRequest:
+    return upsert_request(intel_objects(scored_indicator(1), MappingPolicy(), NOW), WireOptions())
+
+
+def answering(*responses: httpx.Response) -> tuple[Handler, list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+    queue = list(responses)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    return handler, seen
+
+
+ACCEPTED = httpx.Response(202, json={"success": True, "import_session_id": "7", "job_id": "j"})
+
+
+async def test_an_import_is_multipart_with_the_apikey_header_and_nothing_in_the_url() -> None:
+    handler, seen = answering(ACCEPTED)
+    answer = await a_client(handler, ManualClock()).send(an_import())
+    assert answer.outcome is Outcome.ACCEPTED
+    (request,) = seen
+    assert (request.method, str(request.url)) == ("POST", f"{BASE_URL}/v2/intelligence/import/")
+    assert request.headers["Authorization"] == f"apikey analyst:{API_KEY}"
+    assert request.headers["Content-Type"].startswith("multipart/form-data; boundary=")
+    body = request.content.decode()
+    assert 'name="datatext"\r\n\r\nbad.example.com\nworse.example.com\r\n' in body
+    assert 'name="classification"\r\n\r\nprivate\r\n' in body
+    assert API_KEY not in str(request.url)
+    assert "filename" not in body
+
+
+async def test_an_upsert_is_a_json_patch() -> None:
+    handler, seen = answering(httpx.Response(202, json={"success": True}))
+    answer = await a_client(handler, ManualClock()).send(an_upsert())
+    assert answer.outcome is Outcome.ACCEPTED
+    (request,) = seen
+    assert (request.method, request.url.path) == ("PATCH", "/api/v2/intelligence/")
+    assert json.loads(request.content)["meta"]["allow_update"] is True
+
+
+async def test_a_429_is_retried_after_the_announced_wait() -> None:
+    clock = ManualClock()
+    handler, seen = answering(httpx.Response(429, headers={"Retry-After": "7"}), ACCEPTED)
+    client = a_client(handler, clock)
+    started = clock.seconds
+    answer = await client.send(an_import())
+    assert answer.outcome is Outcome.ACCEPTED
+    assert len(seen) == 2
+    assert clock.seconds - started >= 7
+    assert (client.counts.requests, client.counts.retries) == (2, 1)
+
+
+async def test_5xx_past_the_retry_budget_gives_the_work_back() -> None:
+    handler, seen = answering(httpx.Response(503, json={"message": "down"}))
+    client = a_client(handler, ManualClock())
+    answer = await client.send(an_import())
+    assert answer.outcome is Outcome.UNAVAILABLE
+    assert len(seen) == FAST_RETRIES.max_attempts
+
+
+async def test_timeouts_are_retried_then_give_the_work_back() -> None:
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        raise httpx.ReadTimeout("slow", request=request)
+
+    answer = await a_client(handler, ManualClock()).send(an_upsert())
+    assert answer.outcome is Outcome.UNAVAILABLE
+    assert calls == FAST_RETRIES.max_attempts
+
+
+async def test_a_400_is_not_retried_and_its_message_is_kept_without_the_key() -> None:
+    handler, seen = answering(httpx.Response(400, json={"message": f"objects[3]: bad value (key {API_KEY} was used)"}))
+    answer = await a_client(handler, ManualClock()).send(an_upsert())
+    assert answer.outcome is Outcome.REJECTED
+    assert len(seen) == 1
+    assert "objects[3]: bad value" in answer.detail
+    assert API_KEY not in answer.detail
+
+
+async def test_an_import_answered_without_success_is_rejected() -> None:
+    handler, _ = answering(httpx.Response(200, json={"success": False, "message": "nothing to import"}))
+    answer = await a_client(handler, ManualClock()).send(an_import())
+    assert answer.outcome is Outcome.REJECTED
+    assert "nothing to import" in answer.detail
+
+
+@pytest.mark.parametrize(
+    ("status", "request_kind", "hint"),
+    [
+        (401, "import", "TIBRIDGE_THREATSTREAM_API_KEY"),
+        (403, "import", "import intelligence"),
+        (403, "upsert", "'Approve Intel'"),
+        (404, "upsert", "TIBRIDGE_THREATSTREAM_BASE_URL"),
+    ],
+)
+async def test_refusals_say_what_to_fix(status: int, request_kind: str, hint: str) -> None:
+    handler, seen = answering(httpx.Response(status, json={"message": "no"}))
+    request = an_import() if request_kind == "import" else an_upsert()
+    answer = await a_client(handler, ManualClock()).send(request)
+    assert answer.outcome is Outcome.REFUSED
+    assert hint in answer.detail
+    assert len(seen) == 1
+
+
+async def test_the_key_reaches_no_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    handler, _ = answering(
+        httpx.Response(500, text=f"trace: apikey analyst:{API_KEY}"),
+        httpx.Response(401, json={"message": "bad key"}),
+        httpx.Response(400, json={"message": API_KEY}),
+    )
+    client = a_client(handler, ManualClock())
+    with caplog.at_level(logging.DEBUG):
+        answers = [await client.send(an_import()) for _ in range(3)]
+    assert [answer.outcome for answer in answers] == [Outcome.REFUSED, Outcome.REJECTED, Outcome.REJECTED]
+    assert caplog.records, "the client should have logged its retry"
+    assert not [record for record in caplog.records if API_KEY in record.getMessage()]
+    assert all(API_KEY not in answer.detail for answer in answers)
+    assert API_KEY not in repr(client.__dict__)
+
+
+async def test_a_dry_run_writes_each_request_and_accepts_it(tmp_path: Path) -> None:
+    target = tmp_path / "requests.jsonl"
+    dry_run = DryRun(target)
+    answers = [await dry_run.send(an_import()), await dry_run.send(an_upsert())]
+    assert {answer.outcome for answer in answers} == {Outcome.ACCEPTED}
+    lines = [json.loads(line) for line in target.read_text().splitlines()]
+    assert [(line["method"], line["path"]) for line in lines] == [
+        ("POST", "/v2/intelligence/import/"),
+        ("PATCH", "/v2/intelligence/"),
+    ]
+    assert lines[0]["body"]["datatext"] == "bad.example.com\nworse.example.com"
+    assert lines[1]["body"]["meta"]["allow_update"] is True
+    assert "Authorization" not in target.read_text()
+    assert dry_run.counts.requests == 2
