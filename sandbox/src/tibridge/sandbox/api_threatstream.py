@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import uuid
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -12,7 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from tibridge.sandbox.httpkit import STATE_KEY, ApiErrors, fault_middleware, json_response
-from tibridge.sandbox.intel import IntelRequestError, parse_import
+from tibridge.sandbox.intel import VALUE_FIELDS, IntelRequestError, parse_import
 from tibridge.sandbox.state import SandboxState
 
 PREFIX = "/threatstream"
@@ -55,6 +57,14 @@ def _apikey_middleware(state: SandboxState) -> Any:
     return middleware
 
 
+def _refused_value(state: SandboxState, values: Iterable[Any]) -> str | None:
+    """The first value the `reject_values` fault refuses, if any."""
+    pattern = state.faults.faults["threatstream"].reject_values
+    if pattern is None:
+        return None
+    return next((value for value in values if isinstance(value, str) and re.search(pattern, value)), None)
+
+
 def _count(request: web.Request, endpoint: str) -> SandboxState:
     state = request.app[STATE_KEY]
     state.stats.threatstream.requests[endpoint] += 1
@@ -69,6 +79,9 @@ async def _import(request: web.Request) -> web.Response:
         if isinstance(value, web.FileField):
             value = value.file.read()
         fields[name] = value if isinstance(value, str) else bytes(value).decode("utf-8", errors="replace")
+    refused = _refused_value(state, fields.get("datatext", "").split())
+    if refused is not None:
+        return _bad_request(f"datatext: {refused!r} is not accepted.")
     try:
         session = state.intel.import_datatext(parse_import(fields, state.clock.now()))
     except IntelRequestError as error:
@@ -106,6 +119,12 @@ async def _upsert(request: web.Request) -> web.Response:
         body = await request.json()
     except json.JSONDecodeError:
         return _bad_request("The body is not valid JSON.")
+    objects = body.get("objects") if isinstance(body, dict) else None
+    if isinstance(objects, list):
+        values = (obj.get(name) for obj in objects if isinstance(obj, dict) for name in VALUE_FIELDS)
+        refused = _refused_value(state, values)
+        if refused is not None:
+            return _bad_request(f"objects: {refused!r} is not accepted.")
     try:
         state.intel.upsert(body)
     except IntelRequestError as error:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal, Self, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Api = Literal["loganalytics", "graph", "threatstream"]
 APIS: tuple[Api, ...] = get_args(Api)
@@ -36,6 +37,19 @@ class FaultSpec(BaseModel):
     hang_seconds: float = Field(120.0, gt=0)
     p_malformed: float = Field(0.0, ge=0, le=1, description="200 with a truncated JSON body.")
     p_drop: float = Field(0.0, ge=0, le=1, description="Close the connection without answering.")
+    reject_values: str | None = Field(
+        None, description="ThreatStream only: a regex; a write carrying a matching value is answered 400."
+    )
+
+    @field_validator("reject_values")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"reject_values is not a valid regex: {error}") from None
+        return pattern
 
     @model_validator(mode="after")
     def _probabilities_fit(self) -> Self:
