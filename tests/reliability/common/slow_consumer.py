@@ -1,0 +1,92 @@
+"""A consumer process for the SIGTERM tests: `python -m tests.reliability.common.slow_consumer`.
+
+It serves one `Consumer` on indicators/scorer through `run_service`, with the bus the TIBRIDGE_* environment
+names. Its handler spends `--work-seconds` on each message and prints a line per step on stdout
+(`received <id>`, `completing <id>`, `completed <id>`), so a test knows when it is mid-work and what was
+completed. On the in-memory bus it first publishes `--messages` itself and, at exit, prints
+`left <json list of ids>` and `dead <json list of ids>`: what is still on the subscription and its DLQ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+
+from tests.fixtures.runtime import collected_envelope
+from tibridge.common.bus.memory import MemoryBus
+from tibridge.common.bus.port import Bus, OutgoingMessage
+from tibridge.common.clock import Clock
+from tibridge.common.consumer import Consumer, ConsumerOptions, InFlight
+from tibridge.common.contracts import IndicatorCollected
+from tibridge.common.runtime import Build, Service, run_service
+from tibridge.common.settings import ServiceSettings, load_settings
+from tibridge.common.topology import INDICATORS_TOPIC, SCORER_SUBSCRIPTION
+
+RECEIVE_WAIT_SECONDS = 0.2
+
+
+def say(*words: str) -> None:
+    print(*words, flush=True)
+
+
+class SlowHandler:
+    payload_type = IndicatorCollected
+
+    def __init__(self, work_seconds: float) -> None:
+        self._work_seconds = work_seconds
+
+    async def handle(self, item: InFlight[IndicatorCollected]) -> None:
+        message_id = item.message.message_id
+        say("received", message_id)
+        await asyncio.sleep(self._work_seconds)
+        say("completing", message_id)
+        await item.complete()
+        say("completed", message_id)
+
+    async def flush(self) -> None:
+        return None
+
+    async def probe(self) -> bool:
+        return True
+
+
+async def report_leftovers(bus: MemoryBus) -> None:
+    for label, dead_letter in (("left", False), ("dead", True)):
+        async with bus.receiver(INDICATORS_TOPIC, SCORER_SUBSCRIPTION, dead_letter=dead_letter) as receiver:
+            messages = await receiver.receive(10_000, 0.01)
+        say(label, json.dumps(sorted(message.message_id for message in messages)))
+
+
+def builder(messages: int, work_seconds: float) -> Build[ServiceSettings]:
+    async def build(settings: ServiceSettings, bus: Bus, resources: contextlib.AsyncExitStack, clock: Clock) -> Service:
+        if isinstance(bus, MemoryBus):
+            envelopes = [collected_envelope(number) for number in range(1, messages + 1)]
+            await bus.publish(INDICATORS_TOPIC, [OutgoingMessage.from_envelope(envelope) for envelope in envelopes])
+            resources.push_async_callback(report_leftovers, bus)
+        options = ConsumerOptions(
+            max_in_flight=settings.max_in_flight,
+            max_concurrency=settings.max_in_flight,
+            receive_wait_seconds=RECEIVE_WAIT_SECONDS,
+            shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        )
+        consumer = Consumer(bus, INDICATORS_TOPIC, SCORER_SUBSCRIPTION, SlowHandler(work_seconds), options, clock)
+        return Service([consumer])
+
+    return build
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=0, help="messages to publish first (memory bus only)")
+    parser.add_argument("--work-seconds", type=float, required=True, help="time the handler spends per message")
+    arguments = parser.parse_args()
+    code = asyncio.run(run_service(load_settings(ServiceSettings), builder(arguments.messages, arguments.work_seconds)))
+    say("exit", str(code))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
