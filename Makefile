@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 VENV := .venv
 RUN := $(UV) run --frozen
 
-.PHONY: help setup lint typecheck test test-fast demo bench emulator-config clean
+.PHONY: help setup azurite lint typecheck test test-fast demo bench emulator-config clean
 
 help:
 	@echo "make demo   - install what is needed, then run the whole pipeline against the local sandbox"
@@ -23,6 +23,10 @@ $(VENV)/.synced: $(UV) uv.lock pyproject.toml libs/common/pyproject.toml service
 
 setup: $(VENV)/.synced
 
+# Azurite (npm) for the blob checkpoint tests; the test fixture starts it on a free loopback port.
+azurite:
+	bash scripts/azurite.sh install
+
 lint: setup
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
@@ -30,7 +34,7 @@ lint: setup
 typecheck: setup
 	$(RUN) mypy
 
-test: lint typecheck
+test: lint typecheck azurite
 	bash scripts/test-services.sh $(RUN) pytest
 
 test-fast: setup
