@@ -52,14 +52,12 @@ ERRORS = ApiErrors(
 class GraphAnswer:
     status: int
     body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
+    headers: dict[str, str] = field(default_factory=dict)  # besides Content-Type
 
 
 def _error(status: int, message: str | None = None, retry_after: int | None = None) -> GraphAnswer:
     code, default = ERRORS.codes[status]
-    headers = {"Content-Type": "application/json"}
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
     return GraphAnswer(status, _error_body(code, message or default), headers)
 
 
@@ -141,7 +139,8 @@ async def _batch(request: web.Request) -> web.Response:
             answer = _error(503)
         else:
             answer = resolve(state, item["method"], item["url"])
-        responses.append({"id": item["id"], "status": answer.status, "headers": answer.headers, "body": answer.body})
+        headers = {"Content-Type": "application/json", **answer.headers}
+        responses.append({"id": item["id"], "status": answer.status, "headers": headers, "body": answer.body})
     # Graph answers in any order; a seeded shuffle keeps runs repeatable.
     random.Random(f"{state.config.seed}:{stats.batch_requests}").shuffle(responses)
     return json_response({"responses": responses})

@@ -1,0 +1,189 @@
+"""The unmodified azure-monitor-query async LogsQueryClient against the Log Analytics stand-in."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+
+import httpx
+import pytest
+from azure.core.exceptions import HttpResponseError
+from azure.monitor.query import LogsQueryPartialResult, LogsQueryResult
+from azure.monitor.query.aio import LogsQueryClient
+
+from tests.fixtures.sandbox import SANDBOX_ANCHOR, SandboxFactory
+from tibridge.common.identity import StaticTokenCredential
+from tibridge.sandbox import SandboxServer
+from tibridge.sandbox.dataset import MDTI_SOURCE_SYSTEMS
+
+KEYS = ("ipv4-addr:value", "domain-name:value", "url:value")
+
+
+def kql(start: datetime, end: datetime, *, sources: tuple[str, ...] = MDTI_SOURCE_SYSTEMS) -> str:
+    def literals(values: tuple[str, ...]) -> str:
+        return ", ".join(json.dumps(v) for v in values)
+
+    def instant(moment: datetime) -> str:
+        return f"datetime({moment.strftime('%Y-%m-%dT%H:%M:%S.%f')}0Z)"
+
+    return (
+        "ThreatIntelIndicators\n"
+        f"| where TimeGenerated >= {instant(start)} and TimeGenerated < {instant(end)}\n"
+        f"| where SourceSystem in ({literals(sources)})\n"
+        f"| where isempty(ObservableKey) or ObservableKey in ({literals(KEYS)})\n"
+        "| summarize arg_max(TimeGenerated, *) by Id\n"
+        "| order by TimeGenerated asc"
+    )
+
+
+def expected_ids(server: SandboxServer, start: datetime, end: datetime) -> list[str]:
+    newest: dict[str, datetime] = {}
+    for row in server.dataset.rows:
+        in_window = start <= row.time_generated < end and row.source_system in MDTI_SOURCE_SYSTEMS
+        if in_window and (not row.observable_key or row.observable_key in KEYS):
+            newest[row.id] = row.time_generated
+    return sorted(newest, key=newest.__getitem__)
+
+
+@pytest.fixture
+async def logs_client(sandbox: SandboxServer) -> AsyncIterator[LogsQueryClient]:
+    async with LogsQueryClient(StaticTokenCredential(), endpoint=sandbox.endpoints.loganalytics) as client:
+        yield client
+
+
+WEEK_START = SANDBOX_ANCHOR - timedelta(days=7)
+
+
+async def test_a_window_query_answers_typed_columns_newest_row_per_id(
+    sandbox: SandboxServer, logs_client: LogsQueryClient
+) -> None:
+    result = await logs_client.query_workspace(
+        sandbox.endpoints.workspace_id, kql(WEEK_START, SANDBOX_ANCHOR), timespan=None, enforce_https=False
+    )
+    assert isinstance(result, LogsQueryResult)
+    (table,) = result.tables
+    assert table.columns[:3] == ["Id", "TimeGenerated", "Pattern"]
+    types = dict(zip(table.columns, table.columns_types, strict=True))
+    assert (types["Confidence"], types["IsActive"], types["ValidUntil"], types["Data"]) == (
+        "int",
+        "bool",
+        "datetime",
+        "dynamic",
+    )
+    assert [row["Id"] for row in table.rows] == expected_ids(sandbox, WEEK_START, SANDBOX_ANCHOR)
+    first = table.rows[0]
+    assert isinstance(first["TimeGenerated"], datetime)
+    assert isinstance(first["IsActive"], bool)
+    assert isinstance(first["Confidence"], int)
+    assert json.loads(first["Data"])["type"] == "indicator"
+    assert isinstance(json.loads(first["Tags"]), list)
+    assert set(json.loads(first["AdditionalFields"])) == {"TLPLevel"}
+    stats = sandbox.stats()["loganalytics"]
+    assert (stats["queries"], stats["rows_returned"]) == (1, len(table.rows))
+
+
+async def test_the_body_timespan_narrows_the_query(sandbox: SandboxServer, logs_client: LogsQueryClient) -> None:
+    day_start = SANDBOX_ANCHOR - timedelta(days=2)
+    result = await logs_client.query_workspace(
+        sandbox.endpoints.workspace_id,
+        kql(WEEK_START, SANDBOX_ANCHOR),
+        timespan=(day_start, timedelta(days=1)),
+        enforce_https=False,
+    )
+    assert isinstance(result, LogsQueryResult)
+    ids = [row["Id"] for row in result.tables[0].rows]
+    assert ids == expected_ids(sandbox, day_start, day_start + timedelta(days=1))
+    assert 0 < len(ids) < len(expected_ids(sandbox, WEEK_START, SANDBOX_ANCHOR))
+
+
+async def test_no_data_is_200_with_columns_and_no_rows(sandbox: SandboxServer, logs_client: LogsQueryClient) -> None:
+    future = SANDBOX_ANCHOR + timedelta(days=30)
+    result = await logs_client.query_workspace(
+        sandbox.endpoints.workspace_id, kql(future, future + timedelta(hours=1)), timespan=None, enforce_https=False
+    )
+    assert isinstance(result, LogsQueryResult)
+    assert result.tables[0].rows == []
+    assert result.tables[0].columns[0] == "Id"
+
+
+async def test_the_legacy_table_is_served_from_the_same_data(
+    sandbox: SandboxServer, logs_client: LogsQueryClient
+) -> None:
+    query = (
+        'ThreatIntelligenceIndicator\n| where SourceSystem in ("Microsoft Defender Threat Intelligence")\n'
+        "| summarize arg_max(TimeGenerated, *) by IndicatorId\n| order by TimeGenerated asc"
+    )
+    result = await logs_client.query_workspace(
+        sandbox.endpoints.workspace_id, query, timespan=None, enforce_https=False
+    )
+    assert isinstance(result, LogsQueryResult)
+    table = result.tables[0]
+    assert table.columns[:2] == ["IndicatorId", "TimeGenerated"]
+    assert dict(zip(table.columns, table.columns_types, strict=True))["ConfidenceScore"] == "real"
+    assert table.rows
+    assert all(isinstance(row["ConfidenceScore"], float) for row in table.rows)
+    assert any(row["NetworkIP"] or row["DomainName"] for row in table.rows)
+
+
+async def test_over_the_row_cap_is_a_partial_result(sandbox_factory: SandboxFactory) -> None:
+    async with sandbox_factory(row_cap=10) as server:
+        async with LogsQueryClient(StaticTokenCredential(), endpoint=server.endpoints.loganalytics) as client:
+            result = await client.query_workspace(
+                server.endpoints.workspace_id, kql(WEEK_START, SANDBOX_ANCHOR), timespan=None, enforce_https=False
+            )
+        assert isinstance(result, LogsQueryPartialResult)
+        assert result.partial_error is not None
+        assert result.partial_error.code == "PartialError"
+        rows = result.partial_data[0].rows
+        assert [row["Id"] for row in rows] == expected_ids(server, WEEK_START, SANDBOX_ANCHOR)[:10]
+        assert server.stats()["loganalytics"]["partial_results"] == 1
+
+
+async def test_a_query_outside_the_grammar_is_400_bad_argument(
+    sandbox: SandboxServer, logs_client: LogsQueryClient
+) -> None:
+    with pytest.raises(HttpResponseError) as refused:
+        await logs_client.query_workspace(
+            sandbox.endpoints.workspace_id, "ThreatIntelIndicators | take 10", timespan=None, enforce_https=False
+        )
+    assert refused.value.status_code == 400
+    assert "BadArgumentError" in str(refused.value)
+
+
+async def test_escaped_quotes_in_literals_reach_the_filter(
+    sandbox: SandboxServer, logs_client: LogsQueryClient
+) -> None:
+    query = kql(WEEK_START, SANDBOX_ANCHOR, sources=('Microsoft "Defender"\\ Threat', *MDTI_SOURCE_SYSTEMS[:1]))
+    result = await logs_client.query_workspace(
+        sandbox.endpoints.workspace_id, query, timespan=None, enforce_https=False
+    )
+    assert isinstance(result, LogsQueryResult)
+    assert {row["SourceSystem"] for row in result.tables[0].rows} == {MDTI_SOURCE_SYSTEMS[0]}
+
+
+async def test_429_with_retry_after_then_success(sandbox_factory: SandboxFactory) -> None:
+    async with sandbox_factory(faults={"loganalytics": {"rate_ceiling": 1, "burst": 1}}) as server:
+        async with LogsQueryClient(StaticTokenCredential(), endpoint=server.endpoints.loganalytics) as client:
+            for _ in range(2):
+                result = await client.query_workspace(
+                    server.endpoints.workspace_id, kql(WEEK_START, SANDBOX_ANCHOR), timespan=None, enforce_https=False
+                )
+                assert isinstance(result, LogsQueryResult)
+        stats = server.stats()
+        assert stats["requests"]["loganalytics"] == {"200": 2, "429": 1}
+        assert stats["inside_retry_after"]["loganalytics"] == 0
+
+
+async def test_unknown_workspace_is_404_and_no_token_is_401(sandbox: SandboxServer) -> None:
+    url = f"{sandbox.endpoints.loganalytics}/v1/workspaces/{{}}/query"
+    body = {"query": kql(WEEK_START, SANDBOX_ANCHOR)}
+    async with httpx.AsyncClient(timeout=10) as client:
+        unauthorised = await client.post(url.format(sandbox.endpoints.workspace_id), json=body)
+        missing = await client.post(
+            url.format("00000000-0000-0000-0000-000000000000"),
+            json=body,
+            headers={"Authorization": "Bearer tibridge-sandbox-token"},
+        )
+    assert (unauthorised.status_code, unauthorised.json()["error"]["code"]) == (401, "AuthorizationRequiredError")
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "PathNotFoundError")
