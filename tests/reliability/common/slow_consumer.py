@@ -1,7 +1,8 @@
 """A consumer process for the SIGTERM tests: `python -m tests.reliability.common.slow_consumer`.
 
 It serves one `Consumer` on indicators/scorer through `run_service`, with the bus the TIBRIDGE_* environment
-names. Its handler spends `--work-seconds` on each message and prints a line per step on stdout
+names. Its handler spends `--work-seconds` on odd-numbered indicators and `--stuck-seconds` on even-numbered
+ones, and prints a line per step on stdout
 (`received <id>`, `completing <id>`, `completed <id>`), so a test knows when it is mid-work and what was
 completed. On the in-memory bus it first publishes `--messages` itself and, at exit, prints
 `left <json list of ids>` and `dead <json list of ids>`: what is still on the subscription and its DLQ.
@@ -15,7 +16,7 @@ import contextlib
 import json
 import sys
 
-from tests.fixtures.runtime import collected_envelope
+from tests.fixtures.messages import collected_envelope
 from tibridge.common.bus.memory import MemoryBus
 from tibridge.common.bus.port import Bus, OutgoingMessage
 from tibridge.common.clock import Clock
@@ -35,13 +36,15 @@ def say(*words: str) -> None:
 class SlowHandler:
     payload_type = IndicatorCollected
 
-    def __init__(self, work_seconds: float) -> None:
+    def __init__(self, work_seconds: float, stuck_seconds: float) -> None:
         self._work_seconds = work_seconds
+        self._stuck_seconds = stuck_seconds
 
     async def handle(self, item: InFlight[IndicatorCollected]) -> None:
         message_id = item.message.message_id
         say("received", message_id)
-        await asyncio.sleep(self._work_seconds)
+        number = int(item.payload.indicator_id.rsplit("-", 1)[1])
+        await asyncio.sleep(self._work_seconds if number % 2 else self._stuck_seconds)
         say("completing", message_id)
         await item.complete()
         say("completed", message_id)
@@ -60,7 +63,7 @@ async def report_leftovers(bus: MemoryBus) -> None:
         say(label, json.dumps(sorted(message.message_id for message in messages)))
 
 
-def builder(messages: int, work_seconds: float) -> Build[ServiceSettings]:
+def builder(messages: int, work_seconds: float, stuck_seconds: float) -> Build[ServiceSettings]:
     async def build(settings: ServiceSettings, bus: Bus, resources: contextlib.AsyncExitStack, clock: Clock) -> Service:
         if isinstance(bus, MemoryBus):
             envelopes = [collected_envelope(number) for number in range(1, messages + 1)]
@@ -72,7 +75,9 @@ def builder(messages: int, work_seconds: float) -> Build[ServiceSettings]:
             receive_wait_seconds=RECEIVE_WAIT_SECONDS,
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
         )
-        consumer = Consumer(bus, INDICATORS_TOPIC, SCORER_SUBSCRIPTION, SlowHandler(work_seconds), options, clock)
+        consumer = Consumer(
+            bus, INDICATORS_TOPIC, SCORER_SUBSCRIPTION, SlowHandler(work_seconds, stuck_seconds), options, clock
+        )
         return Service([consumer])
 
     return build
@@ -81,9 +86,11 @@ def builder(messages: int, work_seconds: float) -> Build[ServiceSettings]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=0, help="messages to publish first (memory bus only)")
-    parser.add_argument("--work-seconds", type=float, required=True, help="time the handler spends per message")
+    parser.add_argument("--work-seconds", type=float, required=True, help="handling time of odd-numbered indicators")
+    parser.add_argument("--stuck-seconds", type=float, required=True, help="handling time of even-numbered ones")
     arguments = parser.parse_args()
-    code = asyncio.run(run_service(load_settings(ServiceSettings), builder(arguments.messages, arguments.work_seconds)))
+    build = builder(arguments.messages, arguments.work_seconds, arguments.stuck_seconds)
+    code = asyncio.run(run_service(load_settings(ServiceSettings), build))
     say("exit", str(code))
     return code
 

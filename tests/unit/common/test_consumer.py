@@ -11,7 +11,8 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.fixtures.runtime import collected_envelope, eventually, scored
+from tests.fixtures.messages import collected_envelope, scored
+from tests.fixtures.runtime import eventually
 from tibridge.common.bus.memory import MAX_DELIVERY_COUNT_EXCEEDED, MemoryBus
 from tibridge.common.bus.port import OutgoingMessage, ReceivedMessage
 from tibridge.common.consumer import (

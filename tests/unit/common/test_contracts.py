@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from tests.fixtures.runtime import collected, scored
+from tests.fixtures.messages import collected, scored
 from tibridge.common.contracts import (
     Classification,
     Envelope,

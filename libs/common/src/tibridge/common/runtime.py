@@ -27,7 +27,6 @@ from tibridge.common import telemetry
 from tibridge.common.bus.memory import MemoryBus
 from tibridge.common.bus.port import Bus, BusError
 from tibridge.common.clock import Clock, SystemClock
-from tibridge.common.health import HealthServer
 from tibridge.common.identity import build_credential
 from tibridge.common.settings import BusKind, ServiceSettings
 
@@ -270,12 +269,15 @@ def _stop_on_signals(stop: asyncio.Event, grace_seconds: float) -> Iterator[None
 @contextlib.asynccontextmanager
 async def _health_server(
     settings: ServiceSettings, readiness: Callable[[], Awaitable[list[str]]]
-) -> AsyncIterator[HealthServer | None]:
+) -> AsyncIterator[None]:
     if settings.health_port == 0:
-        yield None
+        yield
         return
-    async with HealthServer(settings.health_host, settings.health_port, readiness) as server:
-        yield server
+    # Imported here: the web server is the slowest import of a process that starts often (CronJobs, scale-out).
+    from tibridge.common.health import HealthServer
+
+    async with HealthServer(settings.health_host, settings.health_port, readiness):
+        yield
 
 
 def _configure_observability(settings: ServiceSettings, name: str) -> None:
