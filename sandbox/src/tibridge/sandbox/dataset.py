@@ -11,7 +11,7 @@ import ipaddress
 import json
 import random
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -154,17 +154,26 @@ def format_datetime(value: datetime) -> str:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "0Z"
 
 
-def row_to_columns(row: IndicatorRow) -> dict[str, Any]:
-    """Column name → JSON-ready value (datetimes as ISO strings, dynamic values as JSON data)."""
-    result: dict[str, Any] = {}
-    for name, column_type, attribute in COLUMNS:
-        value = getattr(row, attribute)
-        if column_type is ColumnType.DATETIME:
-            value = format_datetime(value) if value is not None else None
-        elif column_type is ColumnType.DYNAMIC and isinstance(value, tuple):
-            value = list(value)
-        result[name] = value
-    return result
+def _optional_datetime(value: datetime | None) -> str | None:
+    return format_datetime(value) if value is not None else None
+
+
+def _json_data(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def row_to_columns(row: IndicatorRow, dynamic: Callable[[Any], Any] = _json_data) -> dict[str, Any]:
+    """Column name → JSON-ready value: datetimes as ISO strings, dynamic values through `dynamic`
+    (JSON data by default; the Log Analytics stand-in passes an encoder, as the real service sends
+    dynamic columns as JSON-encoded strings)."""
+    converters: dict[ColumnType, Callable[[Any], Any]] = {
+        ColumnType.DATETIME: _optional_datetime,
+        ColumnType.DYNAMIC: dynamic,
+    }
+    return {
+        name: converters[kind](getattr(row, attribute)) if kind in converters else getattr(row, attribute)
+        for name, kind, attribute in COLUMNS
+    }
 
 
 class RowsFileError(ValueError):

@@ -87,13 +87,15 @@ def _legacy_columns(row: IndicatorRow) -> dict[str, Any]:
     return columns
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def _encode_dynamic(value: Any) -> str:
+    return _ENCODER.encode(list(value) if isinstance(value, tuple) else value)
+
+
 def _table_columns(row: IndicatorRow) -> dict[str, Any]:
-    columns = row_to_columns(row)
-    for name, kind, _ in COLUMNS:
-        if kind is ColumnType.DYNAMIC:
-            # The real service sends dynamic values as JSON-encoded strings.
-            columns[name] = json.dumps(columns[name], ensure_ascii=False, separators=(",", ":"))
-    return columns
+    return row_to_columns(row, dynamic=_encode_dynamic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +142,7 @@ class Table:
         fragment = self._fragments[index]
         if fragment is None:
             values = self._row_values(index)
-            fragment = json.dumps([values[name] for name, _ in self.result_columns], ensure_ascii=False)
+            fragment = _ENCODER.encode([values[name] for name, _ in self.result_columns])
             self._fragments[index] = fragment
         return fragment
 
