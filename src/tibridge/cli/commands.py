@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
-from tibridge.cli.pipeline import build_pipeline, load_pipeline_settings, stop_when_drained
+from tibridge.cli.pipeline import SERVICE_SETTINGS, build_pipeline, load_pipeline_settings, stop_when_drained
 from tibridge.common.clock import SystemClock
 from tibridge.common.runtime import Service, Worker, bus_from_settings, run_service, serve
-from tibridge.common.settings import SettingsError, TibridgeSettings, load_settings
+from tibridge.common.settings import SettingsError, load_settings
 
 
 def _collector_overrides(once: bool, since: str | None) -> dict[str, Any]:
@@ -54,13 +55,23 @@ class _Signalling:
             self._done.set()
 
 
-async def run_pipeline(*, bus: str, once: bool, since: str | None, overrides: dict[str, Any] | None = None) -> int:
+async def run_pipeline(
+    *,
+    bus: str,
+    once: bool,
+    since: str | None,
+    overrides: dict[str, Any] | None = None,
+    on_built: Callable[[dict[str, Service]], None] | None = None,
+) -> int:
+    """All three services in one process; `on_built` sees them before they start (the demo watches counts)."""
     settings = load_pipeline_settings({"bus": bus, **_collector_overrides(once, since), **(overrides or {})})
     stop = asyncio.Event()
     collector_done = asyncio.Event()
     async with contextlib.AsyncExitStack() as resources:
         the_bus = await bus_from_settings(settings.process, resources)
         services = await build_pipeline(settings, the_bus, resources, SystemClock())
+        if on_built is not None:
+            on_built(services)
         if once:
             collector = services["collector"]
             services["collector"] = Service(
@@ -68,7 +79,9 @@ async def run_pipeline(*, bus: str, once: bool, since: str | None, overrides: di
                 readiness=collector.readiness,
                 counts=collector.counts,
             )
-            resources.push_async_callback(_cancel, asyncio.create_task(stop_when_drained(the_bus, services, collector_done, stop)))
+            resources.push_async_callback(
+                _cancel, asyncio.create_task(stop_when_drained(the_bus, services, collector_done, stop))
+            )
         return await serve(settings.process, the_bus, list(services.values()), stop=stop)
 
 
@@ -80,18 +93,11 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 def check_settings(services: list[str], *, bus: str | None) -> dict[str, list[str]]:
     """Per service, the problems with its settings (empty when fine)."""
-    from tibridge.cli.pipeline import CollectorSettings, PublisherSettings, ScorerSettings
-
-    classes: dict[str, type[TibridgeSettings]] = {
-        "collector": CollectorSettings,
-        "scorer": ScorerSettings,
-        "publisher": PublisherSettings,
-    }
     overrides = {"bus": bus} if bus else {}
     problems: dict[str, list[str]] = {}
     for name in services:
         try:
-            load_settings(classes[name], **overrides)
+            load_settings(SERVICE_SETTINGS[name], **overrides)
             problems[name] = []
         except SettingsError as error:
             problems[name] = error.problems

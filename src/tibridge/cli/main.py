@@ -14,7 +14,7 @@ import typer
 from tibridge.common.settings import SettingsError
 
 app = typer.Typer(
-    help="Carries MDTI indicators from Microsoft Sentinel into Anomali ThreatStream, keeping only what MDTI says is bad.",
+    help="Carries MDTI indicators from Microsoft Sentinel into Anomali ThreatStream, keeping what MDTI says is bad.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -52,13 +52,16 @@ def _run(coroutine_factory: Callable[[], Coroutine[Any, Any, int]]) -> None:
 
 
 SinceOption = Annotated[
-    str | None, typer.Option(help="Backfill: start this far back (ISO 8601 duration such as P30D), ignoring the checkpoint.")
+    str | None,
+    typer.Option(help="Backfill: start this far back (ISO 8601 duration such as P30D), ignoring the checkpoint."),
 ]
 
 
 @app.command()
 def run(
-    once: Annotated[bool, typer.Option(help="One collector pass, then stop when everything downstream settled.")] = False,
+    once: Annotated[
+        bool, typer.Option(help="One collector pass, then stop when everything downstream settled.")
+    ] = False,
     bus: Annotated[BusChoice, typer.Option(help="`memory` (all in one process) or `servicebus`.")] = BusChoice.MEMORY,
     since: SinceOption = None,
 ) -> None:

@@ -26,7 +26,11 @@ from tibridge.publisher.settings import PublisherSettings
 from tibridge.scorer.app import build as build_scorer
 from tibridge.scorer.settings import ScorerSettings
 
-STAGES = ("collector", "scorer", "publisher")
+SERVICE_SETTINGS: dict[str, type[ServiceSettings]] = {
+    "collector": CollectorSettings,
+    "scorer": ScorerSettings,
+    "publisher": PublisherSettings,
+}
 
 
 @dataclass(frozen=True)
@@ -68,9 +72,7 @@ def is_idle(bus: Bus, services: Mapping[str, Service]) -> bool:
     if any(consumer.in_flight for consumer in consumers):
         return False
     if isinstance(bus, MemoryBus):
-        return all(
-            bus.depth(topic.name, sub.name) == 0 for topic in TOPOLOGY.topics for sub in topic.subscriptions
-        )
+        return all(bus.depth(topic.name, sub.name) == 0 for topic in TOPOLOGY.topics for sub in topic.subscriptions)
     return all(consumer.idle_for >= 5.0 for consumer in consumers)
 
 

@@ -6,14 +6,8 @@ from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from tibridge.cli.pipeline import CollectorSettings, PublisherSettings, ScorerSettings
-from tibridge.common.settings import ENV_PREFIX, TibridgeSettings
-
-_SERVICES: dict[str, type[TibridgeSettings]] = {
-    "collector": CollectorSettings,
-    "scorer": ScorerSettings,
-    "publisher": PublisherSettings,
-}
+from tibridge.cli.pipeline import SERVICE_SETTINGS as _SERVICES
+from tibridge.common.settings import ENV_PREFIX
 
 
 def _default(field: FieldInfo) -> str:
