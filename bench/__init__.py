@@ -1,0 +1,1 @@
+"""Benchmarks: the whole pipeline against the sandbox, reporting throughput and API economy."""
