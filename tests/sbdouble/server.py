@@ -140,6 +140,10 @@ def parse_queue(path: str) -> QueueKey | None:
     return QueueKey(parts[0], parts[2], dead_letter=len(parts) == 4)
 
 
+class _UnsupportedSettlement(Exception):
+    pass
+
+
 @dataclass(frozen=True)
 class _Reply:
     status: int
@@ -375,25 +379,31 @@ class _AmqpHandler(Handler):
         if token is None:
             delivery.settle()
             return
-        state = delivery.remote_state
         try:
             touched = self._settle(token, delivery)
         except LockLostError as error:
-            delivery.local.condition = Condition(LOCK_LOST, str(error))
-            delivery.update(Delivery.REJECTED)
+            self._refuse(delivery, Condition(LOCK_LOST, str(error)))
+        except _UnsupportedSettlement as error:
+            self._refuse(delivery, Condition(NOT_IMPLEMENTED, str(error)))
         else:
-            self._echo(delivery, state)
+            # Rcv-settle-mode second: settle with the outcome applied, which the SDK compares with what it sent.
+            if delivery.remote_state == Delivery.MODIFIED:
+                delivery.local.failed = delivery.remote.failed
+                delivery.local.undeliverable = delivery.remote.undeliverable
+            delivery.update(delivery.remote_state)  # a rejected echo carries no error
             if touched is not None:
                 self._pump_queue(touched)
         delivery.settle()
 
     def _settle(self, token: uuid.UUID, delivery: Delivery) -> QueueKey | None:
-        state = delivery.remote_state
-        remote = delivery.remote
+        """Applies the receiver's outcome; returns the queue that got a message back, if any."""
+        state, remote = delivery.remote_state, delivery.remote
         if state == Delivery.ACCEPTED:
             self.broker.complete(token)
             return None
-        if state == Delivery.RELEASED:
+        if state == Delivery.RELEASED or (
+            state == Delivery.MODIFIED and not remote.failed and not remote.undeliverable
+        ):
             return self.broker.release(token)
         if state == Delivery.MODIFIED and not remote.undeliverable:
             return self.broker.abandon(token)
@@ -402,15 +412,12 @@ class _AmqpHandler(Handler):
             details = {str(key): value for key, value in info.items()} if isinstance(info, dict) else {}
             reason, description = details.get(DEAD_LETTER_REASON), details.get(DEAD_LETTER_DESCRIPTION)
             return self.broker.dead_letter(token, _text(reason), _text(description))
-        raise LockLostError(f"settling with {state} (defer) is not supported by the Service Bus double")
+        raise _UnsupportedSettlement(f"the Service Bus double cannot settle with {state} (defer)")
 
     @staticmethod
-    def _echo(delivery: Delivery, state: Any) -> None:
-        """Rcv-settle-mode second: the broker settles with the outcome it applied; a rejected echo has no error."""
-        if state == Delivery.MODIFIED:
-            delivery.local.failed = True
-            delivery.local.undeliverable = False
-        delivery.update(state)
+    def _refuse(delivery: Delivery, condition: Condition) -> None:
+        delivery.local.condition = condition
+        delivery.update(Delivery.REJECTED)
 
     def _pump_queue(self, key: QueueKey) -> None:
         for link in list(self._consumers.get(key, [])):
