@@ -1,0 +1,57 @@
+"""A bounded TTL cache with single flight: one lookup per key per TTL, shared by every concurrent caller.
+
+Values may be None (MDTI's "no reputation"), cached like any other. Failed lookups are not cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from cachetools import TTLCache
+
+from tibridge.common.clock import Clock
+from tibridge.scorer.counts import ScorerCounts
+
+V = TypeVar("V")
+
+
+class SingleFlightCache(Generic[V]):
+    def __init__(self, *, max_entries: int, ttl_seconds: float, clock: Clock, counts: ScorerCounts) -> None:
+        self._entries: TTLCache[str, V] = TTLCache(maxsize=max_entries, ttl=ttl_seconds, timer=clock.monotonic)
+        self._loading: dict[str, asyncio.Task[V]] = {}
+        self._counts = counts
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def get(self, key: str, load: Callable[[], Awaitable[V]]) -> V:
+        """The cached value, or the result of `load()`; concurrent callers for one key share one `load()`."""
+        if key in self._entries:
+            self._counts.lookup("hit")
+            return self._entries[key]
+        task = self._loading.get(key)
+        if task is None:
+            self._counts.lookup("miss")
+            task = asyncio.create_task(self._load(key, load))
+            task.add_done_callback(_retrieve_exception)
+            self._loading[key] = task
+        else:
+            self._counts.lookup("shared")
+        # Shielded: one caller giving up (its message was abandoned on stop) does not cancel the others' lookup.
+        return await asyncio.shield(task)
+
+    async def _load(self, key: str, load: Callable[[], Awaitable[V]]) -> V:
+        try:
+            value = await load()
+            self._entries[key] = value
+            return value
+        finally:
+            del self._loading[key]
+
+
+def _retrieve_exception(task: asyncio.Task[object]) -> None:
+    # Every waiter may have gone; the failure is theirs to report, not the event loop's.
+    if not task.cancelled():
+        task.exception()

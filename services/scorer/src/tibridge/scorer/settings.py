@@ -1,0 +1,77 @@
+"""The scorer's settings: Graph endpoint, verdict policy, cache, batching and rate limits."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Self
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
+
+from tibridge.common.contracts import Classification
+from tibridge.common.settings import ServiceSettings
+from tibridge.scorer.policy import DEFAULT_THRESHOLD, UnscorablePolicy
+
+GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
+
+
+class ScorerSettings(ServiceSettings):
+    graph_base_url: str = Field(
+        GRAPH_BASE_URL, description="Microsoft Graph base URL, up to and including the version (…/v1.0)."
+    )
+    score_threshold: int = Field(
+        DEFAULT_THRESHOLD, ge=0, le=100, description="MDTI score (0-100) at or above which an indicator is published."
+    )
+    allowed_classifications: Annotated[frozenset[Classification], NoDecode] = Field(
+        frozenset(),
+        description="Comma-separated MDTI classifications that may be published (e.g. malicious,suspicious); "
+        "empty allows any.",
+    )
+    unscorable_policy: UnscorablePolicy = Field(
+        UnscorablePolicy.DROP,
+        description="What happens to URLs, file hashes and emails, which MDTI cannot score: `drop` or `forward`.",
+    )
+    unscorable_confidence: int = Field(
+        100, ge=0, le=100, description="Confidence given to unscorable indicators forwarded unscored."
+    )
+    cache_ttl_seconds: float = Field(
+        86400.0, gt=0, description="How long a reputation (or MDTI's 'no reputation') is reused before a new lookup."
+    )
+    cache_max_entries: int = Field(100_000, ge=1, description="Reputations cached at most (least recently used go).")
+    graph_batch_linger_seconds: float = Field(
+        0.05, ge=0, le=5, description="How long a lookup waits for others to share its Graph $batch request."
+    )
+    graph_lookups_per_second: float = Field(
+        50.0, gt=0, description="Ceiling on MDTI lookups per second (each item of a $batch counts)."
+    )
+    graph_parallel_requests: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Graph $batch requests in flight at once; above 1 a request may already be on its way "
+        "when another one is answered 429.",
+    )
+    graph_request_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one Graph HTTP request.")
+    graph_max_attempts: int = Field(
+        8, ge=1, le=50, description="Attempts per lookup (429, 5xx, timeouts) before its message goes back to the bus."
+    )
+    graph_probe_interval_seconds: float = Field(
+        30.0, gt=0, description="While Graph refuses the token, how often one lookup checks whether it is fixed."
+    )
+    max_concurrency: int = Field(
+        64, ge=1, le=1000, description="Messages scored at once; at least 20 lets a Graph $batch fill up."
+    )
+
+    @model_validator(mode="after")
+    def _graph_endpoint(self) -> Self:
+        try:
+            self.graph_base_url = self.endpoint(self.graph_base_url)
+        except ValueError as error:
+            raise ValueError(f"TIBRIDGE_GRAPH_BASE_URL: {error}") from None
+        return self
+
+    @field_validator("allowed_classifications", mode="before")
+    @classmethod
+    def _split_classifications(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return frozenset(part.strip() for part in value.split(",") if part.strip())
+        return value
