@@ -13,7 +13,9 @@ from tests.fixtures.runtime import free_port
 from tibridge.common import runtime
 from tibridge.common.bus.memory import MemoryBus
 from tibridge.common.bus.port import Bus, BusUnavailable
+from tibridge.common.bus.servicebus import ServiceBusBus
 from tibridge.common.clock import Clock
+from tibridge.common.identity import CredentialError
 from tibridge.common.runtime import Service, bus_from_settings, readiness_problems, run_service, serve
 from tibridge.common.settings import ServiceSettings, load_settings
 
@@ -227,3 +229,19 @@ async def test_the_memory_bus_comes_from_the_settings_and_closes_with_the_resour
     async with contextlib.AsyncExitStack() as resources:
         bus = await bus_from_settings(settings(), resources)
         assert isinstance(bus, MemoryBus)
+
+
+async def test_a_namespace_with_the_sandbox_credential_is_refused_unless_loopback() -> None:
+    namespace_settings = settings(
+        bus="servicebus", servicebus_namespace="contoso.servicebus.windows.net", credential="sandbox"
+    )
+    async with contextlib.AsyncExitStack() as resources:
+        with pytest.raises(CredentialError, match="TIBRIDGE_CREDENTIAL=default"):
+            await bus_from_settings(namespace_settings, resources)
+
+
+async def test_a_namespace_gets_the_default_credential_closed_with_the_resources() -> None:
+    namespace_settings = settings(bus="servicebus", servicebus_namespace="contoso.servicebus.windows.net")
+    async with contextlib.AsyncExitStack() as resources:
+        bus = await bus_from_settings(namespace_settings, resources)
+        assert isinstance(bus, ServiceBusBus)

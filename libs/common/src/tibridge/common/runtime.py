@@ -77,11 +77,11 @@ class Pausable(Protocol):
 
 
 def not_paused(worker: Pausable) -> ReadinessCheck:
-    async def check() -> str | None:
+    async def worker_not_paused() -> str | None:
         reason = worker.paused_reason
         return None if reason is None else f"{worker.name} is paused: {reason}"
 
-    return check
+    return worker_not_paused
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
@@ -188,7 +188,7 @@ async def _bounded(check: ReadinessCheck) -> str | None:
 
 
 def _describe(check: ReadinessCheck) -> str:
-    return getattr(check, "__qualname__", type(check).__name__)
+    return getattr(check, "__name__", type(check).__name__)
 
 
 async def _run_workers(workers: Sequence[Worker], stop: asyncio.Event, deadline_seconds: float) -> int:

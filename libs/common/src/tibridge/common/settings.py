@@ -56,7 +56,11 @@ class ServiceSettings(TibridgeSettings):
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     max_in_flight: int = Field(64, ge=1, le=10000, description="Unsettled messages a consumer holds at most.")
-    shutdown_grace_seconds: float = Field(20.0, ge=0, description="Time in-flight work gets to finish on SIGTERM.")
+    shutdown_grace_seconds: float = Field(
+        20.0,
+        ge=0,
+        description="Time in-flight work gets to finish on SIGTERM; give the orchestrator's kill deadline 10 s more.",
+    )
 
     @field_validator("health_host")
     @classmethod

@@ -1,0 +1,70 @@
+"""One trace from producer to consumer across Service Bus (the servicebus adapter over the wire-level double)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.fixtures.messages import collected_envelope
+from tests.fixtures.runtime import eventually
+from tests.sbdouble import ServiceBusDouble
+from tibridge.common.bus.port import OutgoingMessage
+from tibridge.common.bus.servicebus import ServiceBusBus
+from tibridge.common.consumer import Consumer, ConsumerOptions, InFlight
+from tibridge.common.contracts import IndicatorCollected
+from tibridge.common.telemetry import current_trace_context
+from tibridge.common.topology import INDICATORS_TOPIC, SCORER_SUBSCRIPTION
+
+
+class CompletingHandler:
+    payload_type = IndicatorCollected
+
+    def __init__(self) -> None:
+        self.completed: list[str] = []
+
+    async def handle(self, item: InFlight[IndicatorCollected]) -> None:
+        await item.complete()
+        self.completed.append(item.message.message_id)
+
+    async def flush(self) -> None:
+        return None
+
+    async def probe(self) -> bool:
+        return True
+
+
+async def test_the_consumer_span_joins_the_producer_trace_across_service_bus(
+    sb_double: ServiceBusDouble, span_exporter: InMemorySpanExporter
+) -> None:
+    # Producer and consumer each have their own client, as two processes would.
+    producer_bus = ServiceBusBus.from_connection_string(sb_double.connection_string)
+    consumer_bus = ServiceBusBus.from_connection_string(sb_double.connection_string)
+    handler = CompletingHandler()
+    consumer = Consumer(
+        consumer_bus, INDICATORS_TOPIC, SCORER_SUBSCRIPTION, handler, ConsumerOptions(receive_wait_seconds=0.2)
+    )
+    stop = asyncio.Event()
+    try:
+        with trace.get_tracer("test.collector").start_as_current_span("collect window") as producer_span:
+            traceparent, _ = current_trace_context()
+            envelope = collected_envelope(1, traceparent=traceparent)
+            await producer_bus.publish(INDICATORS_TOPIC, [OutgoingMessage.from_envelope(envelope)])
+        consuming = asyncio.create_task(consumer.run(stop))
+        await eventually(lambda: handler.completed == [envelope.message_id], what="consuming the message")
+        stop.set()
+        await asyncio.wait_for(consuming, 30)
+    finally:
+        stop.set()
+        await producer_bus.close()
+        await consumer_bus.close()
+
+    [consumer_span] = [span for span in span_exporter.get_finished_spans() if span.name.endswith(" process")]
+    producer_context = producer_span.get_span_context()
+    assert consumer_span.context is not None
+    assert consumer_span.parent is not None
+    assert consumer_span.context.trace_id == producer_context.trace_id
+    assert consumer_span.parent.span_id == producer_context.span_id
+    assert consumer_span.kind is trace.SpanKind.CONSUMER
+    assert sb_double.depth(INDICATORS_TOPIC, SCORER_SUBSCRIPTION) == 0
