@@ -1,4 +1,5 @@
-"""One trace from producer to consumer across Service Bus (the servicebus adapter over the wire-level double)."""
+"""The consumer loop over Service Bus (the servicebus adapter over the wire-level double): one trace from
+producer to consumer, and unreadable bodies dead-lettered with their reason while the consumer goes on."""
 
 from __future__ import annotations
 
@@ -67,4 +68,30 @@ async def test_the_consumer_span_joins_the_producer_trace_across_service_bus(
     assert consumer_span.context.trace_id == producer_context.trace_id
     assert consumer_span.parent.span_id == producer_context.span_id
     assert consumer_span.kind is trace.SpanKind.CONSUMER
+    assert sb_double.depth(INDICATORS_TOPIC, SCORER_SUBSCRIPTION) == 0
+
+
+async def test_a_malformed_body_is_dead_lettered_with_its_reason_and_the_consumer_goes_on(
+    sb_double: ServiceBusDouble,
+) -> None:
+    bus = ServiceBusBus.from_connection_string(sb_double.connection_string)
+    handler = CompletingHandler()
+    consumer = Consumer(bus, INDICATORS_TOPIC, SCORER_SUBSCRIPTION, handler, ConsumerOptions(receive_wait_seconds=0.2))
+    good = collected_envelope(2)
+    stop = asyncio.Event()
+    try:
+        await bus.publish(
+            INDICATORS_TOPIC,
+            [OutgoingMessage(body=b"{not json", message_id="malformed"), OutgoingMessage.from_envelope(good)],
+        )
+        consuming = asyncio.create_task(consumer.run(stop))
+        await eventually(lambda: handler.completed == [good.message_id], what="completing the good message")
+        stop.set()
+        await asyncio.wait_for(consuming, 30)
+    finally:
+        stop.set()
+        await bus.close()
+    [dead] = sb_double.dead_letters(INDICATORS_TOPIC, SCORER_SUBSCRIPTION)
+    assert (dead.message_id, dead.dead_letter_reason) == ("malformed", "InvalidBody")
+    assert "not JSON" in (dead.dead_letter_description or "")
     assert sb_double.depth(INDICATORS_TOPIC, SCORER_SUBSCRIPTION) == 0
