@@ -1,0 +1,221 @@
+"""The scorer's handler inside the real consumer loop, on the in-memory bus."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import pytest
+
+from tests.fixtures.scorer import MALICIOUS, SUSPICIOUS, indicator, until
+from tibridge.common.bus.memory import MemoryBus
+from tibridge.common.bus.port import OutgoingMessage
+from tibridge.common.clock import SystemClock
+from tibridge.common.consumer import Consumer, ConsumerOptions, DependencyUnavailable, PermanentFailure
+from tibridge.common.contracts import (
+    Envelope,
+    InactiveReason,
+    IndicatorCollected,
+    IndicatorScored,
+    ObservableType,
+    Reputation,
+    Verdict,
+    decode,
+    envelope_for,
+)
+from tibridge.common.topology import (
+    INDICATORS_TOPIC,
+    SCORED_TOPIC,
+    SCORER_SUBSCRIPTION,
+    SubscriptionSpec,
+    TopicSpec,
+    Topology,
+)
+from tibridge.scorer.batcher import LookupFailed
+from tibridge.scorer.cache import SingleFlightCache
+from tibridge.scorer.counts import ScorerCounts
+from tibridge.scorer.policy import Policy
+from tibridge.scorer.service import ScorerHandler
+
+EVERYTHING = "everything"
+# `scored` with one unfiltered subscription, so the tests see drops as well.
+TOPOLOGY = Topology(
+    topics=(
+        TopicSpec(INDICATORS_TOPIC, subscriptions=(SubscriptionSpec(SCORER_SUBSCRIPTION),)),
+        TopicSpec(SCORED_TOPIC, subscriptions=(SubscriptionSpec(EVERYTHING),)),
+    )
+)
+
+
+class FakeReputations:
+    def __init__(self, known: dict[str, Reputation]) -> None:
+        self.known = known
+        self.asked: list[str] = []
+        self.failure: Exception | None = None
+
+    async def lookup(self, host: str) -> Reputation | None:
+        self.asked.append(host)
+        await asyncio.sleep(0.01)
+        if self.failure is not None:
+            raise self.failure
+        return self.known.get(host)
+
+    async def probe(self) -> bool:
+        return self.failure is None
+
+
+class GatedBus(MemoryBus):
+    """Holds publishes to `scored` until the gate opens."""
+
+    def __init__(self, topology: Topology) -> None:
+        super().__init__(topology)
+        self.gate = asyncio.Event()
+
+    async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
+        if topic == SCORED_TOPIC:
+            await self.gate.wait()
+        await super().publish(topic, messages)
+
+
+class Rig:
+    def __init__(self, reputations: FakeReputations, bus: MemoryBus) -> None:
+        self.bus = bus
+        self.reputations = reputations
+        self.counts = ScorerCounts()
+        cache: SingleFlightCache[Reputation | None] = SingleFlightCache(
+            max_entries=100, ttl_seconds=60, clock=SystemClock(), counts=self.counts
+        )
+        handler = ScorerHandler(bus, Policy(), cache, reputations, SystemClock(), self.counts)
+        self.consumer = Consumer(
+            bus,
+            INDICATORS_TOPIC,
+            SCORER_SUBSCRIPTION,
+            handler,
+            ConsumerOptions(receive_wait_seconds=0.05, probe_interval_seconds=0.05, shutdown_grace_seconds=1),
+        )
+
+    async def send(self, *indicators: IndicatorCollected) -> None:
+        await self.bus.publish(
+            INDICATORS_TOPIC, [OutgoingMessage.from_envelope(envelope_for(item)) for item in indicators]
+        )
+
+    async def scored(self) -> list[IndicatorScored]:
+        results: list[IndicatorScored] = []
+        async with self.bus.receiver(SCORED_TOPIC, EVERYTHING) as receiver:
+            while messages := await receiver.receive(100, 0.01):
+                for message in messages:
+                    envelope = decode(message.body)
+                    assert isinstance(envelope, Envelope)
+                    assert isinstance(envelope.payload, IndicatorScored)
+                    results.append(envelope.payload)
+                    await receiver.complete(message)
+        return results
+
+    def depth(self, *, dead_letter: bool = False) -> int:
+        return self.bus.depth(INDICATORS_TOPIC, SCORER_SUBSCRIPTION, dead_letter=dead_letter)
+
+
+@asynccontextmanager
+async def running(known: dict[str, Reputation], bus: MemoryBus | None = None) -> AsyncIterator[Rig]:
+    rig = Rig(FakeReputations(known), bus or MemoryBus(TOPOLOGY))
+    stop = asyncio.Event()
+    task = asyncio.create_task(rig.consumer.run(stop))
+    try:
+        yield rig
+    finally:
+        stop.set()
+        await task
+
+
+async def test_every_indicator_gets_its_verdict_and_its_input_is_settled() -> None:
+    async with running({"evil.example": MALICIOUS, "203.0.113.9": SUSPICIOUS}) as rig:
+        await rig.send(
+            indicator("evil.example"),
+            indicator("203.0.113.9", ObservableType.IPV4),
+            indicator("nobody.example"),
+            indicator("https://evil.example/x", ObservableType.URL),
+            indicator("gone.example", inactive=InactiveReason.REVOKED),
+        )
+        await until(lambda: sum(rig.counts.verdicts.values()) == 5)
+        await until(lambda: rig.depth() == 0)
+    verdicts = {item.observable.value: (item.verdict, item.reason) for item in await rig.scored()}
+    assert verdicts == {
+        "evil.example": (Verdict.PUBLISH, "at_or_above_threshold"),
+        "203.0.113.9": (Verdict.DROP, "below_threshold"),
+        "nobody.example": (Verdict.DROP, "no_reputation"),
+        "https://evil.example/x": (Verdict.DROP, "unscorable_type"),
+        "gone.example": (Verdict.EXPIRE, "revoked"),
+    }
+    # Only active IPs and domains were looked up.
+    assert sorted(rig.reputations.asked) == ["203.0.113.9", "evil.example", "nobody.example"]
+    assert rig.counts.snapshot()["classifications"] == {"malicious": 1, "suspicious": 1}
+
+
+async def test_many_messages_for_one_observable_share_one_lookup() -> None:
+    async with running({"evil.example": MALICIOUS}) as rig:
+        await rig.send(*(indicator("evil.example", version=str(n)) for n in range(10)))
+        await until(lambda: rig.depth() == 0)
+    assert rig.reputations.asked == ["evil.example"]
+    assert len(await rig.scored()) == 10
+    cache = rig.counts.snapshot()["cache"]
+    assert cache["misses"] == 1
+    assert cache["hits"] + cache["shared"] == 9
+
+
+async def test_the_input_is_settled_only_after_the_verdict_is_on_the_bus() -> None:
+    bus = GatedBus(TOPOLOGY)
+    async with running({"evil.example": MALICIOUS}, bus) as rig:
+        await rig.send(indicator("evil.example"))
+        await until(lambda: rig.reputations.asked != [])
+        await asyncio.sleep(0.1)
+        assert (rig.depth(), rig.consumer.in_flight) == (1, 1)
+        bus.gate.set()
+        await until(lambda: rig.depth() == 0)
+    [scored] = await rig.scored()
+    assert scored.verdict is Verdict.PUBLISH
+
+
+async def test_a_lookup_out_of_attempts_goes_back_to_the_bus() -> None:
+    async with running({"evil.example": MALICIOUS}) as rig:
+        rig.reputations.failure = LookupFailed("Graph kept failing")
+        await rig.send(indicator("evil.example"))
+        await until(lambda: rig.counts.abandoned >= 1)
+        rig.reputations.failure = None
+        await until(lambda: rig.depth() == 0)
+    assert [item.verdict for item in await rig.scored()] == [Verdict.PUBLISH]
+    assert rig.depth(dead_letter=True) == 0
+
+
+async def test_a_refused_token_pauses_without_dead_lettering_and_resumes_once_fixed() -> None:
+    reason = "Graph refused the token (HTTP 403): grant the app ThreatIntelligence.Read.All"
+    async with running({"evil.example": MALICIOUS}) as rig:
+        rig.reputations.failure = DependencyUnavailable(reason)
+        await rig.send(*(indicator(f"h{n}.example") for n in range(3)))
+        await until(lambda: rig.consumer.paused_reason is not None)
+        assert rig.consumer.paused_reason == reason
+        await asyncio.sleep(0.2)
+        assert rig.depth() == 3
+        assert rig.depth(dead_letter=True) == 0
+        rig.reputations.failure = None
+        await until(lambda: rig.depth() == 0)
+        assert rig.consumer.paused_reason is None
+    assert len(await rig.scored()) == 3
+
+
+async def test_a_host_graph_will_never_answer_is_dead_lettered_with_the_reason() -> None:
+    async with running({}) as rig:
+        rig.reputations.failure = PermanentFailure("GraphRejectedHost", "Graph answered HTTP 400 for this host")
+        await rig.send(indicator("bad.example"))
+        await until(lambda: rig.depth(dead_letter=True) == 1)
+    async with rig.bus.receiver(INDICATORS_TOPIC, SCORER_SUBSCRIPTION, dead_letter=True) as receiver:
+        [message] = await receiver.receive(1, 0.1)
+    assert message.dead_letter_reason == "GraphRejectedHost"
+
+
+@pytest.mark.parametrize("body", [b"not json", b'{"schema_version": "9.0"}'])
+async def test_unreadable_messages_are_dead_lettered(body: bytes) -> None:
+    async with running({}) as rig:
+        await rig.bus.publish(INDICATORS_TOPIC, [OutgoingMessage(body=body, message_id="bad")])
+        await until(lambda: rig.depth(dead_letter=True) == 1)
+    assert rig.reputations.asked == []

@@ -1,0 +1,58 @@
+"""Scorer settings: defaults, the environment's forms, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from tibridge.common.contracts import Classification
+from tibridge.common.settings import SettingsError, load_settings
+from tibridge.scorer.app import batch_size_for
+from tibridge.scorer.policy import UnscorablePolicy
+from tibridge.scorer.settings import ScorerSettings
+
+
+@pytest.fixture(autouse=True)
+def memory_bus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIBRIDGE_BUS", "memory")
+
+
+def test_defaults_follow_mdti_and_spend_the_quota_carefully() -> None:
+    settings = load_settings(ScorerSettings)
+    assert settings.graph_base_url == "https://graph.microsoft.com/v1.0"
+    assert settings.score_threshold == 75
+    assert settings.allowed_classifications == frozenset()
+    assert settings.unscorable_policy is UnscorablePolicy.DROP
+    assert settings.cache_ttl_seconds == 24 * 3600
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIBRIDGE_ALLOWED_CLASSIFICATIONS", " malicious, suspicious ")
+    monkeypatch.setenv("TIBRIDGE_UNSCORABLE_POLICY", "forward")
+    monkeypatch.setenv("TIBRIDGE_GRAPH_BASE_URL", "http://127.0.0.1:8123/graph/v1.0/")
+    monkeypatch.setenv("TIBRIDGE_DEV_MODE", "true")
+    settings = load_settings(ScorerSettings)
+    assert settings.allowed_classifications == {Classification.MALICIOUS, Classification.SUSPICIOUS}
+    assert settings.unscorable_policy is UnscorablePolicy.FORWARD
+    assert settings.graph_base_url == "http://127.0.0.1:8123/graph/v1.0"
+
+
+def test_an_unknown_classification_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIBRIDGE_ALLOWED_CLASSIFICATIONS", "evil")
+    with pytest.raises(SettingsError) as error:
+        load_settings(ScorerSettings)
+    assert error.value.problems[0].startswith("TIBRIDGE_ALLOWED_CLASSIFICATIONS:")
+
+
+def test_plain_http_to_graph_is_refused_outside_dev_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIBRIDGE_GRAPH_BASE_URL", "http://graph.example/v1.0")
+    with pytest.raises(SettingsError, match="TIBRIDGE_GRAPH_BASE_URL: plain http"):
+        load_settings(ScorerSettings)
+
+
+def test_every_setting_is_described() -> None:
+    assert all(field.description for field in ScorerSettings.model_fields.values())
+
+
+@pytest.mark.parametrize(("rate", "size"), [(50, 20), (20, 20), (7.5, 7), (0.2, 1)])
+def test_a_batch_never_holds_more_than_a_second_of_the_rate(rate: float, size: int) -> None:
+    assert batch_size_for(rate) == size
