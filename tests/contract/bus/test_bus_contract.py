@@ -21,7 +21,7 @@ from tibridge.common.topology import (
 
 MAX_DELIVERY_COUNT = TOPOLOGY.topic(INDICATORS_TOPIC).subscription(SCORER_SUBSCRIPTION).max_delivery_count
 LONGEST_LOCK_TO_WAIT_OUT = timedelta(seconds=5)
-QUIET_WAIT = 0.5  # how long "nothing more arrives" is watched for
+QUIET_WAIT = 0.3  # how long "nothing more arrives" is watched for
 ARRIVAL_TIMEOUT = 10.0
 SERVICEBUS_BATCH_LIMIT = 256 * 1024
 

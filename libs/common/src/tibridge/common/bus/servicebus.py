@@ -119,9 +119,8 @@ class ServiceBusBus:
         async with lock:
             with _translated(f"publishing to topic {topic!r}"):
                 try:
-                    async with asyncio.timeout(self._timeout):
-                        await self._send_in_batches(self._sender(topic), messages)
-                except Exception:
+                    await self._send_in_batches(self._sender(topic), messages)
+                except (ServiceBusError, TimeoutError):
                     # A failed sender may be shut down by the SDK; the next publish starts afresh.
                     await self._drop_sender(topic)
                     raise
@@ -176,23 +175,27 @@ class ServiceBusBus:
             with contextlib.suppress(Exception):
                 await probe.close()
 
-    @staticmethod
-    async def _send_in_batches(sender: ServiceBusSender, messages: Sequence[OutgoingMessage]) -> None:
-        batch = await sender.create_message_batch()
+    async def _send_in_batches(self, sender: ServiceBusSender, messages: Sequence[OutgoingMessage]) -> None:
+        """Fills each batch up to the link's size limit and sends it; each send has the operation timeout."""
+        async with asyncio.timeout(self._timeout):
+            batch = await sender.create_message_batch()
         for message in messages:
             outgoing = _to_servicebus(message)
             try:
                 batch.add_message(outgoing)
+                continue
             except MessageSizeExceededError:
                 if len(batch) == 0:
                     raise BusError(
                         f"message {message.message_id} is larger than the largest batch Service Bus takes "
                         f"({batch.max_size_in_bytes} bytes)"
                     ) from None
+            async with asyncio.timeout(self._timeout):
                 await sender.send_messages(batch)
                 batch = await sender.create_message_batch()
-                batch.add_message(outgoing)
-        await sender.send_messages(batch)
+            batch.add_message(outgoing)
+        async with asyncio.timeout(self._timeout):
+            await sender.send_messages(batch)
 
 
 class ServiceBusSubscriptionReceiver:
