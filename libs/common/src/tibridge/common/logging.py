@@ -14,7 +14,7 @@ import re
 import sys
 import threading
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 from opentelemetry import trace
 from pydantic import BaseModel, SecretStr
@@ -114,6 +114,14 @@ class RedactingJsonFormatter(JsonFormatter):
         return redacted
 
 
+class _StderrHandler(logging.StreamHandler[TextIO]):
+    """Writes to whatever `sys.stderr` is when a record comes (test runners and daemonisers swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def json_formatter() -> logging.Formatter:
     return RedactingJsonFormatter(
         "{levelname}{name}{message}",
@@ -130,7 +138,7 @@ def configure(level: str) -> None:
         raise ValueError(f"log level {level!r} is not one of DEBUG, INFO, WARNING, ERROR")
     root = logging.getLogger()
     if not any(getattr(handler, _HANDLER_MARK, False) for handler in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.addFilter(RedactingFilter())
         handler.addFilter(TraceContextFilter())
         handler.setFormatter(json_formatter())

@@ -151,6 +151,7 @@ async def serve(
     async def readiness() -> list[str]:
         return await readiness_problems(bus, checks, stopping=stop.is_set())
 
+    log.info("%s starting: %s", name, ", ".join(worker.name for worker in workers))
     async with _health_server(settings, readiness):
         with _stop_on_signals(stop, settings.shutdown_grace_seconds):
             code = await _run_workers(workers, stop, settings.shutdown_grace_seconds + SETTLE_ALLOWANCE_SECONDS)
