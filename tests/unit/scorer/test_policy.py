@@ -13,13 +13,17 @@ from tibridge.common.contracts import (
     Reputation,
     Verdict,
 )
-from tibridge.scorer.policy import AT_OR_ABOVE_THRESHOLD, UNSCORABLE_FORWARDED, Policy, UnscorablePolicy
+from tibridge.scorer.policy import SCORE_AT_OR_ABOVE_THRESHOLD, UNSCORABLE_FORWARDED, Policy, UnscorablePolicy
 
 
 def test_a_score_at_the_threshold_is_published_with_its_reputation() -> None:
     at_threshold = Reputation(score=75, classification=Classification.MALICIOUS)
     scored = Policy().decide(indicator("evil.example"), at_threshold)
-    assert (scored.verdict, scored.reason, scored.reputation) == (Verdict.PUBLISH, AT_OR_ABOVE_THRESHOLD, at_threshold)
+    assert (scored.verdict, scored.reason, scored.reputation) == (
+        Verdict.PUBLISH,
+        SCORE_AT_OR_ABOVE_THRESHOLD,
+        at_threshold,
+    )
 
 
 def test_a_score_below_the_threshold_is_dropped_but_keeps_its_reputation() -> None:

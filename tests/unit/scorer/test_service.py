@@ -141,7 +141,7 @@ async def test_every_indicator_gets_its_verdict_and_its_input_is_settled() -> No
         await until(lambda: rig.depth() == 0)
     verdicts = {item.observable.value: (item.verdict, item.reason) for item in await rig.scored()}
     assert verdicts == {
-        "evil.example": (Verdict.PUBLISH, "at_or_above_threshold"),
+        "evil.example": (Verdict.PUBLISH, "score_at_or_above_threshold"),
         "203.0.113.9": (Verdict.DROP, "below_threshold"),
         "nobody.example": (Verdict.DROP, "no_reputation"),
         "https://evil.example/x": (Verdict.DROP, "unscorable_type"),

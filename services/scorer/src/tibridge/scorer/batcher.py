@@ -106,26 +106,27 @@ class LookupBatcher:
 
     async def _dispatch(self) -> None:
         while True:
-            await self._gathered()
             await self._slots.acquire()
             try:
                 # Lookups keep gathering while Graph makes us wait, so the wait costs no extra requests.
                 while (paused := self._limiter.paused_for) > 0:
                     await self._clock.sleep(paused)
+                await self._gathered(since=_now())
                 batch = self._take()
             except BaseException:
                 self._slots.release()
                 raise
-            if not batch:
-                self._slots.release()
-                continue
             self._spawn(self._send(batch))
 
-    async def _gathered(self) -> None:
-        """Returns once a batch is full, or its oldest lookup has lingered long enough."""
+    async def _gathered(self, since: float) -> None:
+        """Returns once a batch is full, or a lookup has waited `linger` both in the queue and since `since`.
+
+        Lingering from the moment a request slot freed (`since`) too lets the lookups that arrive while the
+        previous batch was in flight fill this one, instead of sending the few that were left over.
+        """
         while len(self._waiting) < self._batch_size:
             if self._waiting:
-                remaining = self._waiting[0].queued_at + self._linger - _now()
+                remaining = max(self._waiting[0].queued_at, since) + self._linger - _now()
                 if remaining <= 0:
                     return
             else:
@@ -135,12 +136,8 @@ class LookupBatcher:
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
     def _take(self) -> list[_Lookup]:
-        batch: list[_Lookup] = []
-        while self._waiting and len(batch) < self._batch_size:
-            lookup = self._waiting.popleft()
-            if not lookup.future.done():
-                batch.append(lookup)
-        return batch
+        count = min(self._batch_size, len(self._waiting))
+        return [self._waiting.popleft() for _ in range(count)]
 
     # -- sending and settling -------------------------------------------------------------------------------
 

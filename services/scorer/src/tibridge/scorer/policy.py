@@ -18,8 +18,8 @@ from tibridge.common.contracts import (
 # MDTI's own malicious band starts here.
 DEFAULT_THRESHOLD = 75
 
-AT_OR_ABOVE_THRESHOLD = "at_or_above_threshold"
-UNSCORABLE_FORWARDED = "unscorable_type_forwarded"
+SCORE_AT_OR_ABOVE_THRESHOLD = "score_at_or_above_threshold"
+UNSCORABLE_FORWARDED = "unscorable_forwarded"
 
 
 class UnscorablePolicy(StrEnum):
@@ -56,7 +56,7 @@ class Policy:
         if self.allowed_classifications and reputation.classification not in self.allowed_classifications:
             return _drop(indicator, reputation, DropReason.CLASSIFICATION_NOT_ALLOWED)
         return IndicatorScored(
-            indicator=indicator, reputation=reputation, verdict=Verdict.PUBLISH, reason=AT_OR_ABOVE_THRESHOLD
+            indicator=indicator, reputation=reputation, verdict=Verdict.PUBLISH, reason=SCORE_AT_OR_ABOVE_THRESHOLD
         )
 
     def _unscorable(self, indicator: IndicatorCollected) -> IndicatorScored:

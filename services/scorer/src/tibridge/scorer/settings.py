@@ -57,8 +57,13 @@ class ScorerSettings(ServiceSettings):
     graph_probe_interval_seconds: float = Field(
         30.0, gt=0, description="While Graph refuses the token, how often one lookup checks whether it is fixed."
     )
+    # Messages wait for their lookup while a batch gathers and another is in flight: enough of them must be
+    # in hand to fill two batches of 20 even when most are cache hits or need no lookup.
+    max_in_flight: int = Field(
+        200, ge=1, le=10000, description="Unsettled messages the scorer holds at most (fills Graph batches)."
+    )
     max_concurrency: int = Field(
-        64, ge=1, le=1000, description="Messages scored at once; at least 20 lets a Graph $batch fill up."
+        200, ge=1, le=10000, description="Messages scored at once; well above 20 so Graph batches fill up."
     )
 
     @model_validator(mode="after")
