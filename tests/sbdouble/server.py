@@ -8,6 +8,7 @@ ever touched by that one thread.
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import logging
 import os
 import socket
@@ -116,7 +117,7 @@ class _RequestIn:
 class _ReplyOut:
     node: str
     pending: deque[bytes] = field(default_factory=deque)
-    tags: Iterator[int] = field(default_factory=lambda: iter(range(1, 2**62)))
+    tags: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
 
 _Role = _TopicIn | _QueueOut | _RequestIn | _ReplyOut

@@ -46,6 +46,7 @@ from tibridge.common.topology import INDICATORS_TOPIC, SCORER_SUBSCRIPTION
 CONNECTION_STRING_SETTING = "TIBRIDGE_SERVICEBUS_CONNECTION_STRING"
 NAMESPACE_SETTING = "TIBRIDGE_SERVICEBUS_NAMESPACE"
 DEFAULT_OPERATION_TIMEOUT = 30.0
+READINESS_SUBSCRIPTION = (INDICATORS_TOPIC, SCORER_SUBSCRIPTION)  # `check()` peeks at it
 MIN_RECEIVE_WAIT = 0.05  # the SDK refuses a zero wait
 RETRY_TOTAL = 3
 RETRY_BACKOFF_MAX = 10.0
@@ -61,7 +62,7 @@ class ServiceBusBus:
         client: ServiceBusClient,
         *,
         operation_timeout: float = DEFAULT_OPERATION_TIMEOUT,
-        readiness_subscription: tuple[str, str] = (INDICATORS_TOPIC, SCORER_SUBSCRIPTION),
+        readiness_subscription: tuple[str, str] = READINESS_SUBSCRIPTION,
     ) -> None:
         self._client = client
         self._timeout = operation_timeout
@@ -76,7 +77,7 @@ class ServiceBusBus:
         connection_string: SecretStr | str,
         *,
         operation_timeout: float = DEFAULT_OPERATION_TIMEOUT,
-        readiness_subscription: tuple[str, str] = (INDICATORS_TOPIC, SCORER_SUBSCRIPTION),
+        readiness_subscription: tuple[str, str] = READINESS_SUBSCRIPTION,
     ) -> Self:
         """From a namespace or emulator connection string (`Endpoint=sb://…;SharedAccessKeyName=…;…`)."""
         secret = connection_string.get_secret_value() if isinstance(connection_string, SecretStr) else connection_string
@@ -99,7 +100,7 @@ class ServiceBusBus:
         credential: AsyncTokenCredential,
         *,
         operation_timeout: float = DEFAULT_OPERATION_TIMEOUT,
-        readiness_subscription: tuple[str, str] = (INDICATORS_TOPIC, SCORER_SUBSCRIPTION),
+        readiness_subscription: tuple[str, str] = READINESS_SUBSCRIPTION,
     ) -> Self:
         """From a fully-qualified namespace and a token credential (e.g. azure-identity's DefaultAzureCredential)."""
         if not namespace or "/" in namespace or ":" in namespace:
