@@ -288,8 +288,8 @@ def render(result: DemoResult, console: Console) -> None:
     console.print(table)
     if result.reconciled:
         console.print(
-            f"[bold green]Reconciled:[/] ThreatStream holds exactly the {s['threatstream']['active']:,} expected active "
-            f"observables (from {s['expected'].get('publish', 0):,} indicators), nothing duplicated, "
+            f"[bold green]Reconciled:[/] ThreatStream holds exactly the {s['threatstream']['active']:,} "
+            f"expected active observables (from {s['expected'].get('publish', 0):,} indicators), nothing duplicated, "
             "no request inside a Retry-After window."
         )
     else:

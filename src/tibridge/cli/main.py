@@ -130,11 +130,19 @@ def config_check(
 
 
 @config_app.command("docs")
-def config_docs() -> None:
+def config_docs(
+    readme: Annotated[
+        Path | None, typer.Option(help="Rewrite the table inside this README instead of printing.")
+    ] = None,
+) -> None:
     """Print the settings table (Markdown) that the README carries."""
-    from tibridge.cli.settings_docs import settings_table
+    from tibridge.cli.settings_docs import readme_with_table, settings_table
 
-    typer.echo(settings_table(), nl=False)
+    if readme is None:
+        typer.echo(settings_table(), nl=False)
+        return
+    readme.write_text(readme_with_table(readme.read_text()))
+    typer.echo(f"updated the settings table in {readme}")
 
 
 @topology_app.command("emulator-config")

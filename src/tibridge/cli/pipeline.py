@@ -18,6 +18,7 @@ from tibridge.common.bus.memory import MemoryBus
 from tibridge.common.bus.port import Bus
 from tibridge.common.clock import Clock
 from tibridge.common.consumer import Consumer
+from tibridge.common.logging import register_settings_secrets
 from tibridge.common.runtime import Service
 from tibridge.common.settings import BusKind, ServiceSettings, load_settings
 from tibridge.common.topology import TOPOLOGY
@@ -48,11 +49,15 @@ class PipelineSettings:
 def load_pipeline_settings(overrides: Mapping[str, Any] | None = None) -> PipelineSettings:
     """Loads the three services' settings from one environment; raises SettingsError listing every problem."""
     values = dict(overrides or {})
-    return PipelineSettings(
+    settings = PipelineSettings(
         collector=load_settings(CollectorSettings, **values),
         scorer=load_settings(ScorerSettings, **values),
         publisher=load_settings(PublisherSettings, **values),
     )
+    # The process is served with the collector's settings; the others' secrets must be masked in logs too.
+    for service_settings in (settings.collector, settings.scorer, settings.publisher):
+        register_settings_secrets(service_settings)
+    return settings
 
 
 async def build_pipeline(

@@ -9,6 +9,9 @@ from pydantic_core import PydanticUndefined
 from tibridge.cli.pipeline import SERVICE_SETTINGS as _SERVICES
 from tibridge.common.settings import ENV_PREFIX
 
+README_START = "<!-- settings:start -->"
+README_END = "<!-- settings:end -->"
+
 
 def _default(field: FieldInfo) -> str:
     if field.default is PydanticUndefined:
@@ -28,19 +31,34 @@ def _is_secret(field: FieldInfo) -> bool:
     return "SecretStr" in annotation or field.annotation is SecretStr
 
 
+def _defaults(fields: dict[str, FieldInfo]) -> str:
+    """One default, or each service's where they differ (e.g. the publisher holds whole batches in flight)."""
+    by_service = {service: _default(field) for service, field in fields.items()}
+    if len(set(by_service.values())) == 1:
+        return f"`{next(iter(by_service.values()))}`"
+    return "; ".join(f"{service} `{value}`" for service, value in by_service.items())
+
+
 def settings_table() -> str:
-    used_by: dict[str, list[str]] = {}
-    fields: dict[str, FieldInfo] = {}
+    fields: dict[str, dict[str, FieldInfo]] = {}
     for service, cls in _SERVICES.items():
         for name, field in cls.model_fields.items():
-            env = ENV_PREFIX + name.upper()
-            used_by.setdefault(env, []).append(service)
-            fields.setdefault(env, field)
+            fields.setdefault(ENV_PREFIX + name.upper(), {})[service] = field
     lines = ["| Setting | Used by | Meaning | Default | Secret |", "|---|---|---|---|---|"]
-    for env in sorted(fields, key=lambda e: (len(used_by[e]) < len(_SERVICES), e)):
-        field = fields[env]
-        services = "all" if len(used_by[env]) == len(_SERVICES) else ", ".join(used_by[env])
+    for env in sorted(fields, key=lambda e: (len(fields[e]) < len(_SERVICES), ", ".join(fields[e]), e)):
+        per_service = fields[env]
+        field = next(iter(per_service.values()))
+        services = "all" if len(per_service) == len(_SERVICES) else ", ".join(per_service)
         meaning = (field.description or "").replace("|", "\\|")
-        default = _default(field).replace("|", "\\|")
-        lines.append(f"| `{env}` | {services} | {meaning} | `{default}` | {'yes' if _is_secret(field) else 'no'} |")
+        default = _defaults(per_service).replace("|", "\\|")
+        lines.append(f"| `{env}` | {services} | {meaning} | {default} | {'yes' if _is_secret(field) else 'no'} |")
     return "\n".join(lines) + "\n"
+
+
+def readme_with_table(readme: str) -> str:
+    """The README text with the generated table between its settings markers."""
+    head, start, rest = readme.partition(README_START)
+    _, end, tail = rest.partition(README_END)
+    if not start or not end:
+        raise ValueError(f"README.md lacks the {README_START} … {README_END} markers")
+    return f"{head}{start}\n{settings_table()}{end}{tail}"
