@@ -8,28 +8,24 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from tests.fixtures.scorer import MALICIOUS, SUSPICIOUS, indicator, until
+from tests.fixtures.scorer import MALICIOUS, SEE_EVERYTHING, SUSPICIOUS, drain_scored, indicator, until
 from tibridge.common.bus.memory import MemoryBus
 from tibridge.common.bus.port import OutgoingMessage
 from tibridge.common.clock import SystemClock
 from tibridge.common.consumer import Consumer, ConsumerOptions, DependencyUnavailable, PermanentFailure
 from tibridge.common.contracts import (
-    Envelope,
     InactiveReason,
     IndicatorCollected,
     IndicatorScored,
     ObservableType,
     Reputation,
     Verdict,
-    decode,
     envelope_for,
 )
 from tibridge.common.topology import (
     INDICATORS_TOPIC,
     SCORED_TOPIC,
     SCORER_SUBSCRIPTION,
-    SubscriptionSpec,
-    TopicSpec,
     Topology,
 )
 from tibridge.scorer.batcher import LookupFailed
@@ -37,15 +33,6 @@ from tibridge.scorer.cache import SingleFlightCache
 from tibridge.scorer.counts import ScorerCounts
 from tibridge.scorer.policy import Policy
 from tibridge.scorer.service import ScorerHandler
-
-EVERYTHING = "everything"
-# `scored` with one unfiltered subscription, so the tests see drops as well.
-TOPOLOGY = Topology(
-    topics=(
-        TopicSpec(INDICATORS_TOPIC, subscriptions=(SubscriptionSpec(SCORER_SUBSCRIPTION),)),
-        TopicSpec(SCORED_TOPIC, subscriptions=(SubscriptionSpec(EVERYTHING),)),
-    )
-)
 
 
 class FakeReputations:
@@ -101,16 +88,7 @@ class Rig:
         )
 
     async def scored(self) -> list[IndicatorScored]:
-        results: list[IndicatorScored] = []
-        async with self.bus.receiver(SCORED_TOPIC, EVERYTHING) as receiver:
-            while messages := await receiver.receive(100, 0.01):
-                for message in messages:
-                    envelope = decode(message.body)
-                    assert isinstance(envelope, Envelope)
-                    assert isinstance(envelope.payload, IndicatorScored)
-                    results.append(envelope.payload)
-                    await receiver.complete(message)
-        return results
+        return await drain_scored(self.bus)
 
     def depth(self, *, dead_letter: bool = False) -> int:
         return self.bus.depth(INDICATORS_TOPIC, SCORER_SUBSCRIPTION, dead_letter=dead_letter)
@@ -118,7 +96,7 @@ class Rig:
 
 @asynccontextmanager
 async def running(known: dict[str, Reputation], bus: MemoryBus | None = None) -> AsyncIterator[Rig]:
-    rig = Rig(FakeReputations(known), bus or MemoryBus(TOPOLOGY))
+    rig = Rig(FakeReputations(known), bus or MemoryBus(SEE_EVERYTHING))
     stop = asyncio.Event()
     task = asyncio.create_task(rig.consumer.run(stop))
     try:
@@ -164,7 +142,7 @@ async def test_many_messages_for_one_observable_share_one_lookup() -> None:
 
 
 async def test_the_input_is_settled_only_after_the_verdict_is_on_the_bus() -> None:
-    bus = GatedBus(TOPOLOGY)
+    bus = GatedBus(SEE_EVERYTHING)
     async with running({"evil.example": MALICIOUS}, bus) as rig:
         await rig.send(indicator("evil.example"))
         await until(lambda: rig.reputations.asked != [])
