@@ -260,6 +260,7 @@ class IntelStore:
     def reset(self) -> None:
         self.objects: dict[int, IntelObject] = {}
         self._by_key: dict[tuple[str, str], list[int]] = {}
+        self._by_value: dict[str, list[int]] = {}
         self.sessions: dict[int, ImportSession] = {}
         self.created = self.updated = self.duplicates_created = self.ignored = 0
 
@@ -349,10 +350,20 @@ class IntelStore:
     # search -----------------------------------------------------------------------------------
 
     def search(self, filters: Mapping[str, str], limit: int, offset: int) -> tuple[list[IntelObject], int]:
+        """Exact matches on value, status, itype and type (the object kind)."""
+        if "value" in filters:
+            candidates = [self.objects[i] for i in self._by_value.get(filters["value"], [])]
+        else:
+            candidates = list(self.objects.values())
+        fields: dict[str, Callable[[IntelObject], str]] = {
+            "status": lambda obj: obj.status,
+            "itype": lambda obj: obj.itype,
+            "type": lambda obj: str(ITYPES[obj.itype]),
+        }
         matching = [
             obj
-            for obj in self.objects.values()
-            if all(str(obj.to_json().get(name)) == wanted for name, wanted in filters.items())
+            for obj in candidates
+            if all(fields[name](obj) == wanted for name, wanted in filters.items() if name in fields)
         ]
         return matching[offset : offset + limit], len(matching)
 
@@ -384,6 +395,7 @@ class IntelStore:
         new = IntelObject(len(self.objects) + 1, value, itype, attributes, now, now, session_id)
         self.objects[new.id] = new
         self._by_key.setdefault((value, itype), []).append(new.id)
+        self._by_value.setdefault(value, []).append(new.id)
         self.created += 1
 
 

@@ -106,7 +106,9 @@ class QueryResult:
 
 
 class Table:
-    """Rows rendered lazily: a window query renders only the rows of its window, each once."""
+    """Rows rendered lazily: a window query renders only the rows of its window, each once.
+
+    Every row in a window has been rendered by the time it is selected, so its fragment is ready."""
 
     def __init__(
         self,
@@ -128,23 +130,19 @@ class Table:
         )
         self._rows = rows
         self._render = render
+        self._string_columns = [name for name, kind in schema if kind is ColumnType.STRING]
         self.times = [row.time_generated for row in rows]
-        self._values: list[dict[str, Any] | None] = [None] * len(rows)
-        self._fragments: list[str | None] = [None] * len(rows)
+        # Per row, once rendered: its string columns (what filters look at) and its JSON fragment.
+        self._strings: list[dict[str, str] | None] = [None] * len(rows)
+        self._fragments: list[str] = [""] * len(rows)
 
-    def _row_values(self, index: int) -> dict[str, Any]:
-        values = self._values[index]
-        if values is None:
-            values = self._values[index] = self._render(self._rows[index])
-        return values
-
-    def _fragment(self, index: int) -> str:
-        fragment = self._fragments[index]
-        if fragment is None:
-            values = self._row_values(index)
-            fragment = _ENCODER.encode([values[name] for name, _ in self.result_columns])
-            self._fragments[index] = fragment
-        return fragment
+    def _filter_values(self, index: int) -> dict[str, str]:
+        strings = self._strings[index]
+        if strings is None:
+            values = self._render(self._rows[index])
+            strings = self._strings[index] = {name: values[name] for name in self._string_columns}
+            self._fragments[index] = _ENCODER.encode([values[name] for name, _ in self.result_columns])
+        return strings
 
     def query(self, query: Query, timespan: TimeRange | None, row_cap: int) -> QueryResult:
         start, end = 0, len(self.times)
@@ -154,14 +152,14 @@ class Table:
                 end = min(end, bisect_left(self.times, bounds.end))
         newest: dict[str, int] = {}
         for index in range(start, end):
-            values = self._row_values(index)
+            values = self._filter_values(index)
             if all(_passes(values[f.column], f.values, f.allow_empty) for f in query.filters):
                 newest.pop(values[self.id_column], None)  # re-insert so dict order stays TimeGenerated order
                 newest[values[self.id_column]] = index
         selected = list(newest.values())
         return QueryResult(
             columns=self.result_columns,
-            fragments=[self._fragment(index) for index in selected[:row_cap]],
+            fragments=[self._fragments[index] for index in selected[:row_cap]],
             truncated=len(selected) > row_cap,
         )
 
