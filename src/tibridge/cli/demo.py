@@ -14,6 +14,7 @@ import math
 import shutil
 import time
 from collections import Counter
+from collections.abc import Set
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -104,7 +105,7 @@ async def demo(
         expected = _expected(sandbox, settings)
     counts = {stage: service.counts() for stage, service in services.items()}
     summary = _summary(counts, stats, expected, elapsed, approved, indicators, seed, mode)
-    problems = reconcile(expected, objects, stats, counts)
+    problems = reconcile(expected.active, expected.not_active, objects, stats, counts["publisher"])
     if code != 0:
         problems.insert(0, f"the pipeline exited with code {code}")
     summary["reconciliation"] = {"ok": not problems, "problems": problems}
@@ -164,15 +165,22 @@ async def _show_progress(pipeline: asyncio.Task[int], services: dict[str, Servic
 
 
 def reconcile(
-    expected: ExpectedOutcome, objects: list[dict[str, Any]], stats: dict[str, Any], counts: dict[str, Any]
+    expected_active: Set[str],
+    expected_not_active: Set[str],
+    objects: list[dict[str, Any]],
+    stats: dict[str, Any],
+    publisher_counts: dict[str, Any] | None = None,
 ) -> list[str]:
-    """Every way in which ThreatStream's contents and the traffic differ from what a correct run leaves."""
+    """Every way in which ThreatStream's contents and the traffic differ from what a correct run leaves.
+
+    `objects` and `stats` are the sandbox's `/_sandbox/threatstream/objects` and `/_sandbox/stats` answers.
+    """
     problems: list[str] = []
     active = Counter(obj["value"] for obj in objects if obj["status"] == "active")
-    missing = sorted(expected.active - active.keys())
-    unexpected = sorted(active.keys() - expected.active)
+    missing = sorted(expected_active - active.keys())
+    unexpected = sorted(active.keys() - expected_active)
     doubled = sorted(value for value, n in active.items() if n > 1)
-    wrongly_active = sorted(expected.not_active & active.keys())
+    wrongly_active = sorted(expected_not_active & active.keys())
     for label, values in (
         ("expected active in ThreatStream but missing", missing),
         ("active in ThreatStream but not expected", unexpected),
@@ -189,12 +197,11 @@ def reconcile(
     for api, n in stats["inside_retry_after"].items():
         if n:
             problems.append(f"{n} {api} request(s) arrived inside an announced Retry-After window")
-    dead = counts["publisher"].get("dead_lettered", 0)
-    if dead:
-        problems.append(f"the publisher dead-lettered {dead} message(s)")
-    held = counts["publisher"].get("held", 0)
-    if held:
-        problems.append(f"the publisher still holds {held} message(s)")
+    if publisher_counts is not None:
+        if dead := publisher_counts.get("dead_lettered", 0):
+            problems.append(f"the publisher dead-lettered {dead} message(s)")
+        if held := publisher_counts.get("held", 0):
+            problems.append(f"the publisher still holds {held} message(s)")
     return problems
 
 

@@ -14,9 +14,10 @@ async def test_demo_reconciles(mode: str, tmp_path: Path) -> None:
     result = await demo(indicators=400, seed=11, out=tmp_path / "out", mode=mode, console=console)
     assert result.problems == []
     summary = result.summary
-    assert summary["threatstream"]["active"] == len(
-        {v for v in summary["expected"] if v}
-    ) or summary["threatstream"]["active"] > 0
+    assert (
+        summary["threatstream"]["active"] == len({v for v in summary["expected"] if v})
+        or summary["threatstream"]["active"] > 0
+    )
     assert summary["threatstream"]["duplicates_created"] == 0
     assert sum(summary["collector"]["rejected"].values()) > 0
     assert summary["graph"]["http_requests"] >= summary["graph"]["floor_requests"]

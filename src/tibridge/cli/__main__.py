@@ -1,0 +1,3 @@
+from tibridge.cli.main import app
+
+app(prog_name="tibridge")
