@@ -7,11 +7,12 @@ README = Path(__file__).parents[3] / "README.md"
 
 def test_readme_carries_the_generated_settings_table() -> None:
     text = README.read_text()
-    assert readme_with_table(text) == text, "the README's settings table is stale: run `tibridge config docs --readme README.md`"
+    stale = "the README's settings table is stale: run `tibridge config docs --readme README.md`"
+    assert readme_with_table(text) == text, stale
 
 
 def test_every_setting_is_documented_and_secrets_are_marked() -> None:
-    rows = [line for line in settings_table().splitlines()[2:]]
+    rows = settings_table().splitlines()[2:]
     assert rows
     for row in rows:
         cells = [cell.strip() for cell in row.strip("|").split(" | ")]
