@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -93,6 +94,11 @@ async def test_a_hung_request_outlasts_the_client_timeout(sandbox_factory: Sandb
         async with httpx.AsyncClient(timeout=0.3) as client:
             with pytest.raises(httpx.ReadTimeout):
                 await client.post(url, json={"query": "x"}, headers=BEARER_HEADERS)
+        for _ in range(200):  # the server notices the disconnect on its own schedule
+            if server.stats()["requests"]["loganalytics"]:
+                break
+            await asyncio.sleep(0.05)
+        assert server.stats()["requests"]["loganalytics"] == {"hung": 1}
 
 
 async def test_a_hang_that_ends_answers_504(sandbox_factory: SandboxFactory) -> None:

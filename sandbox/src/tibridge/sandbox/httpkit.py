@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Callable, Mapping
@@ -70,7 +71,11 @@ def fault_middleware(
                 request.transport.close()
             return web.Response()  # never reaches the caller: the connection is gone
         if decision.kind is FaultKind.HANG:
-            await clock.sleep(state.faults.faults[api].hang_seconds)
+            try:
+                await clock.sleep(state.faults.faults[api].hang_seconds)
+            except asyncio.CancelledError:  # the caller gave up and disconnected
+                state.stats.record_status(api, "hung")
+                raise
             response = errors.response(504)
         elif decision.kind is FaultKind.MALFORMED:
             response = web.Response(status=200, body=MALFORMED_BODY, content_type="application/json")
