@@ -37,7 +37,9 @@ async def build(settings: ScorerSettings, bus: Bus, resources: contextlib.AsyncE
 
     batch_size = batch_size_for(settings.graph_lookups_per_second)
     limiter = RateLimiter(settings.graph_lookups_per_second, burst=batch_size, clock=clock)
-    retry = RetryPolicy(max_attempts=settings.graph_max_attempts)
+    retry = RetryPolicy(
+        max_attempts=settings.graph_max_attempts, base_delay_seconds=settings.graph_retry_base_delay_seconds
+    )
     client = GraphReputationClient(http, ResilientSender("graph", retry, limiter, clock), counts)
     batcher = LookupBatcher(
         client,

@@ -54,6 +54,9 @@ class ScorerSettings(ServiceSettings):
     graph_max_attempts: int = Field(
         8, ge=1, le=50, description="Attempts per lookup (429, 5xx, timeouts) before its message goes back to the bus."
     )
+    graph_retry_base_delay_seconds: float = Field(
+        0.5, gt=0, le=60, description="First backoff after a 5xx or timeout; it doubles per attempt, with jitter."
+    )
     graph_probe_interval_seconds: float = Field(
         30.0, gt=0, description="While Graph refuses the token, how often one lookup checks whether it is fixed."
     )
