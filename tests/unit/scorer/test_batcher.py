@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.fixtures.scorer import FAST_RETRIES, MALICIOUS, Answer, GraphRig
+from tests.fixtures.scorer import FAST_RETRIES, MALICIOUS, Answer, GraphRig, until
 from tibridge.common.consumer import DependencyUnavailable, PermanentFailure
 from tibridge.scorer.batcher import GRAPH_REJECTED_HOST, LookupFailed
 
@@ -142,3 +142,13 @@ async def test_closing_fails_waiting_lookups_so_their_messages_go_back(graph_rig
     with pytest.raises(LookupFailed, match="stopping"):
         await waiting
     assert graph_rig.graph.batches == []
+
+
+async def test_closing_fails_lookups_whose_batch_is_in_flight(graph_rig: GraphRig) -> None:
+    graph_rig.graph.gate.clear()
+    batcher = graph_rig.batcher()
+    in_flight = asyncio.create_task(batcher.lookup("a.example"))
+    await until(lambda: graph_rig.graph.batches != [])
+    await batcher.close()
+    with pytest.raises(LookupFailed, match="stopping"):
+        await in_flight

@@ -1,10 +1,11 @@
 """Gathers lookups from concurrent messages into Graph `$batch` requests and retries what Graph defers.
 
-A batch leaves when it holds `batch_size` lookups or its oldest lookup has lingered `linger_seconds`, and
-only while a request slot is free and the rate limiter is not paused, so lookups keep gathering while Graph
-makes us wait. Per item: a 429 pauses the process's limiter for its Retry-After and queues the item again;
-a 5xx or a malformed answer queues it again after a backoff with jitter; every lookup has a bounded number
-of attempts, after which its caller gets `LookupFailed` (the message goes back to the bus, never dropped).
+A batch leaves once a request slot is free and the rate limiter is not paused, when it holds `batch_size`
+lookups or its oldest lookup has lingered `linger_seconds` (counted from the slot freeing too), so lookups
+keep gathering while a batch is in flight or Graph makes us wait. Per item: a 429 pauses the process's
+limiter for its Retry-After and queues the item again; a 5xx or a malformed answer queues it again after a
+backoff with jitter; every lookup has a bounded number of attempts, after which its caller gets
+`LookupFailed` (the message goes back to the bus, never dropped).
 """
 
 from __future__ import annotations
@@ -79,8 +80,9 @@ class LookupBatcher:
 
         Raises `LookupFailed` (try later), `DependencyUnavailable` (Graph refuses us) or `PermanentFailure`.
         """
-        if self._dispatcher is None:
+        if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = asyncio.create_task(self._dispatch())
+            self._dispatcher.add_done_callback(_report_crash)
         lookup = _Lookup(host, asyncio.get_running_loop().create_future(), queued_at=_now())
         self._enqueue(lookup)
         return await lookup.future
@@ -96,7 +98,7 @@ class LookupBatcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         while self._waiting:
-            _fail(self._waiting.popleft(), LookupFailed("the scorer is stopping"))
+            _fail(self._waiting.popleft(), _stopping())
 
     # -- gathering ------------------------------------------------------------------------------------------
 
@@ -151,6 +153,10 @@ class LookupBatcher:
             # Settled before the slot is freed: a 429 pauses the limiter before the next batch may leave.
             for lookup, outcome in zip(batch, outcomes, strict=True):
                 self._settle(lookup, outcome)
+        except asyncio.CancelledError:
+            for lookup in batch:
+                _fail(lookup, _stopping())
+            raise
         finally:
             self._slots.release()
 
@@ -186,7 +192,11 @@ class LookupBatcher:
             self._spawn(self._requeue_after(lookup, delay))
 
     async def _requeue_after(self, lookup: _Lookup, delay: float) -> None:
-        await self._clock.sleep(delay)
+        try:
+            await self._clock.sleep(delay)
+        except asyncio.CancelledError:
+            _fail(lookup, _stopping())
+            raise
         self._requeue(lookup)
 
     def _requeue(self, lookup: _Lookup) -> None:
@@ -203,6 +213,15 @@ class LookupBatcher:
 def _fail(lookup: _Lookup, error: Exception) -> None:
     if not lookup.future.done():
         lookup.future.set_exception(error)
+
+
+def _stopping() -> LookupFailed:
+    return LookupFailed("the scorer is stopping")
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("the Graph batch dispatcher stopped; the next lookup restarts it", exc_info=error)
 
 
 def _now() -> float:

@@ -6,6 +6,7 @@ Values may be None (MDTI's "no reputation"), cached like any other. Failed looku
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -35,7 +36,7 @@ class SingleFlightCache(Generic[V]):
         if task is None:
             self._counts.lookup("miss")
             task = asyncio.create_task(self._load(key, load))
-            task.add_done_callback(_retrieve_exception)
+            task.add_done_callback(functools.partial(self._forget, key))
             self._loading[key] = task
         else:
             self._counts.lookup("shared")
@@ -43,15 +44,13 @@ class SingleFlightCache(Generic[V]):
         return await asyncio.shield(task)
 
     async def _load(self, key: str, load: Callable[[], Awaitable[V]]) -> V:
-        try:
-            value = await load()
-            self._entries[key] = value
-            return value
-        finally:
+        value = await load()
+        self._entries[key] = value
+        return value
+
+    def _forget(self, key: str, task: asyncio.Task[V]) -> None:
+        if self._loading.get(key) is task:
             del self._loading[key]
-
-
-def _retrieve_exception(task: asyncio.Task[object]) -> None:
-    # Every waiter may have gone; the failure is theirs to report, not the event loop's.
-    if not task.cancelled():
-        task.exception()
+        # Every waiter may have gone; a failure is theirs to report, not the event loop's.
+        if not task.cancelled():
+            task.exception()
