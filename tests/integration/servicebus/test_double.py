@@ -133,6 +133,17 @@ async def test_readiness_fails_while_connections_are_refused_and_recovers(sb_dou
         await bus.close()
 
 
+async def test_batches_the_sdk_fills_to_the_limit_are_accepted(sb_double: ServiceBusDouble) -> None:
+    # Small messages fill a batch to within bytes of the limit, where the SDK's size estimate runs short.
+    bus = ServiceBusBus.from_connection_string(sb_double.connection_string, operation_timeout=10)
+    try:
+        await bus.publish(INDICATORS_TOPIC, [OutgoingMessage(b"x" * 500, str(uuid.uuid4())) for _ in range(1000)])
+    finally:
+        await bus.close()
+    assert sb_double.transfers(INDICATORS_TOPIC) == 3
+    assert sb_double.depth(INDICATORS_TOPIC, SCORER_SUBSCRIPTION) == 1000
+
+
 async def test_a_message_larger_than_a_batch_is_refused_with_its_id(sb_double: ServiceBusDouble) -> None:
     bus = ServiceBusBus.from_connection_string(sb_double.connection_string, operation_timeout=10)
     try:
