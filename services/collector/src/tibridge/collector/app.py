@@ -22,8 +22,8 @@ from tibridge.common.http import RetryPolicy
 from tibridge.common.identity import build_credential
 from tibridge.common.runtime import Service
 
-# The SDK's own retries (429 with Retry-After, connection resets) before ours take over.
-_SDK_RETRIES = 3
+# The storage SDK's own retries of a checkpoint read or write (its backoff starts at 15 s).
+_STORAGE_RETRIES = 2
 _STORAGE_TIMEOUT_SECONDS = 30
 
 
@@ -33,7 +33,8 @@ async def build(settings: CollectorSettings, bus: Bus, resources: contextlib.Asy
         endpoints.append(settings.checkpoint_account_url)
     credential = build_credential(settings.credential, *endpoints)
     resources.push_async_callback(credential.close)
-    client = LogsQueryClient(credential, endpoint=settings.loganalytics_endpoint, retry_total=_SDK_RETRIES)
+    # One retry layer for queries, ours (source.py): bounded, honouring Retry-After, on the injected clock.
+    client = LogsQueryClient(credential, endpoint=settings.loganalytics_endpoint, retry_total=0)
     resources.push_async_callback(client.close)
     source = LogAnalyticsSource(
         client,
@@ -81,7 +82,7 @@ def checkpoint_store(
     timeouts: dict[str, Any] = {
         "connection_timeout": 10,
         "read_timeout": _STORAGE_TIMEOUT_SECONDS,
-        "retry_total": _SDK_RETRIES,
+        "retry_total": _STORAGE_RETRIES,
     }
     if settings.checkpoint_connection_string is not None:
         service = BlobServiceClient.from_connection_string(

@@ -86,7 +86,7 @@ class CollectorSettings(ServiceSettings):
         180, ge=10, le=600, description="Server-side limit of one Log Analytics query (the API allows up to 600)."
     )
     collector_query_attempts: int = Field(
-        4, ge=1, le=20, description="Attempts per query on 5xx answers and timeouts (429s are retried by the SDK)."
+        6, ge=1, le=20, description="Attempts per query on 429 and 5xx answers and timeouts (honouring Retry-After)."
     )
     collector_retry_base_delay_seconds: float = Field(
         1.0, ge=0, le=60, description="First backoff between query attempts; it doubles per attempt."

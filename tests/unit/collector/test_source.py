@@ -1,0 +1,167 @@
+"""The Log Analytics adapter over a scripted client: request shape, retries, Retry-After, clear errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from azure.core.exceptions import ServiceResponseError
+from azure.core.rest import HttpRequest
+
+from tests.fixtures.collector import ANCHOR, SteppingClock
+from tibridge.collector.kql import IndicatorTable, QuerySpec
+from tibridge.collector.source import LogAnalyticsSource, QueryOptions, SourceError
+from tibridge.collector.windows import Window
+from tibridge.common.http import RetryPolicy
+
+WORKSPACE = "5a4db0c5-0000-4000-8000-000000000001"
+WINDOW = Window(ANCHOR - timedelta(hours=6), ANCHOR)
+RESULT = {
+    "tables": [
+        {
+            "name": "PrimaryResult",
+            "columns": [{"name": "Id", "type": "string"}, {"name": "TimeGenerated", "type": "datetime"}],
+            "rows": [["indicator--1", "2026-11-14T20:00:00.0000000Z"], ["indicator--2", "2026-11-14T21:00:00Z"]],
+        }
+    ]
+}
+
+
+@dataclass
+class Answer:
+    status_code: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    async def read(self) -> bytes:
+        return self.body
+
+
+def answer(status: int, body: Any = None, **headers: str) -> Answer:
+    return Answer(status, json.dumps(RESULT if body is None else body).encode(), headers)
+
+
+@dataclass
+class ScriptedClient:
+    """Stands in for LogsQueryClient.send_request: answers (or raises) from a script, records the calls."""
+
+    script: list[Answer | Exception | Callable[[], Answer]]
+    requests: list[tuple[HttpRequest, dict[str, Any]]] = field(default_factory=list)
+
+    async def send_request(self, request: HttpRequest, **kwargs: Any) -> Answer:
+        self.requests.append((request, kwargs))
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return step() if callable(step) else step
+
+
+def source(client: ScriptedClient, clock: SteppingClock, *, attempts: int = 4, allow_http: bool = False) -> Any:
+    options = QueryOptions(
+        timeout_seconds=60,
+        retry=RetryPolicy(max_attempts=attempts, base_delay_seconds=1.0, max_delay_seconds=8.0),
+        allow_http=allow_http,
+    )
+    spec = QuerySpec(IndicatorTable.NEW, ("Microsoft Defender Threat Intelligence",), ("url:value",))
+    return LogAnalyticsSource(client, WORKSPACE, spec, options, clock)  # type: ignore[arg-type]
+
+
+async def test_the_request_is_the_query_apis(stepping_clock: SteppingClock) -> None:
+    client = ScriptedClient([answer(200)])
+    result = await source(client, stepping_clock).read(WINDOW)
+    assert result.complete
+    assert [row["Id"] for row in result.rows] == ["indicator--1", "indicator--2"]
+    assert result.rows[1]["TimeGenerated"] == "2026-11-14T21:00:00Z"
+    request, kwargs = client.requests[0]
+    assert (request.method, request.url) == ("POST", f"/workspaces/{WORKSPACE}/query")
+    body = json.loads(request.content)
+    assert body["timespan"] == "2026-11-14T18:00:00.000000Z/2026-11-15T00:00:00.000000Z"
+    assert body["query"].startswith("ThreatIntelIndicators\n| where TimeGenerated >= datetime(2026-11-14T18:00")
+    assert request.headers["Prefer"] == "wait=60"
+    assert "enforce_https" not in kwargs
+    assert kwargs["read_timeout"] > 60
+
+
+async def test_plain_http_is_allowed_only_when_asked(stepping_clock: SteppingClock) -> None:
+    client = ScriptedClient([answer(200)])
+    await source(client, stepping_clock, allow_http=True).read(WINDOW)
+    assert client.requests[0][1]["enforce_https"] is False
+
+
+async def test_a_partial_result_is_reported_incomplete(stepping_clock: SteppingClock) -> None:
+    partial = {**RESULT, "error": {"code": "PartialError", "message": "too many rows"}}
+    result = await source(ScriptedClient([answer(200, partial)]), stepping_clock).read(WINDOW)
+    assert not result.complete
+    assert len(result.rows) == 2
+
+
+async def test_an_empty_workspace_is_no_rows(stepping_clock: SteppingClock) -> None:
+    result = await source(ScriptedClient([answer(200, {"tables": []})]), stepping_clock).read(WINDOW)
+    assert (list(result.rows), result.complete) == ([], True)
+
+
+async def test_throttling_waits_exactly_as_long_as_retry_after_says(stepping_clock: SteppingClock) -> None:
+    client = ScriptedClient([answer(429, {"error": {"code": "ThrottledError"}}, **{"Retry-After": "7"}), answer(200)])
+    result = await source(client, stepping_clock).read(WINDOW)
+    assert result.complete
+    assert stepping_clock.slept == [7.0]
+
+
+async def test_server_errors_and_timeouts_back_off_then_succeed(stepping_clock: SteppingClock) -> None:
+    client = ScriptedClient([answer(503, {}), ServiceResponseError("reset"), TimeoutError(), answer(200)])
+    result = await source(client, stepping_clock).read(WINDOW)
+    assert result.complete
+    assert len(stepping_clock.slept) == 3
+    assert all(0.5 <= delay <= 4.0 for delay in stepping_clock.slept)
+
+
+async def test_retries_are_bounded(stepping_clock: SteppingClock) -> None:
+    client = ScriptedClient([answer(500, {}) for _ in range(3)])
+    with pytest.raises(SourceError, match=r"kept failing \(500\) after 3 attempts"):
+        await source(client, stepping_clock, attempts=3).read(WINDOW)
+    assert len(client.requests) == 3
+
+
+async def test_a_retry_after_longer_than_we_wait_for_gives_up_at_once(stepping_clock: SteppingClock) -> None:
+    client = ScriptedClient([answer(429, {}, **{"Retry-After": "3600"})])
+    with pytest.raises(SourceError, match="kept failing"):
+        await source(client, stepping_clock).read(WINDOW)
+    assert stepping_clock.slept == []
+
+
+BAD_QUERY = {
+    "error": {
+        "code": "BadArgumentError",
+        "message": "The request had some invalid properties",
+        "innererror": {"code": "SemanticError", "innererror": {"message": "Failed to resolve table 'X'"}},
+    }
+}
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "message"),
+    [
+        (400, BAD_QUERY, r"rejected the query \(BadArgumentError: Failed to resolve table 'X'\).*COLLECTOR_TABLE"),
+        (401, {"error": {"code": "AuthorizationRequiredError"}}, "refused access.*TIBRIDGE_CREDENTIAL"),
+        (403, {"error": {"code": "InsufficientAccessError"}}, "Log Analytics Reader"),
+        (404, {"error": {"code": "PathNotFoundError"}}, "TIBRIDGE_LOGANALYTICS_WORKSPACE_ID"),
+        (409, "not even an error object", "answered 409"),
+    ],
+)
+async def test_refusals_are_clear_and_not_retried(
+    stepping_clock: SteppingClock, status: int, body: Any, message: str
+) -> None:
+    client = ScriptedClient([answer(status, body)])
+    with pytest.raises(SourceError, match=message):
+        await source(client, stepping_clock).read(WINDOW)
+    assert len(client.requests) == 1
+
+
+async def test_a_body_that_is_no_query_result_is_a_clear_error(stepping_clock: SteppingClock) -> None:
+    client = ScriptedClient([Answer(200, b"<html>proxy login</html>")])
+    with pytest.raises(SourceError, match="not a query result"):
+        await source(client, stepping_clock).read(WINDOW)
