@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.storage.blob.aio import BlobServiceClient
 
-from tests.fixtures.collector import collected_payloads, drain
-from tests.fixtures.collector_sandbox import ANCHOR, assert_matches_expected, collector_for, rejections_logged
+from tests.fixtures.collector import SteppingClock, collected_payloads, drain
+from tests.fixtures.collector_sandbox import (
+    AFTER_DATA,
+    ANCHOR,
+    assert_matches_expected,
+    collector_for,
+    rejections_logged,
+)
 from tibridge.collector.source import SourceError
 from tibridge.common.bus.memory import MemoryBus
 from tibridge.common.topology import INDICATORS_TOPIC, SCORER_SUBSCRIPTION
@@ -139,3 +148,29 @@ async def test_the_legacy_table_yields_the_same_observables(small_dataset: Datas
         assert (observable.type, observable.value) == (expectation.observable_type, expectation.canonical_value)
         assert newest[indicator_id].active == (expectation.outcome is not Outcome.EXPIRE)
     assert run.worker.counts()["rejected"].get("unsupported_type", 0) > 0
+
+
+@pytest.mark.azurite
+async def test_the_blob_checkpoint_carries_the_watermark_to_the_next_run(
+    small_dataset: Dataset, tmp_path: Path, azurite: str
+) -> None:
+    blob_settings: dict[str, Any] = {
+        "checkpoint_store": "blob",
+        "checkpoint_connection_string": azurite,
+        "checkpoint_container": f"collector-{uuid.uuid4().hex[:12]}",
+    }
+    bus = MemoryBus()
+    async with server_for(small_dataset) as server:
+        async with collector_for(server, bus, tmp_path / "unused.json", **blob_settings) as run:
+            await run.worker.run(asyncio.Event())
+        later = SteppingClock(AFTER_DATA + timedelta(hours=1))
+        async with collector_for(server, bus, tmp_path / "unused.json", later, **blob_settings) as rerun:
+            await rerun.worker.run(asyncio.Event())
+    async with BlobServiceClient.from_connection_string(azurite) as service:
+        blob = service.get_blob_client(blob_settings["checkpoint_container"], "collector-checkpoint.json")
+        stored = json.loads(await (await blob.download_blob()).readall())
+    assert stored["watermark"] == (later.now() - timedelta(minutes=5)).isoformat()
+    assert not (tmp_path / "unused.json").exists()
+    assert run.worker.counts()["windows"] > 50
+    # The second run read only from the watermark minus the overlap: one window.
+    assert rerun.worker.counts()["windows"] == 1
