@@ -7,6 +7,7 @@ checkpoint.
 from __future__ import annotations
 
 import contextlib
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -136,3 +137,16 @@ async def test_an_unreadable_checkpoint_is_a_clear_error(rig: StoreRig, data: by
     await rig.corrupt(data)
     with pytest.raises(CheckpointError, match=r"checkpoint at .* (is not readable|has a watermark without)"):
         await rig.open_store().load()
+
+
+async def test_an_unreachable_blob_endpoint_is_a_clear_error() -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    closed = f"DefaultEndpointsProtocol=http;AccountName=a;AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:{port}/a;"
+    async with BlobServiceClient.from_connection_string(closed, retry_total=0) as service:
+        store = BlobCheckpointStore(service.get_container_client("c"), "collector.json", timeout_seconds=5)
+        with pytest.raises(CheckpointError, match=r"cannot read the checkpoint blob c/collector\.json"):
+            await store.load()
+        with pytest.raises(CheckpointError, match="cannot write the checkpoint"):
+            await store.save(WATERMARK)

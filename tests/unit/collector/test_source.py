@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from azure.core.exceptions import ServiceResponseError
+from azure.core.exceptions import ClientAuthenticationError, ServiceResponseError
 from azure.core.rest import HttpRequest
 
 from tests.fixtures.collector import ANCHOR, SteppingClock
@@ -164,4 +164,10 @@ async def test_refusals_are_clear_and_not_retried(
 async def test_a_body_that_is_no_query_result_is_a_clear_error(stepping_clock: SteppingClock) -> None:
     client = ScriptedClient([Answer(200, b"<html>proxy login</html>")])
     with pytest.raises(SourceError, match="not a query result"):
+        await source(client, stepping_clock).read(WINDOW)
+
+
+async def test_no_token_is_a_clear_error(stepping_clock: SteppingClock) -> None:
+    client = ScriptedClient([ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token\nmore")])
+    with pytest.raises(SourceError, match=r"no token for Log Analytics \(DefaultAzureCredential failed.*\); check"):
         await source(client, stepping_clock).read(WINDOW)

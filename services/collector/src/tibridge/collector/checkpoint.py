@@ -143,7 +143,7 @@ class BlobCheckpointStore:
         except ResourceNotFoundError:
             self._etag, self._revision = None, 0
             return None
-        except AzureError as error:
+        except (AzureError, TimeoutError) as error:
             raise CheckpointError(f"cannot read the checkpoint {self._where}: {_summary(error)}") from None
         checkpoint = Checkpoint.decode(data, self._where)
         self._etag, self._revision = downloader.properties.etag, checkpoint.revision
@@ -161,7 +161,7 @@ class BlobCheckpointStore:
                     result = await self._upload(checkpoint)
         except (ResourceModifiedError, ResourceExistsError):
             raise CheckpointConflict(_CONFLICT.format(where=self._where)) from None
-        except AzureError as error:
+        except (AzureError, TimeoutError) as error:
             raise CheckpointError(f"cannot write the checkpoint {self._where}: {_summary(error)}") from None
         self._etag, self._revision = result["etag"], checkpoint.revision
 
@@ -177,6 +177,8 @@ class BlobCheckpointStore:
         return result
 
 
-def _summary(error: AzureError) -> str:
+def _summary(error: AzureError | TimeoutError) -> str:
+    if isinstance(error, TimeoutError):
+        return "no answer in time; check the storage account's reachability"
     # The first line only: the rest of an SDK error message repeats request details.
     return str(error.message or type(error).__name__).splitlines()[0]

@@ -142,11 +142,10 @@ class Collector:
         span = pass_span(self._options.span, now, watermark, self._options.since)
         self.stats.passes += 1
         self.stats.watermark = watermark
-        if span is None:
-            return
-        log.info("collecting %s → %s", span.start.isoformat(), span.end.isoformat())
+        if span is not None:
+            log.info("collecting %s → %s", span.start.isoformat(), span.end.isoformat())
         # A stack, oldest window on top: halves are pushed back in order, so windows finish oldest first.
-        pending = list(reversed(list(split(span, self._options.span.window))))
+        pending = list(reversed(list(split(span, self._options.span.window)))) if span else []
         while pending and not stop.is_set():
             window = pending.pop()
             result = await self._source.read(window)
@@ -188,7 +187,7 @@ class Collector:
                     self._count_rejection(outcome)
                     continue
                 if outcome.inactive_reason is not None:
-                    self.stats.inactive[outcome.inactive_reason] += 1
+                    self.stats.inactive[str(outcome.inactive_reason)] += 1
                     _inactive.add(1, {"reason": str(outcome.inactive_reason)})
                 envelope = envelope_for(outcome, produced_at=now, traceparent=traceparent, tracestate=tracestate)
                 batch.append(OutgoingMessage.from_envelope(envelope))
@@ -208,7 +207,7 @@ class Collector:
         self.stats.emitted += len(batch)
 
     def _count_rejection(self, rejected: RowRejected) -> None:
-        self.stats.rejected[rejected.reason] += 1
+        self.stats.rejected[str(rejected.reason)] += 1
         _rejected.add(1, {"reason": str(rejected.reason)})
         log.info(
             "rejected indicator %s: %s",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError, ServiceResponseError
 from azure.core.rest import HttpRequest
 from azure.monitor.query.aio import LogsQueryClient
 from opentelemetry import metrics
@@ -84,6 +84,12 @@ class LogAnalyticsSource:
         for attempt in range(1, policy.max_attempts + 1):
             try:
                 answer = await self._post(body)
+            except ClientAuthenticationError as error:
+                first_line = (error.message or "").splitlines()[0] if error.message else type(error).__name__
+                raise SourceError(
+                    f"no token for Log Analytics ({first_line}); check TIBRIDGE_CREDENTIAL and the workload or "
+                    "managed identity"
+                ) from None
             except (TimeoutError, ServiceRequestError, ServiceResponseError) as error:
                 cause, delay = type(error).__name__, policy.backoff(attempt)
             else:
