@@ -39,6 +39,7 @@ _batch_sizes = _meter.create_histogram("tibridge.publisher.batch.size", descript
 _requests = _meter.create_counter("tibridge.publisher.requests", description="ThreatStream requests by outcome")
 
 REJECTED_REASON = "ThreatStreamRejected"
+SETTLE_CONCURRENCY = 128
 
 Message = InFlight[IndicatorScored]
 Item = tuple[IntelObject, Entry[IndicatorScored, Message]]
@@ -288,29 +289,37 @@ class Publisher:
             await self._resolve(self._outbox.popleft(), _mark_abandon)
 
     async def _resolve(self, shipment: Shipment, mark: Callable[[_Settlement], None]) -> None:
+        finished: list[tuple[Message, _Settlement]] = []
         for _, entry in shipment.items:
             state = self._settlements[id(entry)]
             mark(state)
             state.remaining -= 1
             if state.remaining == 0:
                 del self._settlements[id(entry)]
-                await self._settle(entry, state)
+                finished.extend((message, state) for message in entry.messages)
+        # Settled side by side: on Service Bus one settlement at a time waits behind the consumer's receive.
+        room = asyncio.Semaphore(SETTLE_CONCURRENCY)
 
-    async def _settle(self, entry: Entry[IndicatorScored, Message], state: _Settlement) -> None:
-        for message in entry.messages:
-            try:
-                if state.dead_letter is not None:
-                    await message.dead_letter(REJECTED_REASON, state.dead_letter)
-                    self.counts.dead_lettered += 1
-                elif state.abandon:
-                    await message.abandon()
-                    self.counts.abandoned += 1
-                else:
-                    await message.complete()
-                    self.counts.completed += 1
-            except BusError as error:
-                # The lock lapses and the bus redelivers; ThreatStream updates rather than duplicates.
-                log.warning("settling message %s failed: %s", message.message.message_id, error)
+        async def settle(message: Message, state: _Settlement) -> None:
+            async with room:
+                await self._settle(message, state)
+
+        await asyncio.gather(*(settle(message, state) for message, state in finished))
+
+    async def _settle(self, message: Message, state: _Settlement) -> None:
+        try:
+            if state.dead_letter is not None:
+                await message.dead_letter(REJECTED_REASON, state.dead_letter)
+                self.counts.dead_lettered += 1
+            elif state.abandon:
+                await message.abandon()
+                self.counts.abandoned += 1
+            else:
+                await message.complete()
+                self.counts.completed += 1
+        except BusError as error:
+            # The lock lapses and the bus redelivers; ThreatStream updates rather than duplicates.
+            log.warning("settling message %s failed: %s", message.message.message_id, error)
 
 
 def _intel_of(item: Item) -> IntelObject:

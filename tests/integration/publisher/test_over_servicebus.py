@@ -1,0 +1,62 @@
+"""10,000 scored messages over the wire-level Service Bus double, through the publisher, into the sandbox."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+from tests.fixtures.publisher import (
+    mixed_indicators,
+    publish_scored,
+    running,
+    sandbox_objects,
+    sandbox_settings,
+    sandbox_stats,
+)
+from tests.fixtures.runtime import eventually
+from tests.fixtures.sandbox import SandboxFactory
+from tests.sbdouble import ServiceBusDouble
+from tibridge.common.bus.servicebus import ServiceBusBus
+from tibridge.common.clock import SystemClock
+from tibridge.common.topology import PUBLISHER_SUBSCRIPTION, SCORED_TOPIC
+from tibridge.publisher.app import build
+
+MESSAGES = 10_000
+BATCH_SIZE = 1000
+# A publish that needs more than one AMQP batch transfer times out on the double today; one transfer each.
+PUBLISH_CHUNK = 200
+
+
+async def test_ten_thousand_messages_over_service_bus_reach_threatstream(
+    sb_double: ServiceBusDouble, sandbox_factory: SandboxFactory
+) -> None:
+    indicators = mixed_indicators(MESSAGES)
+    producer = ServiceBusBus.from_connection_string(sb_double.connection_string)
+    try:
+        for start in range(0, MESSAGES, PUBLISH_CHUNK):
+            await publish_scored(producer, indicators[start : start + PUBLISH_CHUNK])
+    finally:
+        await producer.close()
+    bus = ServiceBusBus.from_connection_string(sb_double.connection_string)
+    async with sandbox_factory(indicators=0) as server, contextlib.AsyncExitStack() as resources:
+        resources.push_async_callback(bus.close)
+        settings = sandbox_settings(
+            server,
+            bus="servicebus",
+            servicebus_connection_string=sb_double.connection_string,
+            threatstream_mode="direct",
+            threatstream_batch_age_seconds=30,
+        )
+        service = await build(settings, bus, resources, SystemClock())
+        async with running(service):
+            await eventually(
+                lambda: service.counts()["completed"] == MESSAGES, within=240, what="every message completed"
+            )
+        stats = (await sandbox_stats(server))["threatstream"]
+        held = await sandbox_objects(server)
+    assert sb_double.depth(SCORED_TOPIC, PUBLISHER_SUBSCRIPTION) == 0
+    assert sb_double.depth(SCORED_TOPIC, PUBLISHER_SUBSCRIPTION, dead_letter=True) == 0
+    assert stats["requests"] == {"upsert": math.ceil(MESSAGES / BATCH_SIZE)}
+    assert stats["batch_sizes"] == {str(BATCH_SIZE): math.ceil(MESSAGES / BATCH_SIZE)}
+    assert (stats["objects"], stats["active"], stats["duplicates_created"]) == (MESSAGES, MESSAGES, 0)
+    assert {obj["value"] for obj in held} == {indicator.observable.value for indicator in indicators}
