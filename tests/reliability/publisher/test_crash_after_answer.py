@@ -1,0 +1,169 @@
+"""The publisher dies after ThreatStream accepted a batch and before a single message was completed; a new
+one takes over once the locks lapse. ThreatStream must end up with every observable exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Self
+
+import httpx
+import pytest
+
+from tests.fixtures.publisher import (
+    depth,
+    mixed_indicators,
+    publish_scored,
+    running,
+    sandbox_objects,
+    sandbox_settings,
+    sandbox_stats,
+)
+from tests.fixtures.runtime import eventually
+from tests.fixtures.sandbox import SandboxFactory
+from tests.fixtures.servicebus import with_lock_duration
+from tibridge.common.bus.memory import MemoryBus
+from tibridge.common.bus.port import BusUnavailable, OutgoingMessage, ReceivedMessage, Receiver
+from tibridge.common.clock import SystemClock
+from tibridge.common.topology import TOPOLOGY
+from tibridge.publisher.app import assemble, build, consumer_options, gateway_for, publisher_options
+from tibridge.publisher.payloads import ThreatStreamRequest
+from tibridge.publisher.threatstream import Answer, Gateway, Outcome
+from tibridge.sandbox import SandboxServer
+
+MESSAGES = 1000
+LOCK = timedelta(seconds=2)
+
+
+class Death:
+    """Once the process is dead, nothing it does reaches the bus or ThreatStream any more."""
+
+    def __init__(self) -> None:
+        self.happened = asyncio.Event()
+
+    def check(self) -> None:
+        if self.happened.is_set():
+            raise BusUnavailable("the publisher process is dead")
+
+
+class DyingReceiver:
+    """Dies at the first completion: ThreatStream has answered, and no message is settled."""
+
+    def __init__(self, inner: Receiver, death: Death) -> None:
+        self._inner = inner
+        self._death = death
+
+    async def receive(self, max_messages: int, max_wait: float) -> list[ReceivedMessage]:
+        self._death.check()
+        return await self._inner.receive(max_messages, max_wait)
+
+    async def complete(self, message: ReceivedMessage) -> None:
+        self._death.happened.set()
+        self._death.check()
+
+    async def abandon(self, message: ReceivedMessage) -> None:
+        self._death.check()
+        await self._inner.abandon(message)
+
+    async def dead_letter(self, message: ReceivedMessage, reason: str, description: str) -> None:
+        self._death.check()
+        await self._inner.dead_letter(message, reason, description)
+
+    async def renew_lock(self, message: ReceivedMessage) -> datetime:
+        self._death.check()
+        return await self._inner.renew_lock(message)
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class DyingBus:
+    def __init__(self, inner: MemoryBus, death: Death) -> None:
+        self._inner = inner
+        self._death = death
+
+    async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
+        await self._inner.publish(topic, messages)
+
+    def receiver(self, topic: str, subscription: str, *, dead_letter: bool = False, prefetch: int = 0) -> Receiver:
+        inner = self._inner.receiver(topic, subscription, dead_letter=dead_letter, prefetch=prefetch)
+        return DyingReceiver(inner, self._death)
+
+    async def check(self) -> None:
+        self._death.check()
+
+    async def close(self) -> None:
+        return None
+
+
+class DyingGateway:
+    def __init__(self, inner: Gateway, death: Death) -> None:
+        self._inner = inner
+        self._death = death
+        self.counts = inner.counts
+
+    async def send(self, request: ThreatStreamRequest) -> Answer:
+        if self._death.happened.is_set():
+            return Answer(Outcome.UNAVAILABLE, "the publisher process is dead")
+        return await self._inner.send(request)
+
+
+async def approve_every_session(server: SandboxServer, sessions: int) -> None:
+    config = server.config
+    headers = {
+        "Authorization": f"apikey {config.threatstream_username}:{config.threatstream_api_key.get_secret_value()}"
+    }
+    async with httpx.AsyncClient(base_url=server.endpoints.threatstream, headers=headers, timeout=10) as client:
+        for session in range(1, sessions + 1):
+            (await client.patch(f"/v1/importsession/{session}/approve_all/")).raise_for_status()
+
+
+@pytest.mark.parametrize(("mode", "auto_approve"), [("direct", False), ("approval", True), ("approval", False)])
+async def test_a_crash_between_answer_and_completion_creates_no_duplicate(
+    sandbox_factory: SandboxFactory, mode: str, auto_approve: bool
+) -> None:
+    indicators = mixed_indicators(MESSAGES)
+    bus = MemoryBus(with_lock_duration(TOPOLOGY, LOCK))
+    await publish_scored(bus, indicators)
+    death = Death()
+    async with sandbox_factory(indicators=0) as server, contextlib.AsyncExitStack() as resources:
+        settings = sandbox_settings(
+            server, threatstream_mode=mode, threatstream_auto_approve=auto_approve, threatstream_batch_age_seconds=30
+        )
+        gateway = DyingGateway(gateway_for(settings, resources, SystemClock()), death)
+        doomed = assemble(
+            DyingBus(bus, death), gateway, publisher_options(settings), consumer_options(settings), SystemClock()
+        )
+        async with running(doomed):
+            await asyncio.wait_for(death.happened.wait(), timeout=30)
+        before = (await sandbox_stats(server))["threatstream"]
+        assert sum(before["requests"].values()) == 1, "the first request was answered, then the process died"
+        assert doomed.counts()["completed"] == 0
+        assert depth(bus) == MESSAGES
+
+        successor = await build(settings, bus, resources, SystemClock())
+        async with running(successor):
+            await eventually(lambda: depth(bus) == 0, within=60, what="the successor settled every message")
+        if not auto_approve and mode == "approval":
+            await approve_every_session(server, (await sandbox_stats(server))["threatstream"]["import_sessions"])
+        after = (await sandbox_stats(server))["threatstream"]
+        held = await sandbox_objects(server)
+
+    assert after["duplicates_created"] == 0
+    assert Counter((obj["value"], obj["itype"]) for obj in held).most_common(1)[0][1] == 1
+    assert {obj["value"] for obj in held} == {indicator.observable.value for indicator in indicators}
+    assert after["updated"] > 0, "the batch the dead publisher had delivered was delivered again, as an update"
+    assert depth(bus, dead_letter=True) == 0
+    assert successor.counts()["completed"] == MESSAGES
