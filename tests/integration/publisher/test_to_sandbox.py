@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from typing import Any
 
 import pytest
@@ -27,7 +28,9 @@ from tests.fixtures.sandbox import SandboxFactory
 from tibridge.common.bus.memory import MemoryBus
 from tibridge.common.clock import SystemClock
 from tibridge.common.contracts import Classification, IndicatorScored, ObservableType
+from tibridge.common.topology import PUBLISHER_SUBSCRIPTION, SCORED_TOPIC
 from tibridge.publisher.app import build
+from tibridge.publisher.service import REJECTED_REASON
 
 MESSAGES = 3000
 BATCH_SIZE = 1000
@@ -108,3 +111,28 @@ async def test_messages_reach_threatstream_in_batches_with_every_field(
     ]
     assert mismatched == []
     assert service.counts()["completed"] == MESSAGES
+
+
+async def test_one_poison_item_in_a_thousand_is_dead_lettered_and_the_rest_delivered(
+    sandbox_factory: SandboxFactory,
+) -> None:
+    indicators = mixed_indicators(BATCH_SIZE)
+    poison = indicators[613].observable.value
+    bus = MemoryBus()
+    await publish_scored(bus, indicators)
+    faults = {"threatstream": {"reject_values": "^" + re.escape(poison) + "$"}}
+    async with sandbox_factory(indicators=0, faults=faults) as server, contextlib.AsyncExitStack() as resources:
+        settings = sandbox_settings(server, threatstream_mode="direct", threatstream_batch_age_seconds=30)
+        service = await build(settings, bus, resources, SystemClock())
+        async with running(service):
+            await eventually(lambda: depth(bus) == 0, within=60, what="every message settled")
+        stats = (await sandbox_stats(server))["threatstream"]
+        held = {obj["value"] for obj in await sandbox_objects(server)}
+    extra_requests = stats["requests"]["upsert"] - 1
+    assert extra_requests <= 2 * math.ceil(math.log2(BATCH_SIZE))
+    assert held == {indicator.observable.value for indicator in indicators} - {poison}
+    async with bus.receiver(SCORED_TOPIC, PUBLISHER_SUBSCRIPTION, dead_letter=True) as dead_letters:
+        (dead,) = await dead_letters.receive(10, 0.5)
+    assert dead.dead_letter_reason == REJECTED_REASON
+    assert dead.dead_letter_description == f"ThreatStream answered 400: objects: {poison!r} is not accepted."
+    assert (service.counts()["completed"], service.counts()["dead_lettered"]) == (BATCH_SIZE - 1, 1)
