@@ -80,7 +80,6 @@ class PublisherCounts:
     batched_messages: int = 0
     largest_batch: int = 0
     coalesced: int = 0
-    shipments: int = 0
     split_requests: int = 0
     objects_sent: Counter[str] = field(default_factory=Counter)
     completed: int = 0
@@ -143,8 +142,6 @@ class Publisher:
         """The delivery loop retries the refused request itself; the consumer resumes once it passed."""
         return self.blocked is None
 
-    # -- delivery -------------------------------------------------------------------------------------------
-
     # -- the Worker protocol: the delivery loop --------------------------------------------------------------
 
     @property
@@ -168,7 +165,7 @@ class Publisher:
                 self.blocked = None
             due = self._batcher.next_due()
             timer = None if due is None else self._clock.sleep(due - self._clock.monotonic())
-            await self._until(stop, self._wake.wait(), *([timer] if timer else []))
+            await self._until(stop, self._wake.wait(), *([] if timer is None else [timer]))
 
     async def readiness(self) -> str | None:
         return self.blocked
@@ -242,7 +239,6 @@ class Publisher:
             # The delivery loop must outlive any surprise; the bus gets the messages back.
             log.exception("sending a ThreatStream request failed unexpectedly")
             answer = Answer(Outcome.UNAVAILABLE, f"unexpected {type(error).__name__}")
-        self.counts.shipments += 1
         _requests.add(1, {"outcome": str(answer.outcome)})
         if answer.outcome is Outcome.REFUSED:
             if self.blocked is None:
@@ -255,7 +251,7 @@ class Publisher:
             log.info("ThreatStream accepted %d %s objects", len(shipment.items), shipment.lane)
             self.counts.objects_sent[str(shipment.lane)] += len(shipment.items)
             _objects.add(len(shipment.items), {"verdict": str(shipment.lane)})
-            await self._resolve(shipment, _mark_nothing)
+            await self._resolve(shipment, _mark_delivered)
         elif answer.outcome is Outcome.REJECTED:
             await self._rejected(shipment, answer)
         else:
@@ -330,5 +326,5 @@ def _mark_abandon(state: _Settlement) -> None:
     state.abandon = True
 
 
-def _mark_nothing(state: _Settlement) -> None:
+def _mark_delivered(state: _Settlement) -> None:
     return None
