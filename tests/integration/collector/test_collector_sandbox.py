@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,8 +34,13 @@ LARGE_DAYS = 28
 
 
 @pytest.fixture(scope="module")
-def large_dataset() -> Dataset:
-    return generate(LARGE_INDICATORS, seed=20261101, anchor=ANCHOR, days=LARGE_DAYS)
+def large_dataset() -> Iterator[Dataset]:
+    dataset = generate(LARGE_INDICATORS, seed=20261101, anchor=ANCHOR, days=LARGE_DAYS)
+    # The dataset lives in the collector's process only in this test; frozen, the garbage collector stops
+    # rescanning its ~10^6 objects on every collection (a third of the collector's CPU time otherwise).
+    gc.freeze()
+    yield dataset
+    gc.unfreeze()
 
 
 @pytest.fixture(scope="module")
