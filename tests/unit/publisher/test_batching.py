@@ -158,7 +158,11 @@ def test_import_groups_hold_only_observables_one_session_describes_correctly() -
     assert [tag.name for tag in session.tags] == ["mdti", "Microsoft Defender Threat Intelligence"]
 
 
-def test_an_expiring_session_keeps_its_exact_expiry() -> None:
-    objects = objects_of(scored_indicator(1, MALICIOUS, verdict=Verdict.EXPIRE))
-    ((session, _),) = import_groups(objects, lambda obj: obj)
-    assert session.expiration == INDICATOR_TIME
+def test_expiries_group_by_itype_alone_and_keep_their_exact_expiry() -> None:
+    objects = objects_of(
+        scored_indicator(1, None, verdict=Verdict.EXPIRE, confidence=12, tlp=Tlp.RED),
+        scored_indicator(2, None, verdict=Verdict.EXPIRE, confidence=88, tlp=Tlp.GREEN),
+    )
+    groups = import_groups(objects, lambda obj: obj)
+    assert [(session.itype, len(members)) for session, members in groups] == [("mal_ip", 2), ("suspicious_ip", 2)]
+    assert {session.expiration for session, _ in groups} == {INDICATOR_TIME}

@@ -108,6 +108,21 @@ def test_an_expiring_upsert_only_touches_the_state() -> None:
     ]
 
 
+def test_an_expiring_import_session_states_only_itype_and_expiry() -> None:
+    (obj, _) = intel_objects(
+        scored_indicator(observable(ObservableType.DOMAIN), None, verdict=Verdict.EXPIRE), MappingPolicy(), NOW
+    )
+    request = import_request(session_view(obj), ["bad.example.com"], WireOptions("private", "active"))
+    assert request.form == {
+        "datatext": "bad.example.com",
+        "classification": "private",
+        "default_state": "active",
+        "expiration_ts": "2026-11-02T12:00:30Z",
+        "domain_mapping": "mal_domain",
+        "reject_benign": "false",
+    }
+
+
 def test_the_dry_run_record_has_no_credentials() -> None:
     (obj,) = intel_objects(scored_indicator(observable(ObservableType.EMAIL)), MappingPolicy(), NOW)
     record = import_request(session_view(obj), ["phish@bad.example.com"], WireOptions()).record()

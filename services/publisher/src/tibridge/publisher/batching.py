@@ -7,7 +7,8 @@ so a revocation that arrives with an older publication wins — while the entry 
 stands for, to settle them together.
 
 In approval mode one import session's settings apply to all its observables, so a batch is grouped by
-everything an import session states about them: itype, status, TLP, severity, confidence and expiry. To keep
+everything an import session states about them: itype, status, TLP, severity, confidence and expiry (an
+expiring session states only itype and expiry, so expiries group by itype alone). To keep
 the groups few, confidence is rounded down to a multiple of 5 (never overstated) and an active expiry is
 rounded up to the next midnight UTC (at most one day later than upstream's ValidUntil); tags an import
 session states are the ones every observable in it shares (always `mdti` and the source name).
@@ -164,7 +165,7 @@ def import_groups(items: Iterable[T], intel: Callable[[T], IntelObject]) -> list
     groups: dict[tuple[object, ...], tuple[IntelObject, list[T]]] = {}
     for item in items:
         view = session_view(intel(item))
-        key = (view.itype, view.status, view.tlp, view.severity, view.confidence, view.expiration, view.threat_type)
+        key = _session_key(view)
         if key in groups:
             shared, members = groups[key]
             members.append(item)
@@ -172,3 +173,10 @@ def import_groups(items: Iterable[T], intel: Callable[[T], IntelObject]) -> list
         else:
             groups[key] = (view, [item])
     return list(groups.values())
+
+
+def _session_key(view: IntelObject) -> tuple[object, ...]:
+    if view.status is IntelStatus.INACTIVE:
+        # An expiring session states only the itype and the expiry (see `payloads.import_request`).
+        return (view.itype, view.status, view.expiration)
+    return (view.itype, view.status, view.tlp, view.severity, view.confidence, view.expiration, view.threat_type)

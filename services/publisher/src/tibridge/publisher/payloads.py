@@ -44,18 +44,23 @@ def timestamp(moment: datetime) -> str:
 
 
 def import_request(session: IntelObject, values: Sequence[str], options: WireOptions) -> ThreatStreamRequest:
-    """One import session: `session` states what holds for every observable of `values`."""
+    """One import session: `session` states what holds for every observable of `values`. An expiring session
+    states only the itype and an expiry of now, which ThreatStream stores as expired."""
     form = {
         "datatext": "\n".join(values),
         "classification": options.classification,
-        "source_confidence_weight": str(SOURCE_CONFIDENCE_WEIGHT),
-        "threat_type": session.threat_type,
-        "severity": str(session.severity),
         "default_state": options.default_state,
         "expiration_ts": timestamp(session.expiration),
         session.kind.import_mapping_field: session.itype,
-        "tags": json.dumps([tag.to_json() for tag in session.tags]),
         "reject_benign": "false",
+    }
+    if session.status is IntelStatus.INACTIVE:
+        return ThreatStreamRequest("POST", IMPORT_PATH, len(values), form=form)
+    form |= {
+        "source_confidence_weight": str(SOURCE_CONFIDENCE_WEIGHT),
+        "threat_type": session.threat_type,
+        "severity": str(session.severity),
+        "tags": json.dumps([tag.to_json() for tag in session.tags]),
     }
     if session.confidence is not None:
         form["confidence"] = str(session.confidence)

@@ -62,7 +62,7 @@ class PublisherSettings(ServiceSettings):
     )
     threatstream_timeout_seconds: float = Field(60.0, gt=0, le=600, description="Timeout of one ThreatStream request.")
     threatstream_rate_per_second: float = Field(
-        2.0, gt=0, le=100, description="Ceiling on ThreatStream requests per second (retries included)."
+        5.0, gt=0, le=100, description="Ceiling on ThreatStream requests per second (retries included)."
     )
     threatstream_max_attempts: int = Field(
         6, ge=1, le=20, description="Attempts per request (429, 5xx, timeouts) before its messages go back to the bus."
