@@ -258,10 +258,16 @@ class MemoryReceiver:
         await self.close()
 
     def _held(self, message: ReceivedMessage) -> _Lock:
-        self._bus._expire(self._queue)
-        if not isinstance(message.handle, uuid.UUID) or message.handle not in self._queue.locked:
+        """The message's live lock; a lapsed one is released for redelivery (only this one: settling stays O(1))."""
+        token = message.handle
+        lock = self._queue.locked.get(token) if isinstance(token, uuid.UUID) else None
+        if lock is not None and lock.locked_until <= self._bus._clock.now():
+            del self._queue.locked[token]  # type: ignore[arg-type]
+            self._bus._return(self._queue, lock.stored)
+            lock = None
+        if lock is None:
             raise LockLost(f"the lock on message {message.message_id} has expired or was already settled")
-        return self._queue.locked[message.handle]
+        return lock
 
     def _settle(self, message: ReceivedMessage) -> _Stored:
         lock = self._held(message)
