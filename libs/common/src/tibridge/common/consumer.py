@@ -32,6 +32,8 @@ _settled = _meter.create_counter("tibridge.messages.settled", description="Messa
 P = TypeVar("P", IndicatorCollected, IndicatorScored)
 
 UNEXPECTED_TYPE = "UnexpectedMessageType"
+# Lock renewals in flight at once (each is one management request on Service Bus).
+_CONCURRENT_RENEWALS = 32
 
 
 class PermanentFailure(Exception):
@@ -133,6 +135,8 @@ class Consumer(Generic[P]):
         self._semaphore = asyncio.Semaphore(options.max_concurrency)
         self.paused_reason: str | None = None
         self._last_received = self._clock.monotonic()
+        self._shortest_lock_seconds = float("inf")
+        self._renewals = asyncio.Semaphore(_CONCURRENT_RENEWALS)
 
     @property
     def name(self) -> str:
@@ -198,7 +202,11 @@ class Consumer(Generic[P]):
             return
         item: InFlight[P] = InFlight(decoded, payload, message, receiver, self._on_settled)
         self._in_flight[id(item)] = item
-        self._received_at[id(item)] = self._clock.now()
+        now = self._clock.now()
+        self._received_at[id(item)] = now
+        if message.locked_until is not None:
+            lock_seconds = (message.locked_until - now).total_seconds()
+            self._shortest_lock_seconds = max(0.3, min(self._shortest_lock_seconds, lock_seconds))
         task = asyncio.create_task(self._handle(item))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -264,21 +272,31 @@ class Consumer(Generic[P]):
             self.paused_reason = None
 
     async def _renew_locks(self, receiver: Receiver, stop: asyncio.Event) -> None:
-        """Renews a held message's lock once less than half of its first lock period remains."""
+        """Renews a held message's lock once less than half of its lock period remains.
+
+        The check runs at least three times per the shortest lock period seen, and renewals go out
+        together, so a handler holding a large batch keeps every lock even with short lock durations.
+        """
         while True:
-            await asyncio.sleep(self._options.lock_check_interval_seconds)
+            await asyncio.sleep(min(self._options.lock_check_interval_seconds, self._shortest_lock_seconds / 3))
             now = self._clock.now()
+            due = []
             for key, item in list(self._in_flight.items()):
                 locked_until = item.message.locked_until
-                received_at = self._received_at.get(key)
-                if item.settled or locked_until is None or received_at is None:
+                renewed_at = self._received_at.get(key)
+                if item.settled or locked_until is None or renewed_at is None:
                     continue
-                if (locked_until - now) * 2 < (locked_until - received_at):
-                    try:
-                        await receiver.renew_lock(item.message)
-                        self._received_at[key] = now
-                    except BusError as error:
-                        log.warning("renewing the lock of %s failed: %s", item.message.message_id, error)
+                if (locked_until - now) * 2 < (locked_until - renewed_at):
+                    due.append((key, item))
+            await asyncio.gather(*(self._renew(receiver, key, item, now) for key, item in due))
+
+    async def _renew(self, receiver: Receiver, key: int, item: InFlight[P], now: datetime) -> None:
+        async with self._renewals:
+            try:
+                await receiver.renew_lock(item.message)
+                self._received_at[key] = now
+            except BusError as error:
+                log.warning("renewing the lock of %s failed: %s", item.message.message_id, error)
 
     async def _drain(self) -> None:
         # One grace period for handlers and flush together: the orchestrator's kill deadline is fixed.
