@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -19,6 +19,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from tibridge.common.aio import first_of
 from tibridge.common.bus.port import Bus, BusError, LockLost, ReceivedMessage, Receiver
 from tibridge.common.clock import Clock, SystemClock
 from tibridge.common.contracts import Envelope, IndicatorCollected, IndicatorScored, Rejection, decode
@@ -171,7 +172,7 @@ class Consumer(Generic[P]):
             capacity = self._options.max_in_flight - len(self._in_flight)
             if capacity <= 0:
                 self._capacity.clear()
-                await _first_of(self._capacity.wait(), stop.wait())
+                await first_of(self._capacity.wait(), stop.wait())
                 continue
             try:
                 messages = await receiver.receive(
@@ -179,7 +180,7 @@ class Consumer(Generic[P]):
                 )
             except BusError as error:
                 log.warning("receiving from %s failed (%s); retrying", self.name, error)
-                await _first_of(asyncio.sleep(1.0), stop.wait())
+                await first_of(asyncio.sleep(1.0), stop.wait())
                 continue
             if messages:
                 self._last_received = self._clock.monotonic()
@@ -259,7 +260,7 @@ class Consumer(Generic[P]):
     # -- pause, locks, stop ---------------------------------------------------------------------------------
 
     async def _wait_for_recovery(self, stop: asyncio.Event) -> None:
-        await _first_of(asyncio.sleep(self._options.probe_interval_seconds), stop.wait())
+        await first_of(asyncio.sleep(self._options.probe_interval_seconds), stop.wait())
         if stop.is_set():
             return
         try:
@@ -324,13 +325,3 @@ class Consumer(Generic[P]):
                 await item.abandon()
             except BusError as error:
                 log.warning("abandoning %s failed (%s); its lock will lapse", item.message.message_id, error)
-
-
-async def _first_of(*waits: Awaitable[object]) -> None:
-    tasks = [asyncio.ensure_future(wait) for wait in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import metrics
 
+from tibridge.common.aio import first_of
 from tibridge.common.bus.port import BusError
 from tibridge.common.clock import Clock
 from tibridge.common.consumer import DependencyUnavailable, InFlight
@@ -152,7 +153,7 @@ class Publisher:
         """Sends due batches until `stop`; the consumer's drain then flushes what is left (`flush`)."""
         while not stop.is_set():
             if self.blocked is not None:
-                await self._until(stop, self._clock.sleep(self._options.probe_interval_seconds))
+                await first_of(stop.wait(), self._clock.sleep(self._options.probe_interval_seconds))
                 if stop.is_set():
                     return
             self._wake.clear()
@@ -165,7 +166,7 @@ class Publisher:
                 self.blocked = None
             due = self._batcher.next_due()
             timer = None if due is None else self._clock.sleep(due - self._clock.monotonic())
-            await self._until(stop, self._wake.wait(), *([] if timer is None else [timer]))
+            await first_of(stop.wait(), self._wake.wait(), *([] if timer is None else [timer]))
 
     async def readiness(self) -> str | None:
         return self.blocked
@@ -187,17 +188,6 @@ class Publisher:
             "skipped_drop_verdicts": counts.skipped_drop_verdicts,
             "held": self._batcher.held + sum(len(s.items) for s in self._outbox),
         }
-
-    @staticmethod
-    async def _until(stop: asyncio.Event, *waits: Awaitable[object]) -> None:
-        """Returns when the first of `waits` (or `stop`) is done."""
-        tasks = [asyncio.ensure_future(wait) for wait in (stop.wait(), *waits)]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _enqueue(self, batches: Sequence[_Batch]) -> None:
         for batch in batches:
