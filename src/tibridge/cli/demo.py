@@ -35,7 +35,7 @@ from tibridge.sandbox.server import SandboxServer
 
 # Mild, realistic trouble: a few Graph items throttled, some latency on every API.
 DEMO_FAULTS: dict[str, dict[str, Any]] = {
-    "graph": {"p429": 0.02, "retry_after_seconds": 1, "latency_ms": 15, "jitter_ms": 10},
+    "graph": {"p429": 0.005, "retry_after_seconds": 1, "latency_ms": 15, "jitter_ms": 10},
     "threatstream": {"latency_ms": 40, "jitter_ms": 20},
     "loganalytics": {"latency_ms": 20, "jitter_ms": 10},
 }

@@ -49,7 +49,8 @@ def expected_object(indicator: IndicatorScored, *, approval: bool) -> dict[str, 
     reputation = indicator.reputation
     suspicious = reputation is not None and reputation.classification is Classification.SUSPICIOUS
     confidence = reputation.score if reputation else 100
-    expiry = "2027-05-21T00:00:00Z" if approval else "2027-05-20T15:30:00Z"
+    # Approval mode rounds expiries up to whole weeks since the epoch (Thursdays, 00:00 UTC).
+    expiry = "2027-05-27T00:00:00Z" if approval else "2027-05-20T15:30:00Z"
     return {
         "itype": ("suspicious_" if suspicious else "mal_") + ITYPE_SUFFIX[indicator.observable.type],
         "status": "active",

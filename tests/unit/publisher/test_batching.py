@@ -158,7 +158,7 @@ def test_import_groups_hold_only_observables_one_session_describes_correctly() -
     assert [tag.name for tag in session.tags] == ["mdti", "Microsoft Defender Threat Intelligence"]
 
 
-def test_expiries_group_by_itype_alone_and_keep_their_exact_expiry() -> None:
+def test_expiries_group_by_itype_alone_and_keep_their_expiry() -> None:
     objects = objects_of(
         scored_indicator(1, None, verdict=Verdict.EXPIRE, confidence=12, tlp=Tlp.RED),
         scored_indicator(2, None, verdict=Verdict.EXPIRE, confidence=88, tlp=Tlp.GREEN),
@@ -166,3 +166,27 @@ def test_expiries_group_by_itype_alone_and_keep_their_exact_expiry() -> None:
     groups = import_groups(objects, lambda obj: obj)
     assert [(session.itype, len(members)) for session, members in groups] == [("mal_ip", 2), ("suspicious_ip", 2)]
     assert {session.expiration for session, _ in groups} == {INDICATOR_TIME}
+
+
+@pytest.mark.parametrize("days", [1, 7, 30])
+def test_a_rounded_expiry_is_never_earlier_and_at_most_the_rounding_later(days: int) -> None:
+    for hours in range(0, 24 * 60, 7):
+        moment = T0 + timedelta(hours=hours, minutes=13)
+        rounded = bucket_expiration(moment, days)
+        assert moment <= rounded < moment + timedelta(days=days)
+        assert rounded == bucket_expiration(rounded, days), "a rounded expiry is its own bucket"
+
+
+def test_expiring_observables_mapped_within_a_minute_share_their_import_sessions() -> None:
+    """An expiry is 'now' at mapping time; it must not split a batch into one session per observable."""
+    start = INDICATOR_TIME.replace(second=5)
+    objects = [
+        obj
+        for n in range(40)
+        for obj in intel_objects(
+            scored_indicator(n, None, verdict=Verdict.EXPIRE), MappingPolicy(), start + timedelta(seconds=n)
+        )
+    ]
+    sessions = import_groups(objects, lambda obj: obj, expiry_days=7)
+    assert sorted(session.itype for session, _ in sessions) == ["mal_ip", "suspicious_ip"]
+    assert all(session.expiration <= start for session, _ in sessions), "an expiry never lies in the future"

@@ -117,7 +117,7 @@ def test_an_expiring_import_session_states_only_itype_and_expiry() -> None:
         "datatext": "bad.example.com",
         "classification": "private",
         "default_state": "active",
-        "expiration_ts": "2026-11-02T12:00:30Z",
+        "expiration_ts": "2026-11-02T12:00:00Z",  # an expiry is stated to the minute, never later than now
         "domain_mapping": "mal_domain",
         "reject_benign": "false",
     }

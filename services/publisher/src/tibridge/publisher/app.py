@@ -35,6 +35,7 @@ def publisher_options(settings: PublisherSettings) -> PublisherOptions:
             default_state="active" if settings.threatstream_auto_approve else "inactive",
         ),
         probe_interval_seconds=settings.threatstream_probe_interval_seconds,
+        session_expiry_days=settings.threatstream_session_expiry_days,
     )
 
 

@@ -9,8 +9,9 @@ stands for, to settle them together.
 In approval mode one import session's settings apply to all its observables, so a batch is grouped by
 everything an import session states about them: itype, status, TLP, severity, confidence and expiry (an
 expiring session states only itype and expiry, so expiries group by itype alone). To keep
-the groups few, confidence is rounded down to a multiple of 5 (never overstated) and an active expiry is
-rounded up to the next midnight UTC (at most one day later than upstream's ValidUntil); tags an import
+the groups few, confidence is rounded down to a multiple of 5 (never overstated), an active expiry is
+rounded up to a whole number of days (`TIBRIDGE_THREATSTREAM_SESSION_EXPIRY_DAYS`, at most that much later
+than upstream's ValidUntil) and an expiring one down to the minute; tags an import
 session states are the ones every observable in it shares (always `mdti` and the source name).
 """
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
 
 from tibridge.publisher.mapping import IntelObject, IntelStatus
@@ -30,6 +31,7 @@ M = TypeVar("M")
 T = TypeVar("T")
 
 CONFIDENCE_STEP = 5
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -146,25 +148,32 @@ def bucket_confidence(confidence: int | None) -> int | None:
     return None if confidence is None else confidence - confidence % CONFIDENCE_STEP
 
 
-def bucket_expiration(expiration: datetime) -> datetime:
-    """The next midnight UTC at or after `expiration`."""
+def bucket_expiration(expiration: datetime, days: int = 1) -> datetime:
+    """The first UTC midnight at or after `expiration` that is a whole multiple of `days` days since the epoch."""
     moment = expiration.astimezone(UTC)
-    midnight = datetime.combine(moment.date(), time.min, tzinfo=UTC)
-    return midnight if midnight == moment else midnight + timedelta(days=1)
+    step = timedelta(days=days)
+    buckets = math.ceil((moment - _EPOCH) / step)
+    return _EPOCH + buckets * step
 
 
-def session_view(obj: IntelObject) -> IntelObject:
-    """The object as an import session can state it: bucketed confidence and (active) expiry."""
-    expiration = obj.expiration if obj.status is IntelStatus.INACTIVE else bucket_expiration(obj.expiration)
+def session_view(obj: IntelObject, expiry_days: int = 1) -> IntelObject:
+    """The object as an import session can state it: bucketed confidence and expiry. An active expiry is
+    rounded up to `expiry_days`; an expiring one (\"now\") down to the minute, so it is never in the future."""
+    if obj.status is IntelStatus.INACTIVE:
+        expiration = obj.expiration.replace(second=0, microsecond=0)
+    else:
+        expiration = bucket_expiration(obj.expiration, expiry_days)
     return replace(obj, confidence=bucket_confidence(obj.confidence), expiration=expiration)
 
 
-def import_groups(items: Iterable[T], intel: Callable[[T], IntelObject]) -> list[tuple[IntelObject, list[T]]]:
+def import_groups(
+    items: Iterable[T], intel: Callable[[T], IntelObject], expiry_days: int = 1
+) -> list[tuple[IntelObject, list[T]]]:
     """Groups items whose objects one import session can state correctly; each group with the session's
     view of its objects (shared tags only)."""
     groups: dict[tuple[object, ...], tuple[IntelObject, list[T]]] = {}
     for item in items:
-        view = session_view(intel(item))
+        view = session_view(intel(item), expiry_days)
         key = _session_key(view)
         if key in groups:
             shared, members = groups[key]

@@ -55,6 +55,7 @@ class PublisherOptions:
     mapping: MappingPolicy = field(default_factory=MappingPolicy)
     wire: WireOptions = field(default_factory=WireOptions)
     probe_interval_seconds: float = 30.0
+    session_expiry_days: int = 7
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,7 @@ class Publisher:
                 for chunk in chunked(items, size)
             ]
         shipments = []
-        for session, members in import_groups(items, _intel_of):
+        for session, members in import_groups(items, _intel_of, self._options.session_expiry_days):
             for chunk in chunked(members, size):
                 values = [obj.observable.value for obj, _ in chunk]
                 shipments.append(Shipment(lane, import_request(session, values, wire), tuple(chunk)))

@@ -54,6 +54,13 @@ class PublisherSettings(ServiceSettings):
     threatstream_default_lifetime_days: int = Field(
         90, ge=1, le=3650, description="Expiry of an observable whose indicator has no ValidUntil, in days."
     )
+    threatstream_session_expiry_days: int = Field(
+        7,
+        ge=1,
+        le=90,
+        description="Approval mode: expiries are rounded up to a multiple of this many days so observables can "
+        "share an import session (at most this much later than upstream's ValidUntil).",
+    )
     threatstream_source_name: str = Field(
         "Microsoft Defender Threat Intelligence",
         min_length=1,
