@@ -63,7 +63,6 @@ def _demo_settings(sandbox: SandboxServer, out: Path, mode: str) -> dict[str, An
             "checkpoint_path": str(out / "checkpoint.json"),
             "collector_initial_lookback": timedelta(days=sandbox.config.days + 1),
             "threatstream_mode": mode,
-            "threatstream_batch_age_seconds": 1.0,
         }
     )
     return overrides

@@ -62,8 +62,10 @@ def objects_for(indicators: Sequence[IndicatorScored]) -> list[IntelObject]:
 async def send_imports(gateway: Gateway, objects: Sequence[IntelObject], default_state: str) -> list[Answer]:
     wire = WireOptions(default_state=default_state)
     return [
-        await gateway.send(import_request(session, [obj.observable.value for obj in members], wire))
-        for session, members in import_groups(objects, lambda obj: obj)
+        await gateway.send(
+            import_request(group.view, [obj.observable.value for obj in group.members], wire, group.mappings)
+        )
+        for group in import_groups(objects, lambda obj: obj)
     ]
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.publisher import (
-    MIXED_COMBINATIONS,
+    MIXED_SESSIONS_PER_BATCH,
     MIXED_VALID_UNTIL,
     depth,
     mixed_indicators,
@@ -99,8 +99,8 @@ async def test_messages_reach_threatstream_in_batches_with_every_field(
         assert stats["requests"] == {"upsert": batches}
         assert stats["batch_sizes"] == {str(BATCH_SIZE): batches}
     else:
-        # Each batch holds every combination of what an import session states, so each needs one session apiece.
-        assert stats["requests"] == {"import": batches * MIXED_COMBINATIONS}
+        # Each batch holds every combination of what an import session states, so each needs a session apiece.
+        assert stats["requests"] == {"import": batches * MIXED_SESSIONS_PER_BATCH}
     assert (stats["objects"], stats["duplicates_created"], stats["ignored"]) == (MESSAGES, 0, 0)
     assert depth(bus, dead_letter=True) == 0
     assert set(held) == {indicator.observable.value for indicator in indicators}

@@ -98,7 +98,7 @@ def run_configured_process(extra_environment: dict[str, str], port: int = 0) -> 
     }
     environment.update(extra_environment)
     url = f"http://127.0.0.1:{port or free_port()}/v1.0/path?sig=QUERY-SECRET"
-    completed = subprocess.run(  # noqa: S603 - our own interpreter and script
+    completed = subprocess.run(
         [sys.executable, "-c", _SCRIPT, url],
         env=environment,
         cwd=ROOT,

@@ -221,8 +221,8 @@ def test_no_secret_values_in_the_base() -> None:
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed; the YAML checks above still ran")
 def test_kustomize_builds_the_base() -> None:
-    built = subprocess.run(  # noqa: S603 - fixed arguments
-        ["kubectl", "kustomize", str(K8S)],  # noqa: S607 - kubectl from PATH, whichever the developer has
+    built = subprocess.run(
+        ["kubectl", "kustomize", str(K8S)],
         capture_output=True,
         text=True,
         timeout=60,

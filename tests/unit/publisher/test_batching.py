@@ -10,6 +10,8 @@ from tests.fixtures.publisher import INDICATOR_TIME, MALICIOUS, SUSPICIOUS, scor
 from tibridge.common.contracts import (
     Classification,
     IndicatorScored,
+    Observable,
+    ObservableType,
     Reputation,
     ReputationRule,
     RuleSeverity,
@@ -142,17 +144,17 @@ def test_import_groups_hold_only_observables_one_session_describes_correctly() -
         scored_indicator(1, rules_a, valid_until=until),
         scored_indicator(2, rules_b, valid_until=same_day),  # same session: score 93 → 90 bucket, same day
         scored_indicator(3, rules_a, valid_until=until, tlp=Tlp.RED),  # another TLP
-        scored_indicator(4, SUSPICIOUS, valid_until=until),  # another itype
+        scored_indicator(4, SUSPICIOUS, valid_until=until),  # another itype for the same kind
         scored_indicator(5, MALICIOUS, valid_until=until + timedelta(days=1)),  # another day
     )
     groups = import_groups(objects, lambda obj: obj)
-    assert [[member.observable.value for member in members] for _, members in groups] == [
+    assert [[member.observable.value for member in group.members] for group in groups] == [
         ["10.0.0.1", "10.0.0.2"],
         ["10.0.0.3"],
         ["10.0.0.4"],
         ["10.0.0.5"],
     ]
-    session, _ = groups[0]
+    session = groups[0].view
     assert (session.confidence, session.expiration) == (90, datetime(2027, 3, 2, tzinfo=UTC))
     # Only the tags both observables carry: each one's own rule is left out.
     assert [tag.name for tag in session.tags] == ["mdti", "Microsoft Defender Threat Intelligence"]
@@ -164,8 +166,25 @@ def test_expiries_group_by_itype_alone_and_keep_their_expiry() -> None:
         scored_indicator(2, None, verdict=Verdict.EXPIRE, confidence=88, tlp=Tlp.GREEN),
     )
     groups = import_groups(objects, lambda obj: obj)
-    assert [(session.itype, len(members)) for session, members in groups] == [("mal_ip", 2), ("suspicious_ip", 2)]
-    assert {session.expiration for session, _ in groups} == {INDICATOR_TIME}
+    assert [(group.mappings, len(group.members)) for group in groups] == [
+        ({"ip_mapping": "mal_ip"}, 2),
+        ({"ip_mapping": "suspicious_ip"}, 2),
+    ]
+    assert {group.view.expiration for group in groups} == {INDICATOR_TIME}
+
+
+def test_observables_of_different_kinds_share_one_session_with_a_mapping_each() -> None:
+    domain = Observable(type=ObservableType.DOMAIN, value="bad.example.com")
+    url = Observable(type=ObservableType.URL, value="http://bad.example.com/x")
+    objects = objects_of(
+        scored_indicator(1, MALICIOUS),
+        scored_indicator(domain, MALICIOUS),
+        scored_indicator(url, MALICIOUS),
+        scored_indicator(2, MALICIOUS),
+    )
+    [group] = import_groups(objects, lambda obj: obj)
+    assert group.mappings == {"ip_mapping": "mal_ip", "domain_mapping": "mal_domain", "url_mapping": "mal_url"}
+    assert len(group.members) == 4
 
 
 @pytest.mark.parametrize("days", [1, 7, 30])
@@ -187,6 +206,6 @@ def test_expiring_observables_mapped_within_a_minute_share_their_import_sessions
             scored_indicator(n, None, verdict=Verdict.EXPIRE), MappingPolicy(), start + timedelta(seconds=n)
         )
     ]
-    sessions = import_groups(objects, lambda obj: obj, expiry_days=7)
-    assert sorted(session.itype for session, _ in sessions) == ["mal_ip", "suspicious_ip"]
-    assert all(session.expiration <= start for session, _ in sessions), "an expiry never lies in the future"
+    groups = import_groups(objects, lambda obj: obj, expiry_days=7)
+    assert [group.mappings["ip_mapping"] for group in groups] == ["mal_ip", "suspicious_ip"]
+    assert all(group.view.expiration <= start for group in groups), "an expiry never lies in the future"

@@ -179,7 +179,7 @@ async def test_expiries_and_publications_never_share_a_request() -> None:
     assert statuses == [["active"], ["inactive"]]
 
 
-async def test_approval_mode_sends_one_import_session_per_group() -> None:
+async def test_approval_mode_sends_one_import_session_for_observables_of_every_kind() -> None:
     bus, gateway = MemoryBus(), FakeGateway()
     batch = [
         *(scored_indicator(n) for n in range(6)),
@@ -188,15 +188,11 @@ async def test_approval_mode_sends_one_import_session_per_group() -> None:
     await publish_scored(bus, batch)
     async with running(a_service(bus, gateway, mode=PublishMode.APPROVAL, batch_size=8)):
         await eventually(lambda: depth(bus) == 0)
-    assert {request.path for request in gateway.requests} == {IMPORT_PATH}
-    sessions = sorted(
-        (
-            request.form.get("ip_mapping") or request.form.get("domain_mapping") or request.form["url_mapping"],
-            request.objects,
-        )
-        for request in gateway.requests
-    )
-    assert sessions == [("mal_domain", 1), ("mal_ip", 6), ("mal_url", 1)]
+    [request] = gateway.requests
+    assert request.path == IMPORT_PATH
+    assert request.objects == 8
+    mappings = {name: value for name, value in request.form.items() if name.endswith("_mapping")}
+    assert mappings == {"ip_mapping": "mal_ip", "domain_mapping": "mal_domain", "url_mapping": "mal_url"}
 
 
 async def test_a_dry_run_writes_the_requests_and_completes_the_messages(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ so a revocation that arrives with an older publication wins — while the entry 
 stands for, to settle them together.
 
 In approval mode one import session's settings apply to all its observables, so a batch is grouped by
-everything an import session states about them: itype, status, TLP, severity, confidence and expiry (an
-expiring session states only itype and expiry, so expiries group by itype alone). To keep
+everything an import session states about them: status, TLP, severity, confidence, expiry and one itype per
+kind of observable (an expiring session states only itypes and expiry). To keep
 the groups few, confidence is rounded down to a multiple of 5 (never overstated), an active expiry is
 rounded up to a whole number of days (`TIBRIDGE_THREATSTREAM_SESSION_EXPIRY_DAYS`, at most that much later
 than upstream's ValidUntil) and an expiring one down to the minute; tags an import
@@ -166,26 +166,41 @@ def session_view(obj: IntelObject, expiry_days: int = 1) -> IntelObject:
     return replace(obj, confidence=bucket_confidence(obj.confidence), expiration=expiration)
 
 
-def import_groups(
-    items: Iterable[T], intel: Callable[[T], IntelObject], expiry_days: int = 1
-) -> list[tuple[IntelObject, list[T]]]:
-    """Groups items whose objects one import session can state correctly; each group with the session's
-    view of its objects (shared tags only)."""
-    groups: dict[tuple[object, ...], tuple[IntelObject, list[T]]] = {}
+@dataclass
+class SessionGroup(Generic[T]):
+    """Items one import session states correctly: shared fields in `view` (shared tags only) and one itype per
+    kind of observable (the session's `ip_mapping`, `domain_mapping`, …)."""
+
+    view: IntelObject
+    mappings: dict[str, str]
+    members: list[T]
+
+    def admits(self, obj: IntelObject) -> bool:
+        return self.mappings.get(obj.kind.import_mapping_field, obj.itype) == obj.itype
+
+    def add(self, item: T, obj: IntelObject) -> None:
+        self.mappings[obj.kind.import_mapping_field] = obj.itype
+        self.members.append(item)
+        self.view = replace(self.view, tags=tuple(t for t in self.view.tags if t in obj.tags))
+
+
+def import_groups(items: Iterable[T], intel: Callable[[T], IntelObject], expiry_days: int = 1) -> list[SessionGroup[T]]:
+    """Groups items whose objects one import session can state correctly. IPs, domains, URLs… share a session
+    when everything else it states agrees; two itypes of one kind need two sessions."""
+    groups: dict[tuple[object, ...], list[SessionGroup[T]]] = {}
     for item in items:
         view = session_view(intel(item), expiry_days)
-        key = _session_key(view)
-        if key in groups:
-            shared, members = groups[key]
-            members.append(item)
-            groups[key] = (replace(shared, tags=tuple(t for t in shared.tags if t in view.tags)), members)
-        else:
-            groups[key] = (view, [item])
-    return list(groups.values())
+        candidates = groups.setdefault(_session_key(view), [])
+        group = next((g for g in candidates if g.admits(view)), None)
+        if group is None:
+            group = SessionGroup(view, {}, [])
+            candidates.append(group)
+        group.add(item, view)
+    return [group for candidates in groups.values() for group in candidates]
 
 
 def _session_key(view: IntelObject) -> tuple[object, ...]:
     if view.status is IntelStatus.INACTIVE:
-        # An expiring session states only the itype and the expiry (see `payloads.import_request`).
-        return (view.itype, view.status, view.expiration)
-    return (view.itype, view.status, view.tlp, view.severity, view.confidence, view.expiration, view.threat_type)
+        # An expiring session states only the itypes and the expiry (see `payloads.import_request`).
+        return (view.status, view.expiration)
+    return (view.status, view.tlp, view.severity, view.confidence, view.expiration, view.threat_type)

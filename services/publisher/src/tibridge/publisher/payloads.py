@@ -43,15 +43,21 @@ def timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def import_request(session: IntelObject, values: Sequence[str], options: WireOptions) -> ThreatStreamRequest:
-    """One import session: `session` states what holds for every observable of `values`. An expiring session
-    states only the itype and an expiry of now, which ThreatStream stores as expired."""
+def import_request(
+    session: IntelObject,
+    values: Sequence[str],
+    options: WireOptions,
+    mappings: Mapping[str, str] | None = None,
+) -> ThreatStreamRequest:
+    """One import session: `session` states what holds for every observable of `values`, `mappings` the itype
+    of each kind (default: the session object's own). An expiring session states only itypes and an expiry of
+    now, which ThreatStream stores as expired."""
     form = {
         "datatext": "\n".join(values),
         "classification": options.classification,
         "default_state": options.default_state,
         "expiration_ts": timestamp(session.expiration),
-        session.kind.import_mapping_field: session.itype,
+        **(mappings or {session.kind.import_mapping_field: session.itype}),
         "reject_benign": "false",
     }
     if session.status is IntelStatus.INACTIVE:

@@ -216,10 +216,11 @@ class Publisher:
                 for chunk in chunked(items, size)
             ]
         shipments = []
-        for session, members in import_groups(items, _intel_of, self._options.session_expiry_days):
-            for chunk in chunked(members, size):
+        for group in import_groups(items, _intel_of, self._options.session_expiry_days):
+            for chunk in chunked(group.members, size):
                 values = [obj.observable.value for obj, _ in chunk]
-                shipments.append(Shipment(lane, import_request(session, values, wire), tuple(chunk)))
+                request = import_request(group.view, values, wire, group.mappings)
+                shipments.append(Shipment(lane, request, tuple(chunk)))
         return shipments
 
     async def _deliver_head(self) -> None:
