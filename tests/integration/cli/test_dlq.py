@@ -7,7 +7,7 @@ import pytest
 from tests.fixtures.messages import collected_envelope
 from tests.sbdouble.server import ServiceBusDouble
 from tibridge.cli.dlq import list_dead_letters, replay_dead_letters
-from tibridge.common.bus.port import OutgoingMessage
+from tibridge.common.bus.port import OutgoingMessage, ReceivedMessage
 from tibridge.common.runtime import bus_from_settings
 from tibridge.common.settings import ServiceSettings, load_settings
 from tibridge.common.topology import INDICATORS_TOPIC, SCORER_SUBSCRIPTION
@@ -26,7 +26,7 @@ async def _dead_letter(double: ServiceBusDouble, reasons: list[str]) -> None:
         messages = [OutgoingMessage.from_envelope(collected_envelope(n)) for n in range(len(reasons))]
         await bus.publish(INDICATORS_TOPIC, messages)
         async with bus.receiver(INDICATORS_TOPIC, SCORER_SUBSCRIPTION) as receiver:
-            received = []
+            received: list[ReceivedMessage] = []
             while len(received) < len(reasons):
                 received += await receiver.receive(len(reasons), 5)
             by_id = {m.message_id: m for m in received}
