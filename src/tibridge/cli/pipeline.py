@@ -14,13 +14,12 @@ from typing import Any
 
 from tibridge.collector.app import build as build_collector
 from tibridge.collector.settings import CollectorSettings
-from tibridge.common.bus.memory import MemoryBus
 from tibridge.common.bus.port import Bus
 from tibridge.common.clock import Clock
 from tibridge.common.consumer import Consumer
 from tibridge.common.logging import register_settings_secrets
 from tibridge.common.runtime import Service
-from tibridge.common.settings import BusKind, ServiceSettings, load_settings
+from tibridge.common.settings import ServiceSettings, load_settings
 from tibridge.common.topology import TOPOLOGY
 from tibridge.publisher.app import build as build_publisher
 from tibridge.publisher.settings import PublisherSettings
@@ -71,14 +70,18 @@ async def build_pipeline(
     return {stage: await builder() for stage, builder in builders.items()}
 
 
-def is_idle(bus: Bus, services: Mapping[str, Service]) -> bool:
-    """Nothing waits on any subscription and no consumer holds a message (a held batch counts as held)."""
+async def is_idle(bus: Bus, services: Mapping[str, Service]) -> bool:
+    """No consumer holds a message (a batch being gathered counts as held) and nothing waits on any subscription."""
     consumers = [w for service in services.values() for w in service.workers if isinstance(w, Consumer)]
     if any(consumer.in_flight for consumer in consumers):
         return False
-    if isinstance(bus, MemoryBus):
-        return all(bus.depth(topic.name, sub.name) == 0 for topic in TOPOLOGY.topics for sub in topic.subscriptions)
-    return all(consumer.idle_for >= 5.0 for consumer in consumers)
+    # Upstream first: a consumer publishes its output before it completes its input, so work moving between
+    # topics is always visible on one of them.
+    for topic in TOPOLOGY.topics:
+        for sub in topic.subscriptions:
+            if await bus.has_pending(topic.name, sub.name):
+                return False
+    return True
 
 
 async def stop_when_drained(
@@ -87,11 +90,7 @@ async def stop_when_drained(
     """For one-shot runs: once the collector finished and everything downstream settled, stop the process."""
     await collector_done.wait()
     while not stop.is_set():
-        if is_idle(bus, services):
+        if await is_idle(bus, services):
             stop.set()
             return
         await asyncio.sleep(0.2)
-
-
-def bus_kind(settings: PipelineSettings) -> BusKind:
-    return settings.process.bus

@@ -89,6 +89,19 @@ async def test_complete_removes_the_message(contract_bus: BusUnderTest) -> None:
         assert await receiver.receive(max_messages=1, max_wait=quiet) == []
 
 
+@pytest.mark.parametrize("contract_lock_duration", [timedelta(minutes=1)])  # peeks open receivers: slow
+async def test_pending_counts_waiting_and_locked_messages_until_completed(contract_bus: BusUnderTest) -> None:
+    bus = contract_bus.bus
+    assert not await bus.has_pending(INDICATORS_TOPIC, SCORER_SUBSCRIPTION)
+    await bus.publish(INDICATORS_TOPIC, [message()])
+    assert await bus.has_pending(INDICATORS_TOPIC, SCORER_SUBSCRIPTION)
+    async with bus.receiver(INDICATORS_TOPIC, SCORER_SUBSCRIPTION) as receiver:
+        received = await receive_one(receiver)
+        assert await bus.has_pending(INDICATORS_TOPIC, SCORER_SUBSCRIPTION), "a locked message is still pending"
+        await receiver.complete(received)
+    assert not await bus.has_pending(INDICATORS_TOPIC, SCORER_SUBSCRIPTION)
+
+
 async def test_abandon_redelivers_with_delivery_count_plus_one(contract_bus: BusUnderTest) -> None:
     sent = message()
     await contract_bus.bus.publish(INDICATORS_TOPIC, [sent])

@@ -104,6 +104,10 @@ class DyingBus:
     async def check(self) -> None:
         self._death.check()
 
+    async def has_pending(self, topic: str, subscription: str) -> bool:
+        self._death.check()
+        return await self._inner.has_pending(topic, subscription)
+
     async def close(self) -> None:
         return None
 

@@ -135,7 +135,6 @@ class Consumer(Generic[P]):
         self._capacity = asyncio.Event()
         self._semaphore = asyncio.Semaphore(options.max_concurrency)
         self.paused_reason: str | None = None
-        self._last_received = self._clock.monotonic()
         self._shortest_lock_seconds = float("inf")
         self._renewals = asyncio.Semaphore(_CONCURRENT_RENEWALS)
 
@@ -146,11 +145,6 @@ class Consumer(Generic[P]):
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
-
-    @property
-    def idle_for(self) -> float:
-        """Seconds since this consumer last received a message."""
-        return self._clock.monotonic() - self._last_received
 
     async def run(self, stop: asyncio.Event) -> None:
         async with self._bus.receiver(self._topic, self._subscription, prefetch=self._options.prefetch) as receiver:
@@ -182,8 +176,6 @@ class Consumer(Generic[P]):
                 log.warning("receiving from %s failed (%s); retrying", self.name, error)
                 await first_of(asyncio.sleep(1.0), stop.wait())
                 continue
-            if messages:
-                self._last_received = self._clock.monotonic()
             for message in messages:
                 await self._dispatch(receiver, message)
 

@@ -117,6 +117,9 @@ class MemoryBus:
     async def check(self) -> None:
         return None
 
+    async def has_pending(self, topic: str, subscription: str) -> bool:
+        return self.depth(topic, subscription) > 0
+
     async def close(self) -> None:
         return None
 

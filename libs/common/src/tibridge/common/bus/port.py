@@ -90,6 +90,10 @@ class Bus(Protocol):
         """Raises `BusUnavailable` when the bus cannot be reached (readiness)."""
         ...
 
+    async def has_pending(self, topic: str, subscription: str) -> bool:
+        """Whether any message, available or locked by a receiver, is still on the subscription."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -151,6 +151,15 @@ class ServiceBusBus:
             await self._drop_probe()
             raise BusUnavailable(f"Service Bus is not ready: {error}") from None
 
+    async def has_pending(self, topic: str, subscription: str) -> bool:
+        # A peek sees locked messages too, and a fresh receiver peeks from the first sequence number.
+        with _translated(f"peeking at subscription {topic}/{subscription}"):
+            async with (
+                asyncio.timeout(self._timeout),
+                self._client.get_subscription_receiver(topic, subscription) as peek,
+            ):
+                return bool(await peek.peek_messages(max_message_count=1))
+
     async def close(self) -> None:
         # Closing the client closes every sender and receiver it made.
         self._senders.clear()

@@ -1,0 +1,38 @@
+"""`tibridge run --once --bus servicebus`: the three services in one process over Service Bus (the wire-level
+double), against the sandbox; ThreatStream ends up exactly as the seeded data says it must."""
+
+from pathlib import Path
+
+from tests.fixtures.sandbox import SandboxFactory
+from tests.sbdouble.server import ServiceBusDouble
+from tibridge.cli.commands import run_pipeline
+from tibridge.cli.demo import reconcile
+from tibridge.common.topology import TOPOLOGY
+
+
+async def test_run_once_over_service_bus_reconciles(
+    sandbox_factory: SandboxFactory, sb_double: ServiceBusDouble, tmp_path: Path
+) -> None:
+    async with sandbox_factory(indicators=150, seed=3, anchor=None) as sandbox:  # data up to now
+        overrides: dict[str, object] = {k.removeprefix("TIBRIDGE_").lower(): v for k, v in sandbox.env().items()}
+        overrides |= {
+            "servicebus_connection_string": sb_double.connection_string,
+            "health_port": 0,
+            "checkpoint_path": str(tmp_path / "checkpoint.json"),
+            "collector_initial_lookback": "P15D",
+            "threatstream_mode": "direct",
+            "threatstream_batch_age_seconds": 1,
+        }
+        code = await run_pipeline(bus="servicebus", once=True, since=None, overrides=overrides)
+        expected = sandbox.expected()
+        stats = sandbox.stats()
+        objects = [obj.to_json() for obj in sandbox.state.intel.objects.values()]
+
+    assert code == 0
+    assert stats["loganalytics"]["rows_returned"] > 0
+    assert expected.active
+    assert reconcile(expected.active, expected.not_active, objects, stats) == []
+    for topic in TOPOLOGY.topics:
+        for subscription in topic.subscriptions:
+            assert sb_double.depth(topic.name, subscription.name) == 0
+            assert sb_double.depth(topic.name, subscription.name, dead_letter=True) == 0
