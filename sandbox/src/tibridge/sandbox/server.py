@@ -13,13 +13,13 @@ import shlex
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 
 from tibridge.common.clock import Clock, SystemClock
 from tibridge.common.contracts import Classification
+from tibridge.common.web import WebServer
 from tibridge.sandbox import api_graph, api_loganalytics, api_threatstream
 from tibridge.sandbox.config import SandboxConfig
 from tibridge.sandbox.dataset import Dataset
@@ -110,46 +110,19 @@ def build_app(state: SandboxState) -> web.Application:
     return app
 
 
-class SandboxServer:
+class SandboxServer(WebServer):
     def __init__(self, config: SandboxConfig | None = None, *, port: int = 0, clock: Clock | None = None) -> None:
         self.config = config or SandboxConfig()
         self.state = SandboxState(self.config, clock or SystemClock())
-        self._requested_port = port
-        self._runner: web.AppRunner | None = None
-        self.port: int | None = None
-
-    async def start(self) -> None:
-        runner = web.AppRunner(
+        super().__init__(
             build_app(self.state),
+            self.config.host,
+            port,
+            port_hint="choose another --port",
             handler_cancellation=True,  # a caller that gives up on a hung request ends its handler
             shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
             access_log=None,
         )
-        await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self._requested_port)
-        try:
-            await site.start()
-        except OSError as error:
-            await runner.cleanup()
-            raise OSError(
-                f"cannot listen on {self.config.host}:{self._requested_port} ({error.strerror}); choose another --port"
-            ) from None
-        self._runner = runner
-        self.port = runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     @property
     def base_url(self) -> str:
