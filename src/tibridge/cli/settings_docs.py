@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from tibridge.cli.pipeline import SERVICE_SETTINGS as _SERVICES
 from tibridge.common.settings import ENV_PREFIX
+from tibridge.common.topology import iso_duration
 
 README_START = "<!-- settings:start -->"
 README_END = "<!-- settings:end -->"
@@ -21,6 +24,9 @@ def _default(field: FieldInfo) -> str:
         return "—"
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, timedelta):
+        # The form the settings accept (ISO 8601), not Python's repr.
+        return f"P{value.days}D" if value.days and not value.seconds else iso_duration(value)
     if isinstance(value, list | tuple | frozenset | set):
         return ", ".join(str(v) for v in value) or "—"
     return str(getattr(value, "value", value))
