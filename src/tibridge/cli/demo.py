@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import Set
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,6 @@ def _demo_settings(sandbox: SandboxServer, out: Path, mode: str) -> dict[str, An
             "log_level": "ERROR",
             "checkpoint_store": "file",
             "checkpoint_path": str(out / "checkpoint.json"),
-            "collector_initial_lookback": timedelta(days=sandbox.config.days + 1),
             "threatstream_mode": mode,
         }
     )

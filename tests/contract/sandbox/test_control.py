@@ -8,6 +8,7 @@ import shlex
 import shutil
 import signal
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -28,6 +29,7 @@ ENV_NAMES = {
     "TIBRIDGE_THREATSTREAM_BASE_URL",
     "TIBRIDGE_THREATSTREAM_USERNAME",
     "TIBRIDGE_THREATSTREAM_API_KEY",
+    "TIBRIDGE_COLLECTOR_INITIAL_LOOKBACK",
 }
 
 
@@ -43,6 +45,9 @@ async def test_env_points_every_service_at_the_sandbox(sandbox_factory: SandboxF
         assert env["TIBRIDGE_GRAPH_BASE_URL"] == f"{server.base_url}/graph/v1.0"
         assert env["TIBRIDGE_THREATSTREAM_BASE_URL"] == f"{server.base_url}/threatstream/api"
         assert env["TIBRIDGE_LOGANALYTICS_ENDPOINT"] == f"{server.base_url}/loganalytics"
+        oldest = server.dataset.rows[0].time_generated
+        lookback = timedelta(days=int(env["TIBRIDGE_COLLECTOR_INITIAL_LOOKBACK"].strip("PD")))
+        assert server.state.clock.now() - lookback < oldest, "a first collector pass reaches the oldest row"
         path = tmp_path / "sandbox.env"
         server.write_env_file(path)
     shell = await asyncio.create_subprocess_exec(

@@ -73,7 +73,6 @@ def test_run_once_against_the_sandbox(sandbox_process: tuple[str, dict[str, str]
         {
             "TIBRIDGE_HEALTH_PORT": "0",
             "TIBRIDGE_CHECKPOINT_PATH": str(tmp_path / "checkpoint.json"),
-            "TIBRIDGE_COLLECTOR_INITIAL_LOOKBACK": "P15D",
             "TIBRIDGE_THREATSTREAM_MODE": mode,
             "TIBRIDGE_THREATSTREAM_BATCH_AGE_SECONDS": "1",
         }

@@ -19,7 +19,6 @@ async def test_run_once_over_service_bus_reconciles(
             "servicebus_connection_string": sb_double.connection_string,
             "health_port": 0,
             "checkpoint_path": str(tmp_path / "checkpoint.json"),
-            "collector_initial_lookback": "P15D",
             "threatstream_mode": "direct",
             "threatstream_batch_age_seconds": 1,
         }

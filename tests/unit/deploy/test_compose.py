@@ -131,15 +131,21 @@ def test_services_sharing_the_sandbox_namespace_use_distinct_health_ports() -> N
     assert _sandbox_port() not in ports
 
 
+# Depends on the data served, not on where the sandbox is: compose must reach back at least as far.
+LOOKBACK = "TIBRIDGE_COLLECTOR_INITIAL_LOOKBACK"
+
+
 async def test_sandbox_settings_match_what_the_sandbox_serves(sandbox_factory: SandboxFactory) -> None:
-    async with sandbox_factory(indicators=0) as server:
+    async with sandbox_factory(indicators=500, anchor=None) as server:
         served = {
             name: value.replace(f":{server.port}/", f":{_sandbox_port()}/") for name, value in server.env().items()
         }
     for service in SERVICES:
         environment = compose_environment(service)
-        for name in env_names(SETTINGS[service]) & set(served):
+        for name in env_names(SETTINGS[service]) & set(served) - {LOOKBACK}:
             assert environment.get(name) == served[name], f"{service}: {name}"
+    compose_days = int(compose_environment("collector")[LOOKBACK].strip("PD"))
+    assert compose_days >= int(served[LOOKBACK].strip("PD")), "the collector would miss the sandbox's oldest rows"
 
 
 @pytest.mark.parametrize("service", SERVICES)

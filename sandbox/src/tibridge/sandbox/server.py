@@ -9,9 +9,11 @@ async with SandboxServer(SandboxConfig(indicators=500), port=0) as server:
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +157,14 @@ class SandboxServer(WebServer):
             "TIBRIDGE_THREATSTREAM_BASE_URL": endpoints.threatstream,
             "TIBRIDGE_THREATSTREAM_USERNAME": self.config.threatstream_username,
             "TIBRIDGE_THREATSTREAM_API_KEY": self.config.threatstream_api_key.get_secret_value(),
+            "TIBRIDGE_COLLECTOR_INITIAL_LOOKBACK": self._lookback(),
         }
+
+    def _lookback(self) -> str:
+        """A first collector pass that reaches back past the oldest row served (whole days, one to spare)."""
+        rows = self.state.dataset.rows
+        oldest = rows[0].time_generated if rows else self.state.clock.now()
+        return f"P{math.ceil((self.state.clock.now() - oldest) / timedelta(days=1)) + 1}D"
 
     def write_env_file(self, path: Path) -> None:
         """`NAME=value` lines, shell-quoted, so `set -a; . PATH; set +a` loads them."""
