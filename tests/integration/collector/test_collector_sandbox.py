@@ -108,7 +108,8 @@ async def test_server_errors_are_retried_until_every_window_is_read(
     small_dataset: Dataset, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     bus = MemoryBus()
-    faults = {"loganalytics": {"p500": 0.25, "p503": 0.25}}
+    # Half as likely as not to fail would make 10 failures in a row a few-percent event over ~60 windows.
+    faults = {"loganalytics": {"p500": 0.1, "p503": 0.1}}
     async with server_for(small_dataset, faults=faults) as server:
         with rejections_logged(caplog) as rejections:
             async with collector_for(server, bus, tmp_path / "c.json", collector_query_attempts=10) as run:
