@@ -35,7 +35,7 @@ typecheck: setup
 	$(RUN) mypy
 
 test: lint typecheck azurite
-	bash scripts/test-services.sh $(RUN) pytest
+	$(RUN) pytest
 
 test-fast: setup
 	$(RUN) pytest -x -q
