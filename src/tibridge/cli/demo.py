@@ -28,6 +28,7 @@ from tibridge.cli.commands import run_pipeline
 from tibridge.cli.pipeline import PipelineSettings, load_pipeline_settings
 from tibridge.common.contracts import SCORABLE_TYPES
 from tibridge.common.runtime import Service
+from tibridge.common.settings import from_environment
 from tibridge.sandbox.config import SandboxConfig
 from tibridge.sandbox.expected import ExpectedOutcome, Outcome
 from tibridge.sandbox.server import SandboxServer
@@ -52,7 +53,7 @@ class DemoResult:
 
 
 def _demo_settings(sandbox: SandboxServer, out: Path, mode: str) -> dict[str, Any]:
-    overrides: dict[str, Any] = {key.removeprefix("TIBRIDGE_").lower(): value for key, value in sandbox.env().items()}
+    overrides: dict[str, Any] = from_environment(sandbox.env())
     overrides.update(
         {
             "bus": "memory",

@@ -7,6 +7,7 @@ from tests.fixtures.sandbox import SandboxFactory
 from tests.sbdouble.server import ServiceBusDouble
 from tibridge.cli.commands import run_pipeline
 from tibridge.cli.demo import reconcile
+from tibridge.common.settings import from_environment
 from tibridge.common.topology import TOPOLOGY
 
 
@@ -14,7 +15,7 @@ async def test_run_once_over_service_bus_reconciles(
     sandbox_factory: SandboxFactory, sb_double: ServiceBusDouble, tmp_path: Path
 ) -> None:
     async with sandbox_factory(indicators=150, seed=3, anchor=None) as sandbox:  # data up to now
-        overrides: dict[str, object] = {k.removeprefix("TIBRIDGE_").lower(): v for k, v in sandbox.env().items()}
+        overrides: dict[str, object] = dict(from_environment(sandbox.env()))
         overrides |= {
             "servicebus_connection_string": sb_double.connection_string,
             "health_port": 0,

@@ -7,6 +7,7 @@ one clear line per bad setting, naming the environment variable to fix.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Self, TypeVar
 
@@ -89,6 +90,12 @@ class ServiceSettings(TibridgeSettings):
 
 
 S = TypeVar("S", bound=TibridgeSettings)
+
+
+def from_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The settings-field values a `TIBRIDGE_*` environment holds, as keyword arguments for `load_settings`
+    (other variables are left out)."""
+    return {name.removeprefix(ENV_PREFIX).lower(): value for name, value in env.items() if name.startswith(ENV_PREFIX)}
 
 
 class SettingsError(Exception):
