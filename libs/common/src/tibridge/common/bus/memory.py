@@ -14,10 +14,9 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from types import TracebackType
-from typing import Self
 
 from tibridge.common.bus.port import (
+    ClosesOnExit,
     EntityNotFound,
     LockLost,
     OutgoingMessage,
@@ -209,7 +208,7 @@ class MemoryBus:
         )
 
 
-class MemoryReceiver:
+class MemoryReceiver(ClosesOnExit):
     def __init__(self, bus: MemoryBus, queue: _Queue) -> None:
         self._bus = bus
         self._queue = queue
@@ -251,14 +250,6 @@ class MemoryReceiver:
 
     async def close(self) -> None:
         return None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
     def _held(self, message: ReceivedMessage) -> _Lock:
         """The message's live lock; a lapsed one is released for redelivery (only this one: settling stays O(1))."""

@@ -79,6 +79,21 @@ class Receiver(Protocol):
     ) -> None: ...
 
 
+class ClosesOnExit:
+    """`async with` for an adapter's receiver: leaving the block closes it."""
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
 class Bus(Protocol):
     async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
         """Sends every message, in as few transfers as the transport allows; returns once all are accepted."""

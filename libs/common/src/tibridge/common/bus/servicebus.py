@@ -13,7 +13,6 @@ import contextlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Self
 
 from azure.core.credentials_async import AsyncTokenCredential
@@ -35,6 +34,7 @@ from pydantic import SecretStr
 from tibridge.common.bus.port import (
     BusError,
     BusUnavailable,
+    ClosesOnExit,
     EntityNotFound,
     LockLost,
     OutgoingMessage,
@@ -208,7 +208,7 @@ class ServiceBusBus:
             await sender.send_messages(batch)
 
 
-class ServiceBusSubscriptionReceiver:
+class ServiceBusSubscriptionReceiver(ClosesOnExit):
     """A peek-lock receiver on one subscription or its dead-letter queue."""
 
     def __init__(self, receiver: ServiceBusReceiver, entity: str, operation_timeout: float) -> None:
@@ -258,14 +258,6 @@ class ServiceBusSubscriptionReceiver:
         with _translated(f"closing the receiver on {self._entity}"):
             async with asyncio.timeout(self._timeout):
                 await self._receiver.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
 
 @contextlib.contextmanager
