@@ -9,92 +9,69 @@ harmless: message ids are deterministic and the topic drops duplicates.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from enum import StrEnum
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
 
-from opentelemetry import metrics, trace
+from opentelemetry import trace
 
 from tibridge.collector.checkpoint import CheckpointError, CheckpointStore
 from tibridge.collector.rows import Row, RowReader, RowRejected
+from tibridge.collector.settings import CollectingSettings, RunMode
 from tibridge.collector.source import IndicatorSource, SourceError
-from tibridge.collector.windows import SpanPolicy, Window, pass_span, split
-from tibridge.common.bus.port import Bus, BusError, OutgoingMessage
+from tibridge.collector.windows import Window, pass_span, split
+from tibridge.common.aio import first_of
+from tibridge.common.bus.port import BusError
 from tibridge.common.clock import Clock
-from tibridge.common.contracts import envelope_for
-from tibridge.common.telemetry import current_trace_context
+from tibridge.common.contracts import IndicatorCollected
+from tibridge.common.metrics import Distribution, Snapshot, Tally
+from tibridge.common.producer import Producer
 from tibridge.common.topology import INDICATORS_TOPIC
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("tibridge.collector")
-_meter = metrics.get_meter("tibridge.collector")
-_rows_read = _meter.create_counter("tibridge.collector.rows", description="Rows read from Log Analytics")
-_emitted = _meter.create_counter("tibridge.collector.emitted", description="Indicators published, by type")
-_rejected = _meter.create_counter("tibridge.collector.rejected", description="Rows refused, by reason")
-_inactive = _meter.create_counter(
-    "tibridge.collector.inactive", description="Indicators emitted flagged inactive, by reason"
-)
-_splits = _meter.create_counter("tibridge.collector.window_splits", description="Windows halved (partial or capped)")
-_lag = _meter.create_histogram(
-    "tibridge.collector.watermark_lag", unit="s", description="How far the saved watermark trails the clock"
-)
-
-
-class RunMode(StrEnum):
-    ONCE = "once"  # one pass, then return (a CronJob / Container Apps job)
-    LOOP = "loop"  # a pass every interval until stopped
-
-
-@dataclass(frozen=True)
-class CollectorOptions:
-    span: SpanPolicy
-    min_window: timedelta  # a window this short that is still too big is an error, never a truncation
-    row_cap: int  # a result with this many rows may be truncated: split the window
-    batch_size: int  # messages per bus publish
-    mode: RunMode = RunMode.ONCE
-    interval: timedelta = timedelta(minutes=5)
-    since: timedelta | None = None  # a backfill: read from now minus this, whatever the watermark
 
 
 class WindowTooDense(Exception):
     """Even the smallest window holds more rows than one query may return."""
 
 
-@dataclass
-class CollectorCounts:
-    passes: int = 0
-    failed_passes: int = 0
-    windows: int = 0
-    splits: int = 0
-    rows_read: int = 0
-    emitted: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-    inactive: Counter[str] = field(default_factory=Counter)
-    watermark: datetime | None = None
-    last_error: str | None = None
+@dataclass(frozen=True)
+class CollectorCounts(Snapshot):
+    passes: int
+    failed_passes: int
+    windows: int
+    splits: int
+    rows_read: int
+    emitted: int
+    rejected: dict[str, int]  # by RejectionReason
+    inactive: dict[str, int]  # emitted flagged inactive, by InactiveReason
+    watermark: datetime | None
+    last_error: str | None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "passes": self.passes,
-            "failed_passes": self.failed_passes,
-            "windows": self.windows,
-            "splits": self.splits,
-            "rows_read": self.rows_read,
-            "emitted": self.emitted,
-            "rejected": dict(sorted(self.rejected.items())),
-            "inactive": dict(sorted(self.inactive.items())),
-            "watermark": self.watermark.isoformat() if self.watermark else None,
-            "last_error": self.last_error,
-        }
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.passes = Tally("tibridge.collector.passes", "Collect passes, by result")
+        self.windows = Tally("tibridge.collector.windows", "Windows read and published")
+        self.splits = Tally("tibridge.collector.window_splits", "Windows halved (partial or capped)")
+        self.rows = Tally("tibridge.collector.rows", "Rows read from Log Analytics")
+        self.emitted = Tally("tibridge.collector.emitted", "Indicators published, by type")
+        self.rejected = Tally("tibridge.collector.rejected", "Rows refused, by reason")
+        self.inactive = Tally("tibridge.collector.inactive", "Indicators emitted flagged inactive, by reason")
+        self.lag = Distribution(
+            "tibridge.collector.watermark_lag", "How far the saved watermark trails the clock", unit="s"
+        )
 
 
 class Collector:
-    """The collector's worker: `run` does one pass (once) or a pass every interval (loop)."""
+    """The collector's worker: `run` does one pass (once) or a pass every interval (loop).
+
+    A window that comes back partial or with `row_cap` rows may be truncated, so it is halved, down to
+    `min_window`; a window still too big there is an error, never a truncation.
+    """
 
     name = "collector"
 
@@ -102,54 +79,71 @@ class Collector:
         self,
         source: IndicatorSource,
         store: CheckpointStore,
-        bus: Bus,
+        producer: Producer,
         reader: RowReader,
-        options: CollectorOptions,
+        settings: CollectingSettings,
+        row_cap: int,
         clock: Clock,
     ) -> None:
         self._source = source
         self._store = store
-        self._bus = bus
+        self._producer = producer
         self._reader = reader
-        self._options = options
+        self._settings = settings
+        self._row_cap = row_cap
         self._clock = clock
-        self.stats = CollectorCounts()
+        self._metrics = _Metrics()
+        self._watermark: datetime | None = None
+        self._last_error: str | None = None
 
-    def counts(self) -> dict[str, Any]:
-        return self.stats.as_dict()
+    def counts(self) -> CollectorCounts:
+        metrics = self._metrics
+        return CollectorCounts(
+            passes=metrics.passes.total(),
+            failed_passes=metrics.passes.total(result="failed"),
+            windows=metrics.windows.total(),
+            splits=metrics.splits.total(),
+            rows_read=metrics.rows.total(),
+            emitted=metrics.emitted.total(),
+            rejected=metrics.rejected.by("reason"),
+            inactive=metrics.inactive.by("reason"),
+            watermark=self._watermark,
+            last_error=self._last_error,
+        )
 
     async def readiness(self) -> str | None:
-        return self.stats.last_error
+        return self._last_error
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 await self.collect(stop)
             except (SourceError, CheckpointError, WindowTooDense, BusError) as error:
-                self.stats.failed_passes += 1
-                self.stats.last_error = str(error)
-                if self._options.mode is RunMode.ONCE:
+                self._metrics.passes.add(result="failed")
+                self._last_error = str(error)
+                if self._settings.mode is RunMode.ONCE:
                     raise
-                log.error("collect pass failed, next try in %s: %s", self._options.interval, error)
-            if self._options.mode is RunMode.ONCE:
+                log.error("collect pass failed, next try in %s: %s", self._settings.interval, error)
+            else:
+                self._metrics.passes.add(result="completed")
+            if self._settings.mode is RunMode.ONCE:
                 return
-            await self._pause(stop)
+            await first_of(self._clock.sleep(self._settings.interval.total_seconds()), stop.wait())
 
     async def collect(self, stop: asyncio.Event) -> None:
         """One pass; returns early (between windows) when `stop` is set."""
         now = self._clock.now()
         watermark = await self._store.load()
-        span = pass_span(self._options.span, now, watermark, self._options.since)
-        self.stats.passes += 1
-        self.stats.watermark = watermark
+        span = pass_span(self._settings, now, watermark)
+        self._watermark = watermark
         if span is not None:
             log.info("collecting %s → %s", span.start.isoformat(), span.end.isoformat())
         # A stack, oldest window on top: halves are pushed back in order, so windows finish oldest first.
-        pending = list(reversed(list(split(span, self._options.span.window)))) if span else []
+        pending = list(reversed(list(split(span, self._settings.window)))) if span else []
         while pending and not stop.is_set():
             window = pending.pop()
             result = await self._source.read(window)
-            if not result.complete or len(result.rows) >= self._options.row_cap:
+            if not result.complete or len(result.rows) >= self._row_cap:
                 first, second = self._halve(window, len(result.rows), result.complete)
                 pending += [second, first]
                 continue
@@ -157,80 +151,58 @@ class Collector:
             if watermark is None or window.end > watermark:  # a backfill never moves the watermark back
                 await self._store.save(window.end)
                 watermark = window.end
-                self.stats.watermark = watermark
-                _lag.record((self._clock.now() - watermark).total_seconds())
+                self._watermark = watermark
+                self._metrics.lag.record((self._clock.now() - watermark).total_seconds())
         if not stop.is_set():
-            self.stats.last_error = None
+            self._last_error = None
 
     def _halve(self, window: Window, rows: int, complete: bool) -> tuple[Window, Window]:
-        if window.span / 2 < self._options.min_window:
+        if window.span / 2 < self._settings.min_window:
             why = "a partial result" if not complete else f"{rows} rows (the row cap)"
             raise WindowTooDense(
                 f"the window {window.start.isoformat()} → {window.end.isoformat()} still returns {why} at the "
-                f"smallest span; lower TIBRIDGE_COLLECTOR_MIN_WINDOW (now {self._options.min_window})"
+                f"smallest span; lower TIBRIDGE_COLLECTOR_MIN_WINDOW (now {self._settings.min_window})"
             )
-        self.stats.splits += 1
-        _splits.add(1)
+        self._metrics.splits.add()
         log.info("window %s → %s returned %s; halving it", window.start.isoformat(), window.end.isoformat(), rows)
         return window.halves()
 
     async def _publish_window(self, window: Window, rows: Sequence[Row], now: datetime) -> None:
-        emitted: Counter[str] = Counter()  # by observable type
         inactive: Counter[str] = Counter()  # by reason
         with _tracer.start_as_current_span(
             "collector.window",
             attributes={"window.start": window.start.isoformat(), "window.end": window.end.isoformat()},
         ) as span:
-            traceparent, tracestate = current_trace_context()
-            batch: list[OutgoingMessage] = []
+            batch: list[IndicatorCollected] = []
             for row in rows:
-                outcome = self._reader.read(row, now)
-                if isinstance(outcome, RowRejected):
-                    self._count_rejection(outcome)
+                read = self._reader.read(row, now)
+                if isinstance(read, RowRejected):
+                    self._count_rejection(read)
                     continue
-                if outcome.inactive_reason is not None:
-                    inactive[str(outcome.inactive_reason)] += 1
-                envelope = envelope_for(outcome, produced_at=now, traceparent=traceparent, tracestate=tracestate)
-                batch.append(OutgoingMessage.from_envelope(envelope))
-                emitted[str(outcome.observable.type)] += 1
-                if len(batch) >= self._options.batch_size:
-                    await self._publish(batch)
+                if read.inactive_reason is not None:
+                    inactive[str(read.inactive_reason)] += 1
+                batch.append(read)
+                if len(batch) >= self._settings.batch_size:
+                    await self._send(batch)
                     batch = []
-            if batch:
-                await self._publish(batch)
+            await self._send(batch)
             span.set_attribute("rows", len(rows))
-        # Metrics once per window, not per message: the same totals for a fraction of the cost.
-        for observable_type, count in emitted.items():
-            _emitted.add(count, {"observable_type": observable_type})
+        # Counted once per window or batch, not per message: the same totals for a fraction of the cost.
         for reason, count in inactive.items():
-            _inactive.add(count, {"reason": reason})
-        self.stats.inactive.update(inactive)
-        self.stats.windows += 1
-        self.stats.rows_read += len(rows)
-        _rows_read.add(len(rows))
+            self._metrics.inactive.add(count, reason=reason)
+        self._metrics.windows.add()
+        self._metrics.rows.add(len(rows))
 
-    async def _publish(self, batch: list[OutgoingMessage]) -> None:
-        await self._bus.publish(INDICATORS_TOPIC, batch)
-        self.stats.emitted += len(batch)
+    async def _send(self, batch: Sequence[IndicatorCollected]) -> None:
+        await self._producer.send(INDICATORS_TOPIC, batch)
+        for observable_type, count in Counter(str(item.observable.type) for item in batch).items():
+            self._metrics.emitted.add(count, observable_type=observable_type)
 
     def _count_rejection(self, rejected: RowRejected) -> None:
-        self.stats.rejected[str(rejected.reason)] += 1
-        _rejected.add(1, {"reason": str(rejected.reason)})
+        self._metrics.rejected.add(reason=str(rejected.reason))
         log.info(
             "rejected indicator %s: %s",
             rejected.indicator_id,
             rejected.reason,
             extra={"indicator_id": rejected.indicator_id, "rejection_reason": str(rejected.reason)},
         )
-
-    async def _pause(self, stop: asyncio.Event) -> None:
-        """Waits one interval, or less when `stop` is set."""
-        stopped = asyncio.ensure_future(stop.wait())
-        slept = asyncio.ensure_future(self._clock.sleep(self._options.interval.total_seconds()))
-        try:
-            await asyncio.wait({stopped, slept}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (stopped, slept):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task

@@ -1,22 +1,25 @@
-"""The scorer's handler: indicator in, reputation through the cache, verdict out on `scored`, then settle."""
+"""The scorer's handler: an indicator in, its reputation through the cache, its verdict out on `scored`.
+
+Settled by the consumer: the input is completed once the verdict is on the bus; a lookup that kept failing
+(`LookupFailed`) gives it back for later, a host Graph will never answer dead-letters it, and Graph refusing
+the token pauses the consumer.
+"""
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
-from tibridge.common.bus.port import Bus, OutgoingMessage
-from tibridge.common.clock import Clock
-from tibridge.common.consumer import InFlight
-from tibridge.common.contracts import IndicatorCollected, Observable, Reputation, envelope_for
-from tibridge.common.telemetry import current_trace_context
+from tibridge.common.consumer import SettledCounts
+from tibridge.common.contracts import IndicatorCollected, IndicatorScored, Reputation, Verdict
+from tibridge.common.metrics import Snapshot, Tally
+from tibridge.common.producer import Producer
 from tibridge.common.topology import SCORED_TOPIC
-from tibridge.scorer.batcher import LookupFailed
-from tibridge.scorer.cache import SingleFlightCache
-from tibridge.scorer.counts import ScorerCounts
-from tibridge.scorer.policy import Policy
-
-log = logging.getLogger(__name__)
+from tibridge.scorer.cache import CacheCounts, SingleFlightCache
+from tibridge.scorer.reputation import GraphCounts
+from tibridge.scorer.settings import ScoringSettings
+from tibridge.scorer.verdicts import decide, needs_lookup
 
 
 class Reputations(Protocol):
@@ -30,50 +33,76 @@ class Reputations(Protocol):
         """True when the source accepts us (again)."""
         ...
 
+    def counts(self) -> GraphCounts: ...
+
+
+@dataclass(frozen=True)
+class VerdictCounts(Snapshot):
+    """Indicators scored, per verdict by reason."""
+
+    publish: Mapping[str, int]
+    drop: Mapping[str, int]
+    expire: Mapping[str, int]
+
+    @property
+    def scored(self) -> int:
+        return sum(self.publish.values()) + sum(self.drop.values()) + sum(self.expire.values())
+
+    @property
+    def forwarded(self) -> int:
+        """What the publisher's subscription receives: publish and expire verdicts."""
+        return sum(self.publish.values()) + sum(self.expire.values())
+
+
+@dataclass(frozen=True)
+class ScorerCounts(Snapshot):
+    verdicts: VerdictCounts
+    classifications: Mapping[str, int]  # of the reputations scored with
+    cache: CacheCounts
+    graph: GraphCounts
+    settled: SettledCounts
+
 
 class ScorerHandler:
     payload_type = IndicatorCollected
 
     def __init__(
         self,
-        bus: Bus,
-        policy: Policy,
+        producer: Producer,
+        rules: ScoringSettings,
         cache: SingleFlightCache[Reputation | None],
         reputations: Reputations,
-        clock: Clock,
-        counts: ScorerCounts,
     ) -> None:
-        self._bus = bus
-        self._policy = policy
+        self._producer = producer
+        self._rules = rules
         self._cache = cache
         self._reputations = reputations
-        self._clock = clock
-        self._counts = counts
+        self._verdicts = Tally("tibridge.scorer.verdicts", "Indicators scored, by verdict and reason")
+        self._classifications = Tally("tibridge.scorer.classifications", "Reputations scored with, by classification")
 
-    async def handle(self, item: InFlight[IndicatorCollected]) -> None:
-        indicator = item.payload
+    async def handle(self, indicator: IndicatorCollected) -> None:
         reputation: Reputation | None = None
-        if self._policy.needs_lookup(indicator):
-            try:
-                reputation = await self._reputation(indicator.observable)
-            except LookupFailed as error:
-                log.warning("abandoning message %s for redelivery: %s", item.message.message_id, error)
-                self._counts.abandoned += 1
-                await item.abandon()
-                return
-        scored = self._policy.decide(indicator, reputation)
-        traceparent, tracestate = current_trace_context()
-        envelope = envelope_for(scored, produced_at=self._clock.now(), traceparent=traceparent, tracestate=tracestate)
-        await self._bus.publish(SCORED_TOPIC, [OutgoingMessage.from_envelope(envelope)])
-        await item.complete()
-        self._counts.scored(scored)
-
-    async def flush(self) -> None:
-        # Nothing is buffered here: every message is settled by its own `handle`.
-        return None
+        if needs_lookup(indicator):
+            observable = indicator.observable
+            reputation = await self._cache.get(observable.key, lambda: self._reputations.lookup(observable.value))
+        scored = decide(indicator, reputation, self._rules)
+        await self._producer.send(SCORED_TOPIC, [scored])
+        self._count(scored)
 
     async def probe(self) -> bool:
         return await self._reputations.probe()
 
-    async def _reputation(self, observable: Observable) -> Reputation | None:
-        return await self._cache.get(observable.key, lambda: self._reputations.lookup(observable.value))
+    def verdicts(self) -> VerdictCounts:
+        return VerdictCounts(
+            publish=self._verdicts.by("reason", verdict=Verdict.PUBLISH),
+            drop=self._verdicts.by("reason", verdict=Verdict.DROP),
+            expire=self._verdicts.by("reason", verdict=Verdict.EXPIRE),
+        )
+
+    def classifications(self) -> dict[str, int]:
+        return self._classifications.by("classification")
+
+    def _count(self, scored: IndicatorScored) -> None:
+        self._verdicts.add(verdict=str(scored.verdict), reason=scored.reason)
+        if scored.reputation is not None:
+            self._classifications.add(classification=str(scored.reputation.classification))
