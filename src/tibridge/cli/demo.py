@@ -363,8 +363,18 @@ def markdown_report(result: DemoResult) -> str:
         *_section("Scorer: verdicts", ("verdict", "reason", "indicators"), _verdict_rows(result)),
         *_section("Scorer: lookups", ("what", "count"), _lookup_rows(result)),
         *_section("Publisher", ("what", "count"), _publisher_rows(result.counts.publisher)),
-        *_section("The APIs, as the sandbox saw them", ("API", "what", "count"), _api_rows(s)),
-        *_section("What the seeded data expects", ("outcome", "reason", "indicators"), _expected_rows(s)),
+        *_section(
+            "The APIs, as the sandbox saw them",
+            ("API", "what", "count"),
+            _api_rows(s),
+            note="What reached the stand-ins, counted on their side of the wire.",
+        ),
+        *_section(
+            "What the seeded data expects",
+            ("outcome", "reason", "indicators"),
+            _expected_rows(s),
+            note="Per indicator, by its newest row; the stages above count messages, one per revision they read.",
+        ),
     ]
     return "\n".join(lines)
 
@@ -372,11 +382,12 @@ def markdown_report(result: DemoResult) -> str:
 Row = tuple[str, ...]
 
 
-def _section(title: str, header: tuple[str, ...], rows: Iterable[Row]) -> list[str]:
+def _section(title: str, header: tuple[str, ...], rows: Iterable[Row], note: str = "") -> list[str]:
     numeric = ["---:" if column in ("count", "indicators") else "---" for column in header]
     return [
         f"## {title}",
         "",
+        *([note, ""] if note else []),
         "| " + " | ".join(header) + " |",
         "|" + "|".join(numeric) + "|",
         *["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows],
