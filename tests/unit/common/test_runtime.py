@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.fixtures.runtime import free_port
-from tibridge.common import runtime
+from tibridge.common import runtime, telemetry
 from tibridge.common.bus.memory import MemoryBus
 from tibridge.common.bus.port import Bus, BusUnavailable
 from tibridge.common.bus.servicebus import ServiceBusBus
@@ -280,3 +280,34 @@ async def test_a_namespace_gets_the_default_credential_closed_with_the_resources
     async with contextlib.AsyncExitStack() as resources:
         bus = await bus_from_settings(namespace_settings, resources)
         assert isinstance(bus, ServiceBusBus)
+
+
+def test_main_runs_a_service_from_its_spec_alone_and_bad_settings_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("TIBRIDGE_SERVICEBUS_CONNECTION_STRING", "TIBRIDGE_SERVICEBUS_NAMESPACE"):
+        monkeypatch.delenv(name, raising=False)
+
+    async def never_built(
+        service_settings: ServiceSettings, bus: Bus, resources: contextlib.AsyncExitStack, clock: Clock
+    ) -> Service:
+        raise AssertionError("bad settings must stop the process before anything is built")
+
+    spec = ServiceSpec(ServiceName.PUBLISHER, ServiceSettings, never_built)
+    assert runtime.main(spec, bus="servicebus") == runtime.EXIT_BAD_SETTINGS
+    assert capsys.readouterr().err == (
+        "error: Set TIBRIDGE_SERVICEBUS_CONNECTION_STRING or TIBRIDGE_SERVICEBUS_NAMESPACE (or TIBRIDGE_BUS=memory).\n"
+    )
+
+
+async def test_a_process_configures_observability_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    configured: list[str] = []
+    monkeypatch.setattr(telemetry, "configure", configured.append)
+
+    async def build(
+        service_settings: ServiceSettings, bus: Bus, resources: contextlib.AsyncExitStack, clock: Clock
+    ) -> Service:
+        return Service([OneShot()])
+
+    assert await run_service(ServiceSpec(ServiceName.COLLECTOR, ServiceSettings, build), **QUICK) == 0
+    assert configured == ["tibridge-collector"]
