@@ -439,6 +439,7 @@ def _lookup_rows(result: DemoResult) -> list[Row]:
         ("messages completed", _n(scorer.settled.completed)),
         ("messages given back for later", _n(scorer.settled.abandoned)),
         ("messages dead-lettered", _n(scorer.settled.dead_lettered)),
+        ("settled after their lock had lapsed (delivered again)", _n(scorer.settled.lock_lost)),
     ]
 
 
@@ -454,6 +455,7 @@ def _publisher_rows(counts: PublisherCounts) -> list[Row]:
         ("messages completed", _n(counts.completed)),
         ("messages given back for later", _n(counts.abandoned)),
         ("messages dead-lettered", _n(counts.dead_lettered)),
+        ("settled after their lock had lapsed (delivered again)", _n(counts.lock_lost)),
         ("drop verdicts skipped", _n(counts.skipped_drop_verdicts)),
         ("messages still held", _n(counts.held)),
     ]

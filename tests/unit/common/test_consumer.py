@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 
@@ -22,6 +23,7 @@ from tibridge.common.consumer import (
     DependencyUnavailable,
     InFlight,
     PermanentFailure,
+    Settlement,
     TryLater,
 )
 from tibridge.common.contracts import IndicatorCollected, envelope_for
@@ -326,10 +328,12 @@ async def test_a_slow_message_keeps_its_lock_while_the_handler_works(renewals_wo
     lock_seconds = 0.4
     bus = (MemoryBus if renewals_work else RefusingRenewals)(topology(lock_seconds))
 
+    settlements: list[Settlement | None] = []
+
     async def slow(item: InFlight[IndicatorCollected]) -> None:
         if item.message.delivery_count == 0:
             await asyncio.sleep(lock_seconds * 3)
-        await item.complete()
+        settlements.append(await item.complete())
 
     handler = RecordingHandler(slow)
     # The check interval adapts to the lock period: no option is needed to keep short locks alive.
@@ -340,6 +344,9 @@ async def test_a_slow_message_keeps_its_lock_while_the_handler_works(renewals_wo
         await eventually(lambda: depth(bus) == 0, what="completing the message")
     # When renewal fails the lock lapses mid-work, so the bus hands the message out a second time.
     assert handler.seen == ([(message_id, 0)] if renewals_work else [(message_id, 0), (message_id, 1)])
+    # The late completion learns that it came too late; the redelivered copy is the one completed.
+    expected = [Settlement.COMPLETED] if renewals_work else [Settlement.COMPLETED, Settlement.LOCK_LOST]
+    assert Counter(settlements) == Counter(expected)
 
 
 async def test_stop_lets_quick_work_finish_and_abandons_what_outlasts_the_grace_period() -> None:

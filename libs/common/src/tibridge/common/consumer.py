@@ -83,19 +83,22 @@ class InFlight(Generic[P]):
     _on_settled: Callable[[InFlight[P], Settlement], None]
     settled: bool = field(default=False, init=False)
 
-    async def complete(self) -> None:
-        await self._settle(Settlement.COMPLETED, self._receiver.complete(self.message))
+    # Each returns how the message left (LOCK_LOST when its lock had lapsed), or None when it had already left.
 
-    async def abandon(self) -> None:
-        await self._settle(Settlement.ABANDONED, self._receiver.abandon(self.message))
+    async def complete(self) -> Settlement | None:
+        return await self._settle(Settlement.COMPLETED, self._receiver.complete(self.message))
 
-    async def dead_letter(self, reason: str, description: str) -> None:
-        await self._settle(Settlement.DEAD_LETTERED, self._receiver.dead_letter(self.message, reason, description))
+    async def abandon(self) -> Settlement | None:
+        return await self._settle(Settlement.ABANDONED, self._receiver.abandon(self.message))
 
-    async def _settle(self, outcome: Settlement, operation: Coroutine[Any, Any, None]) -> None:
+    async def dead_letter(self, reason: str, description: str) -> Settlement | None:
+        operation = self._receiver.dead_letter(self.message, reason, description)
+        return await self._settle(Settlement.DEAD_LETTERED, operation)
+
+    async def _settle(self, outcome: Settlement, operation: Coroutine[Any, Any, None]) -> Settlement | None:
         if self.settled:
             operation.close()
-            return
+            return None
         self.settled = True
         try:
             await operation
@@ -105,6 +108,7 @@ class InFlight(Generic[P]):
             outcome = Settlement.LOCK_LOST
         finally:
             self._on_settled(self, outcome)
+        return outcome
 
 
 class Handler(Protocol[P]):

@@ -84,6 +84,7 @@ class PublisherCounts(Snapshot):
     completed: int
     abandoned: int
     dead_lettered: int
+    lock_lost: int  # settled too late: the lock had lapsed, so the bus delivers the message again
     skipped_drop_verdicts: int
     held: int  # in batches or requests not yet answered
 
@@ -196,6 +197,7 @@ class Publisher:
             completed=metrics.settled.total(outcome=Settlement.COMPLETED),
             abandoned=metrics.settled.total(outcome=Settlement.ABANDONED),
             dead_lettered=metrics.settled.total(outcome=Settlement.DEAD_LETTERED),
+            lock_lost=metrics.settled.total(outcome=Settlement.LOCK_LOST),
             skipped_drop_verdicts=metrics.skipped.total(),
             held=self._batcher.held + sum(len(s.items) for s in self._outbox),
         )
@@ -303,14 +305,13 @@ class Publisher:
     async def _settle(self, message: Message, state: _Settlement) -> None:
         try:
             if state.dead_letter is not None:
-                await message.dead_letter(REJECTED_REASON, state.dead_letter)
-                self._metrics.settled.add(outcome=Settlement.DEAD_LETTERED)
+                outcome = await message.dead_letter(REJECTED_REASON, state.dead_letter)
             elif state.abandon:
-                await message.abandon()
-                self._metrics.settled.add(outcome=Settlement.ABANDONED)
+                outcome = await message.abandon()
             else:
-                await message.complete()
-                self._metrics.settled.add(outcome=Settlement.COMPLETED)
+                outcome = await message.complete()
+            if outcome is not None:
+                self._metrics.settled.add(outcome=outcome)
         except BusError as error:
             # The lock lapses and the bus redelivers; ThreatStream updates rather than duplicates.
             log.warning("settling message %s failed: %s", message.message.message_id, error)
