@@ -41,7 +41,7 @@ async def run(scenario: str, indicators: int, mode: str) -> dict[str, Any]:
             console=Console(quiet=True),
             faults=SCENARIOS[scenario],
         )
-    s = result.summary
+    s, counts = result.summary, result.counts
     elapsed = s["run"]["elapsed_seconds"]
     return {
         "scenario": scenario,
@@ -51,14 +51,14 @@ async def run(scenario: str, indicators: int, mode: str) -> dict[str, Any]:
         "reconciled": result.reconciled,
         "problems": result.problems,
         "elapsed_seconds": elapsed,
-        "messages_emitted": s["collector"]["emitted"],
-        "messages_per_second": round(s["collector"]["emitted"] / elapsed, 1) if elapsed else None,
+        "messages_emitted": counts.collector.emitted,
+        "messages_per_second": round(counts.collector.emitted / elapsed, 1) if elapsed else None,
         "graph_http_requests": s["graph"]["http_requests"],
         "graph_floor_requests": s["graph"]["floor_requests"],
         "graph_unique_observables": s["graph"]["unique_scorable_observables"],
-        "graph_429_honoured": s["scorer"]["graph"].get("throttled", 0),
-        "threatstream_requests": s["publisher"]["requests"],
-        "threatstream_batches": s["publisher"]["batches"],
+        "graph_429_honoured": counts.scorer.graph.throttled,
+        "threatstream_requests": counts.publisher.requests,
+        "threatstream_batches": counts.publisher.batches,
         "inside_retry_after": s["inside_retry_after"],
         "duplicates_created": s["threatstream"]["duplicates_created"],
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

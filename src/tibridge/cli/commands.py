@@ -4,37 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from tibridge.cli.pipeline import SERVICE_SETTINGS, build_pipeline, load_pipeline_settings, stop_when_drained
+from tibridge.cli.pipeline import build_pipeline, load_pipeline_settings, stop_when_drained
+from tibridge.cli.registry import SERVICES
 from tibridge.common.clock import SystemClock
-from tibridge.common.runtime import Service, Worker, bus_from_settings, run_service, serve
-from tibridge.common.settings import SettingsError, load_settings
+from tibridge.common.runtime import (
+    Service,
+    ServiceName,
+    Worker,
+    bus_from_settings,
+    configure_observability,
+    run_service,
+    serve,
+)
+from tibridge.common.settings import ENV_PREFIX, BusKind, SettingsError, load_settings, setting_fields
+
+ALL_IN_ONE = "tibridge"
 
 
-def _collector_overrides(once: bool, since: str | None) -> dict[str, Any]:
-    overrides: dict[str, Any] = {"collector_mode": "once" if once else "loop"}
+def _collector_values(once: bool, since: str | None) -> dict[str, Any]:
+    values: dict[str, Any] = {"collector_mode": "once" if once else "loop"}
     if since is not None:
-        overrides["collector_since"] = since
-    return overrides
+        values["collector_since"] = since
+    return values
 
 
-async def run_one_service(name: str, *, once: bool = False, since: str | None = None) -> int:
-    if name == "collector":
-        from tibridge.collector.app import build as build_collector
-        from tibridge.collector.settings import CollectorSettings
-
-        return await run_service(load_settings(CollectorSettings, **_collector_overrides(once, since)), build_collector)
-    if name == "scorer":
-        from tibridge.scorer.app import build as build_scorer
-        from tibridge.scorer.settings import ScorerSettings
-
-        return await run_service(load_settings(ScorerSettings), build_scorer)
-    from tibridge.publisher.app import build as build_publisher
-    from tibridge.publisher.settings import PublisherSettings
-
-    return await run_service(load_settings(PublisherSettings), build_publisher)
+async def run_one_service(name: ServiceName, *, once: bool = False, since: str | None = None) -> int:
+    values = _collector_values(once, since) if name is ServiceName.COLLECTOR else {}
+    return await run_service(SERVICES[name], **values)
 
 
 class _Signalling:
@@ -57,14 +56,15 @@ class _Signalling:
 
 async def run_pipeline(
     *,
-    bus: str,
+    bus: BusKind,
     once: bool,
     since: str | None,
-    overrides: dict[str, Any] | None = None,
-    on_built: Callable[[dict[str, Service]], None] | None = None,
+    values: Mapping[str, Any] | None = None,
+    on_built: Callable[[Mapping[ServiceName, Service]], None] | None = None,
 ) -> int:
-    """All three services in one process; `on_built` sees them before they start (the demo watches counts)."""
-    settings = load_pipeline_settings({"bus": bus, **_collector_overrides(once, since), **(overrides or {})})
+    """All services in one process; `on_built` sees them before they start (the demo watches their counts)."""
+    settings = load_pipeline_settings({"bus": bus, **_collector_values(once, since), **(values or {})})
+    configure_observability(settings.process, ALL_IN_ONE)
     stop = asyncio.Event()
     collector_done = asyncio.Event()
     async with contextlib.AsyncExitStack() as resources:
@@ -73,8 +73,8 @@ async def run_pipeline(
         if on_built is not None:
             on_built(services)
         if once:
-            collector = services["collector"]
-            services["collector"] = Service(
+            collector = services[ServiceName.COLLECTOR]
+            services[ServiceName.COLLECTOR] = Service(
                 workers=[_Signalling(w, collector_done) for w in collector.workers],
                 readiness=collector.readiness,
                 counts=collector.counts,
@@ -82,7 +82,7 @@ async def run_pipeline(
             resources.push_async_callback(
                 _cancel, asyncio.create_task(stop_when_drained(the_bus, services, collector_done, stop))
             )
-        return await serve(settings.process, the_bus, list(services.values()), stop=stop)
+        return await serve(settings.process, the_bus, list(services.values()), stop=stop, name=ALL_IN_ONE)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -91,14 +91,24 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
-def check_settings(services: list[str], *, bus: str | None) -> dict[str, list[str]]:
+def check_settings(services: Sequence[ServiceName], *, bus: BusKind | None) -> dict[ServiceName, list[str]]:
     """Per service, the problems with its settings (empty when fine)."""
-    overrides = {"bus": bus} if bus else {}
-    problems: dict[str, list[str]] = {}
+    values = {"bus": bus} if bus else {}
+    problems: dict[ServiceName, list[str]] = {}
     for name in services:
         try:
-            load_settings(SERVICE_SETTINGS[name], **overrides)
+            load_settings(SERVICES[name].settings, **values)
             problems[name] = []
         except SettingsError as error:
             problems[name] = error.problems
     return problems
+
+
+def unknown_settings(environment: Mapping[str, str]) -> list[str]:
+    """A line for each TIBRIDGE_* variable that no service reads (a misspelt or renamed setting)."""
+    known = {env for spec in SERVICES.values() for env, _ in setting_fields(spec.settings)}
+    return [
+        f"{name} is not a setting of any service; `tibridge config docs` lists them"
+        for name in sorted(environment)
+        if name.startswith(ENV_PREFIX) and name not in known
+    ]

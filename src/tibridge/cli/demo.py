@@ -14,7 +14,7 @@ import math
 import shutil
 import time
 from collections import Counter
-from collections.abc import Set
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,12 +26,17 @@ from rich.table import Table
 
 from tibridge.cli.commands import run_pipeline
 from tibridge.cli.pipeline import PipelineSettings, load_pipeline_settings
+from tibridge.collector.settings import CollectorSettings
+from tibridge.collector.worker import CollectorCounts
 from tibridge.common.contracts import SCORABLE_TYPES
-from tibridge.common.runtime import Service
-from tibridge.common.settings import from_environment
+from tibridge.common.runtime import Service, ServiceName
+from tibridge.common.settings import BusKind, from_environment
+from tibridge.publisher.worker import PublisherCounts
 from tibridge.sandbox.config import SandboxConfig
 from tibridge.sandbox.expected import ExpectedOutcome, Outcome
 from tibridge.sandbox.server import SandboxServer
+from tibridge.scorer.handler import ScorerCounts
+from tibridge.scorer.settings import ScorerSettings, UnscorableHandling
 
 # Mild, realistic trouble: a few Graph items throttled, some latency on every API.
 DEMO_FAULTS: dict[str, dict[str, Any]] = {
@@ -40,10 +45,30 @@ DEMO_FAULTS: dict[str, dict[str, Any]] = {
     "loganalytics": {"latency_ms": 20, "jitter_ms": 10},
 }
 _REFRESH_SECONDS = 0.2
+_GRAPH_BATCH = 20
+
+
+@dataclass(frozen=True)
+class StageCounts:
+    """What each service counted, as its package types it."""
+
+    collector: CollectorCounts
+    scorer: ScorerCounts
+    publisher: PublisherCounts
+
+    @classmethod
+    def of(cls, services: Mapping[ServiceName, Service]) -> StageCounts:
+        return cls(
+            collector=services[ServiceName.COLLECTOR].snapshot(CollectorCounts),
+            scorer=services[ServiceName.SCORER].snapshot(ScorerCounts),
+            publisher=services[ServiceName.PUBLISHER].snapshot(PublisherCounts),
+        )
 
 
 @dataclass
 class DemoResult:
+    counts: StageCounts
+    # The run, the APIs' side (the sandbox's statistics) and the expected outcome, as summary.json holds them.
     summary: dict[str, Any]
     problems: list[str] = field(default_factory=list)
 
@@ -53,18 +78,17 @@ class DemoResult:
 
 
 def _demo_settings(sandbox: SandboxServer, out: Path, mode: str) -> dict[str, Any]:
-    overrides: dict[str, Any] = from_environment(sandbox.env())
-    overrides.update(
+    values: dict[str, Any] = from_environment(sandbox.env())
+    values.update(
         {
-            "bus": "memory",
             "health_port": 0,
             "log_level": "ERROR",
             "checkpoint_store": "file",
             "checkpoint_path": str(out / "checkpoint.json"),
-            "threatstream_mode": mode,
+            "publisher_mode": mode,
         }
     )
-    return overrides
+    return values
 
 
 async def run_demo(*, indicators: int, seed: int, out: Path, mode: str, console: Console | None = None) -> int:
@@ -86,12 +110,12 @@ async def demo(
             f"Sandbox on {sandbox.base_url}: {len(sandbox.dataset.rows):,} rows for {indicators:,} indicators "
             f"(seed {seed}); ThreatStream mode {mode}."
         )
-        overrides = _demo_settings(sandbox, out, mode)
-        settings = load_pipeline_settings(overrides)
-        services: dict[str, Service] = {}
+        values = _demo_settings(sandbox, out, mode)
+        settings = load_pipeline_settings({"bus": BusKind.MEMORY, **values})
+        services: dict[ServiceName, Service] = {}
         started = time.monotonic()
         pipeline = asyncio.create_task(
-            run_pipeline(bus="memory", once=True, since=None, overrides=overrides, on_built=services.update)
+            run_pipeline(bus=BusKind.MEMORY, once=True, since=None, values=values, on_built=services.update)
         )
         await _show_progress(pipeline, services, console)
         code = await pipeline
@@ -101,13 +125,13 @@ async def demo(
             stats = (await control.get("/_sandbox/stats")).json()
             objects = (await control.get("/_sandbox/threatstream/objects")).json()["objects"]
         expected = _expected(sandbox, settings)
-    counts = {stage: service.counts() for stage, service in services.items()}
+    counts = StageCounts.of(services)
     summary = _summary(counts, stats, expected, elapsed, approved, indicators, seed, mode)
-    problems = reconcile(expected.active, expected.not_active, objects, stats, counts["publisher"])
+    problems = reconcile(expected.active, expected.not_active, objects, stats, counts.publisher)
     if code != 0:
         problems.insert(0, f"the pipeline exited with code {code}")
     summary["reconciliation"] = {"ok": not problems, "problems": problems}
-    return DemoResult(summary, problems)
+    return DemoResult(counts, summary, problems)
 
 
 def _fresh_directory(path: Path) -> None:
@@ -116,12 +140,12 @@ def _fresh_directory(path: Path) -> None:
 
 
 def _expected(sandbox: SandboxServer, settings: PipelineSettings) -> ExpectedOutcome:
-    scorer = settings.scorer
+    scoring = settings.of(ScorerSettings).scorer
     return sandbox.expected(
-        threshold=scorer.score_threshold,
-        forward_unscorable=str(scorer.unscorable_policy) == "forward",
-        allowed_classifications=scorer.allowed_classifications or None,
-        drop_non_global=settings.collector.collector_reject_non_global_ips,
+        threshold=scoring.threshold,
+        forward_unscorable=scoring.unscorable is UnscorableHandling.FORWARD,
+        allowed_classifications=scoring.allowed_classifications or None,
+        drop_non_global=settings.of(CollectorSettings).collector.reject_non_global_ips,
     )
 
 
@@ -140,7 +164,9 @@ async def _approve_pending_sessions(sandbox: SandboxServer) -> int:
     return len(pending)
 
 
-async def _show_progress(pipeline: asyncio.Task[int], services: dict[str, Service], console: Console) -> None:
+async def _show_progress(
+    pipeline: asyncio.Task[int], services: Mapping[ServiceName, Service], console: Console
+) -> None:
     columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         collect = progress.add_task("collect", total=None)
@@ -148,15 +174,14 @@ async def _show_progress(pipeline: asyncio.Task[int], services: dict[str, Servic
         publish = progress.add_task("publish", total=None)
         while True:
             if services:
-                collector = services["collector"].counts()
-                scorer = services["scorer"].counts()
-                publisher = services["publisher"].counts()
-                emitted = int(collector.get("emitted", 0))
-                scored = sum(scorer.get("verdicts", {}).values())
-                to_publish = sum(n for key, n in scorer.get("verdicts", {}).items() if not key.startswith("drop/"))
+                counts = StageCounts.of(services)
+                emitted = counts.collector.emitted
+                scored = counts.scorer.verdicts.scored
                 progress.update(collect, completed=emitted, total=emitted if pipeline.done() else None)
                 progress.update(score, completed=scored, total=max(emitted, scored))
-                progress.update(publish, completed=publisher.get("completed", 0), total=max(to_publish, 1))
+                progress.update(
+                    publish, completed=counts.publisher.completed, total=max(counts.scorer.verdicts.forwarded, 1)
+                )
             if pipeline.done():
                 return
             await asyncio.sleep(_REFRESH_SECONDS)
@@ -167,7 +192,7 @@ def reconcile(
     expected_not_active: Set[str],
     objects: list[dict[str, Any]],
     stats: dict[str, Any],
-    publisher_counts: dict[str, Any] | None = None,
+    publisher: PublisherCounts | None = None,
 ) -> list[str]:
     """Every way in which ThreatStream's contents and the traffic differ from what a correct run leaves.
 
@@ -195,16 +220,16 @@ def reconcile(
     for api, n in stats["inside_retry_after"].items():
         if n:
             problems.append(f"{n} {api} request(s) arrived inside an announced Retry-After window")
-    if publisher_counts is not None:
-        if dead := publisher_counts.get("dead_lettered", 0):
-            problems.append(f"the publisher dead-lettered {dead} message(s)")
-        if held := publisher_counts.get("held", 0):
-            problems.append(f"the publisher still holds {held} message(s)")
+    if publisher is not None:
+        if publisher.dead_lettered:
+            problems.append(f"the publisher dead-lettered {publisher.dead_lettered} message(s)")
+        if publisher.held:
+            problems.append(f"the publisher still holds {publisher.held} message(s)")
     return problems
 
 
 def _summary(
-    counts: dict[str, Any],
+    counts: StageCounts,
     stats: dict[str, Any],
     expected: ExpectedOutcome,
     elapsed: float,
@@ -226,14 +251,14 @@ def _summary(
             "threatstream_mode": mode,
             "elapsed_seconds": round(elapsed, 2),
         },
-        "collector": counts["collector"],
-        "scorer": counts["scorer"],
-        "publisher": counts["publisher"],
+        "collector": counts.collector.as_json(),
+        "scorer": counts.scorer.as_json(),
+        "publisher": counts.publisher.as_json(),
         "graph": {
             "http_requests": graph["http_requests"],
             "lookups": graph["lookups"],
             "unique_scorable_observables": len(scorable),
-            "floor_requests": math.ceil(len(scorable) / 20),
+            "floor_requests": math.ceil(len(scorable) / _GRAPH_BATCH),
             "items_429": graph["items_429"],
             "requests_by_status": stats["requests"].get("graph", {}),
         },
@@ -250,38 +275,32 @@ def _summary(
 
 def render(result: DemoResult, console: Console) -> None:
     s = result.summary
+    collector, scorer, publisher = result.counts.collector, result.counts.scorer, result.counts.publisher
     table = Table(title="tibridge demo", show_header=True, header_style="bold")
     table.add_column("what")
     table.add_column("count", justify="right")
     table.add_column("detail")
-    collector, scorer, publisher = s["collector"], s["scorer"], s["publisher"]
-    table.add_row(
-        "rows read", f"{collector['rows_read']:,}", f"{collector['windows']} windows, {collector['splits']} splits"
-    )
-    table.add_row("indicators emitted", f"{collector['emitted']:,}", _pairs(collector["inactive"], "flagged inactive"))
-    table.add_row("rejected", f"{sum(collector['rejected'].values()):,}", _pairs(collector["rejected"]))
-    table.add_row(
-        "scored", f"{sum(scorer['verdicts'].values()):,}", _pairs(scorer["classifications"], "by classification")
-    )
-    for verdict in ("publish", "drop", "expire"):
-        reasons = {k.partition("/")[2]: v for k, v in scorer["verdicts"].items() if k.partition("/")[0] == verdict}
+    table.add_row("rows read", f"{collector.rows_read:,}", f"{collector.windows} windows, {collector.splits} splits")
+    table.add_row("indicators emitted", f"{collector.emitted:,}", _pairs(collector.inactive, "flagged inactive"))
+    table.add_row("rejected", f"{sum(collector.rejected.values()):,}", _pairs(collector.rejected))
+    table.add_row("scored", f"{scorer.verdicts.scored:,}", _pairs(scorer.classifications, "by classification"))
+    for verdict, reasons in _verdicts(result):
         table.add_row(f"  {verdict}", f"{sum(reasons.values()):,}", _pairs(reasons))
     graph = s["graph"]
     table.add_row(
         "Graph requests",
         f"{graph['http_requests']:,}",
         f"{graph['lookups']:,} lookups for {graph['unique_scorable_observables']:,} unique observables "
-        f"(floor {graph['floor_requests']:,}); cache hits {scorer['cache']['hits']:,}",
+        f"(floor {graph['floor_requests']:,}); cache hits {scorer.cache.hits:,}",
     )
     table.add_row(
-        "429s honoured", f"{scorer['graph']['throttled']:,}", f"inside Retry-After: {s['inside_retry_after']}"
+        "429s honoured", f"{scorer.graph.throttled:,}", f"inside Retry-After: {_pairs(s['inside_retry_after'])}"
     )
     ts = s["threatstream"]
     table.add_row(
         "ThreatStream requests",
-        f"{publisher['requests']:,}",
-        f"{publisher['batches']} batches (largest {publisher['largest_batch']}), "
-        f"{ts['import_sessions']} import sessions",
+        f"{publisher.requests:,}",
+        f"{publisher.batches} batches (largest {publisher.largest_batch}), {ts['import_sessions']} import sessions",
     )
     table.add_row(
         "ThreatStream holds",
@@ -291,19 +310,28 @@ def render(result: DemoResult, console: Console) -> None:
     )
     table.add_row("elapsed", f"{s['run']['elapsed_seconds']:.1f}s", "")
     console.print(table)
-    if result.reconciled:
-        console.print(
-            f"[bold green]Reconciled:[/] ThreatStream holds exactly the {s['threatstream']['active']:,} "
-            f"expected active observables (from {s['expected'].get('publish', 0):,} indicators), nothing duplicated, "
-            "no request inside a Retry-After window."
-        )
-    else:
-        console.print("[bold red]NOT reconciled:[/]")
-        for problem in result.problems:
-            console.print(f"  - {problem}")
+    console.print(_verdict_line(result))
+    for problem in result.problems:
+        console.print(f"  - {problem}")
 
 
-def _pairs(counts: dict[str, Any], prefix: str = "") -> str:
+def _verdicts(result: DemoResult) -> list[tuple[str, Mapping[str, int]]]:
+    verdicts = result.counts.scorer.verdicts
+    return [("publish", verdicts.publish), ("drop", verdicts.drop), ("expire", verdicts.expire)]
+
+
+def _verdict_line(result: DemoResult) -> str:
+    s = result.summary
+    if not result.reconciled:
+        return "[bold red]NOT reconciled:[/]"
+    return (
+        f"[bold green]Reconciled:[/] ThreatStream holds exactly the {s['threatstream']['active']:,} expected active "
+        f"observables (from {s['expected'].get('publish', 0):,} indicators), nothing duplicated, no request inside "
+        "a Retry-After window."
+    )
+
+
+def _pairs(counts: Mapping[str, Any], prefix: str = "") -> str:
     text = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
     return f"{prefix}: {text}" if prefix and text else text
 
@@ -315,30 +343,154 @@ def write_reports(result: DemoResult, out: Path) -> None:
         (out / "report.md").write_text(markdown_report(result))
 
 
+# -- the Markdown report: a table per stage, then the APIs' side and what the seeded data expected ------------
+
+
 def markdown_report(result: DemoResult) -> str:
     s = result.summary
+    run = s["run"]
     lines = [
         "# tibridge demo report",
         "",
-        f"{s['run']['indicators']:,} indicators (seed {s['run']['seed']}), ThreatStream mode "
-        f"`{s['run']['threatstream_mode']}`, {s['run']['elapsed_seconds']:.1f} s.",
+        f"{run['indicators']:,} indicators (seed {run['seed']}), ThreatStream mode `{run['threatstream_mode']}`, "
+        f"{run['elapsed_seconds']:.1f} s.",
         "",
         f"**Reconciliation: {'OK' if result.reconciled else 'FAILED'}**",
         "",
-        *[f"- {p}" for p in result.problems],
-        "",
-        "| stage | counts |",
-        "|---|---|",
-        *[f"| {stage} | `{json.dumps(s[stage], default=str)}` |" for stage in ("collector", "scorer", "publisher")],
-        "",
-        "| API | numbers |",
-        "|---|---|",
-        f"| Graph | `{json.dumps(s['graph'])}` |",
-        f"| ThreatStream | `{json.dumps(s['threatstream'])}` |",
-        f"| Log Analytics | `{json.dumps(s['loganalytics'])}` |",
-        "",
-        f"Expected outcome per indicator: `{json.dumps(s['expected'])}`;",
-        f"reasons `{json.dumps(s['expected_reasons'])}`.",
-        "",
+        *[f"- {problem}" for problem in result.problems],
+        *([""] if result.problems else []),
+        *_section("Collector", ("what", "count"), _collector_rows(result.counts.collector)),
+        *_section("Scorer: verdicts", ("verdict", "reason", "indicators"), _verdict_rows(result)),
+        *_section("Scorer: lookups", ("what", "count"), _lookup_rows(result)),
+        *_section("Publisher", ("what", "count"), _publisher_rows(result.counts.publisher)),
+        *_section(
+            "The APIs, as the sandbox saw them",
+            ("API", "what", "count"),
+            _api_rows(s),
+            note="What reached the stand-ins, counted on their side of the wire.",
+        ),
+        *_section(
+            "What the seeded data expects",
+            ("outcome", "reason", "indicators"),
+            _expected_rows(s),
+            note="Per indicator, by its newest row; the stages above count messages, one per revision they read.",
+        ),
     ]
     return "\n".join(lines)
+
+
+Row = tuple[str, ...]
+
+
+def _section(title: str, header: tuple[str, ...], rows: Iterable[Row], note: str = "") -> list[str]:
+    numeric = ["---:" if column in ("count", "indicators") else "---" for column in header]
+    return [
+        f"## {title}",
+        "",
+        *([note, ""] if note else []),
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(numeric) + "|",
+        *["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows],
+        "",
+    ]
+
+
+def _n(value: float) -> str:
+    return f"{value:,}"
+
+
+def _by(label: str, counts: Mapping[str, int]) -> list[Row]:
+    return [(f"{label}: {key}", _n(n)) for key, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+
+
+def _collector_rows(counts: CollectorCounts) -> list[Row]:
+    return [
+        ("passes (failed)", f"{counts.passes} ({counts.failed_passes})"),
+        ("windows read", _n(counts.windows)),
+        ("windows halved", _n(counts.splits)),
+        ("rows read", _n(counts.rows_read)),
+        ("indicators emitted", _n(counts.emitted)),
+        *_by("emitted flagged inactive", counts.inactive),
+        ("rows rejected", _n(sum(counts.rejected.values()))),
+        *_by("rejected", counts.rejected),
+        ("watermark", counts.watermark.isoformat() if counts.watermark else "—"),
+    ]
+
+
+def _verdict_rows(result: DemoResult) -> list[Row]:
+    rows: list[Row] = []
+    for verdict, reasons in _verdicts(result):
+        rows += [(verdict, reason, _n(n)) for reason, n in reasons.items()]
+    return rows
+
+
+def _lookup_rows(result: DemoResult) -> list[Row]:
+    scorer, graph = result.counts.scorer, result.summary["graph"]
+    return [
+        *_by("reputation classification", scorer.classifications),
+        ("cache hits", _n(scorer.cache.hits)),
+        ("cache misses (lookups sent)", _n(scorer.cache.misses)),
+        ("lookups shared with one under way", _n(scorer.cache.shared)),
+        ("Graph $batch requests", _n(scorer.graph.batch_requests)),
+        ("lookups in them", _n(scorer.graph.items)),
+        (f"fewest requests possible (unique observables / {_GRAPH_BATCH})", _n(graph["floor_requests"])),
+        ("429s honoured", _n(scorer.graph.throttled)),
+        ("retries", _n(scorer.graph.retries)),
+        ("messages completed", _n(scorer.settled.completed)),
+        ("messages given back for later", _n(scorer.settled.abandoned)),
+        ("messages dead-lettered", _n(scorer.settled.dead_lettered)),
+        ("settled after their lock had lapsed (delivered again)", _n(scorer.settled.lock_lost)),
+    ]
+
+
+def _publisher_rows(counts: PublisherCounts) -> list[Row]:
+    return [
+        ("batches", _n(counts.batches)),
+        ("mean batch size", f"{counts.mean_batch_size:,.1f}"),
+        ("largest batch", _n(counts.largest_batch)),
+        ("messages coalesced with another about the same observable", _n(counts.coalesced)),
+        ("ThreatStream requests (retries)", f"{counts.requests:,} ({counts.retries:,})"),
+        ("requests from splitting rejected ones", _n(counts.split_requests)),
+        *_by("objects ThreatStream took", counts.objects_sent),
+        ("messages completed", _n(counts.completed)),
+        ("messages given back for later", _n(counts.abandoned)),
+        ("messages dead-lettered", _n(counts.dead_lettered)),
+        ("settled after their lock had lapsed (delivered again)", _n(counts.lock_lost)),
+        ("drop verdicts skipped", _n(counts.skipped_drop_verdicts)),
+        ("messages still held", _n(counts.held)),
+    ]
+
+
+def _api_rows(s: dict[str, Any]) -> list[Row]:
+    graph, ts, la = s["graph"], s["threatstream"], s["loganalytics"]
+    return [
+        ("Log Analytics", "queries", _n(la["queries"])),
+        ("Log Analytics", "rows returned", _n(la["rows_returned"])),
+        ("Log Analytics", "partial results", _n(la["partial_results"])),
+        ("Graph", "HTTP requests", _n(graph["http_requests"])),
+        *[("Graph", f"answered {status}", _n(n)) for status, n in sorted(graph["requests_by_status"].items())],
+        ("Graph", "lookups", _n(graph["lookups"])),
+        ("Graph", "lookups answered 429", _n(graph["items_429"])),
+        *[("ThreatStream", f"{request}", _n(n)) for request, n in sorted(ts["requests"].items())],
+        ("ThreatStream", "import sessions", _n(ts["import_sessions"])),
+        ("ThreatStream", "sessions the demo approved", _n(ts["sessions_approved_by_demo"])),
+        (
+            "ThreatStream",
+            "observables held (active / inactive)",
+            f"{ts['objects']:,} ({ts['active']:,} / {ts['inactive']:,})",
+        ),
+        ("ThreatStream", "created / updated", f"{ts['created']:,} / {ts['updated']:,}"),
+        ("ThreatStream", "duplicates created", _n(ts["duplicates_created"])),
+        ("ThreatStream", "still waiting for approval", _n(ts["pending_approval"])),
+        *[(str(api), "requests inside a Retry-After window", _n(n)) for api, n in s["inside_retry_after"].items()],
+    ]
+
+
+def _expected_rows(s: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for outcome, count in s["expected"].items():
+        reasons: dict[str, int] = s["expected_reasons"].get(outcome, {})
+        rows.append((outcome, "(all)", _n(count)))
+        rows += [(outcome, reason, _n(n)) for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])]
+    rows += [("observable type", kind, _n(n)) for kind, n in sorted(s["observable_types"].items())]
+    return rows

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
+import os
 import sys
 from collections.abc import Callable, Coroutine
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from tibridge.common.settings import SettingsError
+from tibridge.common.runtime import ServiceName, exit_code
+from tibridge.common.settings import BusKind
 
 app = typer.Typer(
     help="Carries MDTI indicators from Microsoft Sentinel into Anomali ThreatStream, keeping what MDTI says is bad.",
@@ -27,28 +27,9 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(topology_app, name="topology")
 
 
-class ServiceName(StrEnum):
-    COLLECTOR = "collector"
-    SCORER = "scorer"
-    PUBLISHER = "publisher"
-
-
-class BusChoice(StrEnum):
-    MEMORY = "memory"
-    SERVICEBUS = "servicebus"
-
-
-def _run(coroutine_factory: Callable[[], Coroutine[Any, Any, int]]) -> None:
+def _run(command: Callable[[], Coroutine[Any, Any, int]]) -> None:
     """Runs a command; bad settings end it with one line per problem and exit code 2, never a traceback."""
-    try:
-        code = asyncio.run(coroutine_factory())
-    except SettingsError as error:
-        for problem in error.problems:
-            typer.echo(f"error: {problem}", err=True)
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        code = 130
-    raise typer.Exit(code)
+    raise typer.Exit(exit_code(command))
 
 
 SinceOption = Annotated[
@@ -62,13 +43,13 @@ def run(
     once: Annotated[
         bool, typer.Option(help="One collector pass, then stop when everything downstream settled.")
     ] = False,
-    bus: Annotated[BusChoice, typer.Option(help="`memory` (all in one process) or `servicebus`.")] = BusChoice.MEMORY,
+    bus: Annotated[BusKind, typer.Option(help="`memory` (all in one process) or `servicebus`.")] = BusKind.MEMORY,
     since: SinceOption = None,
 ) -> None:
     """Run all three services in one process (the embedded deployment)."""
     from tibridge.cli.commands import run_pipeline
 
-    _run(lambda: run_pipeline(bus=bus.value, once=once, since=since))
+    _run(lambda: run_pipeline(bus=bus, once=once, since=since))
 
 
 @app.command()
@@ -79,7 +60,7 @@ def collector(
     """Run the collector over Service Bus."""
     from tibridge.cli.commands import run_one_service
 
-    _run(lambda: run_one_service("collector", once=once, since=since))
+    _run(lambda: run_one_service(ServiceName.COLLECTOR, once=once, since=since))
 
 
 @app.command()
@@ -87,7 +68,7 @@ def scorer() -> None:
     """Run the scorer over Service Bus."""
     from tibridge.cli.commands import run_one_service
 
-    _run(lambda: run_one_service("scorer"))
+    _run(lambda: run_one_service(ServiceName.SCORER))
 
 
 @app.command()
@@ -95,7 +76,7 @@ def publisher() -> None:
     """Run the publisher over Service Bus."""
     from tibridge.cli.commands import run_one_service
 
-    _run(lambda: run_one_service("publisher"))
+    _run(lambda: run_one_service(ServiceName.PUBLISHER))
 
 
 @app.command()
@@ -114,19 +95,22 @@ def demo(
 @config_app.command("check")
 def config_check(
     service: Annotated[list[ServiceName] | None, typer.Argument(help="Which services (default: all three).")] = None,
-    bus: Annotated[BusChoice | None, typer.Option(help="Check as if TIBRIDGE_BUS were this.")] = None,
+    bus: Annotated[BusKind | None, typer.Option(help="Check as if TIBRIDGE_BUS were this.")] = None,
 ) -> None:
     """Validate the settings in the environment; one line per problem, naming what to set."""
-    from tibridge.cli.commands import check_settings
+    from tibridge.cli.commands import check_settings, unknown_settings
 
-    problems = check_settings([s.value for s in service or list(ServiceName)], bus=bus.value if bus else None)
+    problems = check_settings(service or list(ServiceName), bus=bus)
     for name, lines in problems.items():
         if lines:
             for line in lines:
                 typer.echo(f"{name}: error: {line}", err=True)
         else:
             typer.echo(f"{name}: settings OK")
-    raise typer.Exit(2 if any(problems.values()) else 0)
+    unknown = unknown_settings(os.environ)
+    for line in unknown:
+        typer.echo(f"environment: error: {line}", err=True)
+    raise typer.Exit(2 if any(problems.values()) or unknown else 0)
 
 
 @config_app.command("docs")
@@ -161,7 +145,7 @@ def dlq_list(
     """Show dead-lettered messages of a subscription with their reasons (they stay in the dead-letter queue)."""
     from tibridge.cli.dlq import list_dead_letters
 
-    _run(lambda: list_dead_letters(subscription.value, limit))
+    _run(lambda: list_dead_letters(subscription, limit))
 
 
 @dlq_app.command("replay")
@@ -173,7 +157,7 @@ def dlq_replay(
     """Re-submit dead-lettered messages to their topic (after fixing the cause), then remove them from the DLQ."""
     from tibridge.cli.dlq import replay_dead_letters
 
-    _run(lambda: replay_dead_letters(subscription.value, limit, reason))
+    _run(lambda: replay_dead_letters(subscription, limit, reason))
 
 
 def _mount_sandbox() -> None:

@@ -1,4 +1,4 @@
-"""The all-in-one composition: the three services in one process on one bus.
+"""The all-in-one composition: every registered service in one process on one bus.
 
 `tibridge run` uses it on the in-memory bus (the embedded default) or on Service Bus; `tibridge demo` uses
 it against the sandbox. Each service is built by its own package's `build`; nothing here knows their insides.
@@ -8,69 +8,61 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from tibridge.collector.app import build as build_collector
-from tibridge.collector.settings import CollectorSettings
+from tibridge.cli.registry import SERVICES
 from tibridge.common.bus.port import Bus
 from tibridge.common.clock import Clock
 from tibridge.common.consumer import Consumer
 from tibridge.common.logging import register_settings_secrets
-from tibridge.common.runtime import Service
-from tibridge.common.settings import ServiceSettings, load_settings
+from tibridge.common.runtime import Service, ServiceName
+from tibridge.common.settings import ServiceSettings, SettingsError, load_settings
 from tibridge.common.topology import TOPOLOGY
-from tibridge.publisher.app import build as build_publisher
-from tibridge.publisher.settings import PublisherSettings
-from tibridge.scorer.app import build as build_scorer
-from tibridge.scorer.settings import ScorerSettings
 
-SERVICE_SETTINGS: dict[str, type[ServiceSettings]] = {
-    "collector": CollectorSettings,
-    "scorer": ScorerSettings,
-    "publisher": PublisherSettings,
-}
+S = TypeVar("S", bound=ServiceSettings)
 
 
 @dataclass(frozen=True)
 class PipelineSettings:
-    collector: CollectorSettings
-    scorer: ScorerSettings
-    publisher: PublisherSettings
+    services: Mapping[ServiceName, ServiceSettings]
 
     @property
     def process(self) -> ServiceSettings:
-        """Bus, health and shutdown settings of the one process (all three classes share them)."""
-        return self.collector
+        """Bus, health and shutdown settings of the one process (every service's class has the same)."""
+        return next(iter(self.services.values()))
+
+    def of(self, kind: type[S]) -> S:
+        """The settings of the one service whose settings class is `kind`."""
+        [found] = [settings for settings in self.services.values() if isinstance(settings, kind)]
+        return found
 
 
-def load_pipeline_settings(overrides: Mapping[str, Any] | None = None) -> PipelineSettings:
-    """Loads the three services' settings from one environment; raises SettingsError listing every problem."""
-    values = dict(overrides or {})
-    settings = PipelineSettings(
-        collector=load_settings(CollectorSettings, **values),
-        scorer=load_settings(ScorerSettings, **values),
-        publisher=load_settings(PublisherSettings, **values),
-    )
-    # The process is served with the collector's settings; the others' secrets must be masked in logs too.
-    for service_settings in (settings.collector, settings.scorer, settings.publisher):
+def load_pipeline_settings(values: Mapping[str, Any] | None = None) -> PipelineSettings:
+    """Every service's settings from one environment; raises SettingsError listing every problem once."""
+    loaded: dict[ServiceName, ServiceSettings] = {}
+    problems: list[str] = []
+    for name, spec in SERVICES.items():
+        try:
+            loaded[name] = load_settings(spec.settings, **(values or {}))
+        except SettingsError as error:
+            problems += [problem for problem in error.problems if problem not in problems]
+    if problems:
+        raise SettingsError(problems)
+    # The process is served with one service's settings; the others' secrets must be masked in logs too.
+    for service_settings in loaded.values():
         register_settings_secrets(service_settings)
-    return settings
+    return PipelineSettings(loaded)
 
 
 async def build_pipeline(
     settings: PipelineSettings, bus: Bus, resources: contextlib.AsyncExitStack, clock: Clock
-) -> dict[str, Service]:
-    builders: dict[str, Callable[[], Awaitable[Service]]] = {
-        "collector": lambda: build_collector(settings.collector, bus, resources, clock),
-        "scorer": lambda: build_scorer(settings.scorer, bus, resources, clock),
-        "publisher": lambda: build_publisher(settings.publisher, bus, resources, clock),
-    }
-    return {stage: await builder() for stage, builder in builders.items()}
+) -> dict[ServiceName, Service]:
+    return {name: await spec.build(settings.services[name], bus, resources, clock) for name, spec in SERVICES.items()}
 
 
-async def is_idle(bus: Bus, services: Mapping[str, Service]) -> bool:
+async def is_idle(bus: Bus, services: Mapping[ServiceName, Service]) -> bool:
     """No consumer holds a message (a batch being gathered counts as held) and nothing waits on any subscription."""
     consumers = [w for service in services.values() for w in service.workers if isinstance(w, Consumer)]
     if any(consumer.in_flight for consumer in consumers):
@@ -85,7 +77,7 @@ async def is_idle(bus: Bus, services: Mapping[str, Service]) -> bool:
 
 
 async def stop_when_drained(
-    bus: Bus, services: Mapping[str, Service], collector_done: asyncio.Event, stop: asyncio.Event
+    bus: Bus, services: Mapping[ServiceName, Service], collector_done: asyncio.Event, stop: asyncio.Event
 ) -> None:
     """For one-shot runs: once the collector finished and everything downstream settled, stop the process."""
     await collector_done.wait()

@@ -8,8 +8,9 @@ from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from tibridge.cli.pipeline import SERVICE_SETTINGS as _SERVICES
-from tibridge.common.settings import ENV_PREFIX
+from tibridge.cli.registry import SERVICES
+from tibridge.common.runtime import ServiceName
+from tibridge.common.settings import setting_fields
 from tibridge.common.topology import iso_duration
 
 README_START = "<!-- settings:start -->"
@@ -37,26 +38,26 @@ def _is_secret(field: FieldInfo) -> bool:
     return "SecretStr" in annotation or field.annotation is SecretStr
 
 
-def _defaults(fields: dict[str, FieldInfo]) -> str:
-    """One default, or each service's where they differ (e.g. the publisher holds whole batches in flight)."""
-    by_service = {service: _default(field) for service, field in fields.items()}
-    if len(set(by_service.values())) == 1:
-        return f"`{next(iter(by_service.values()))}`"
-    return "; ".join(f"{service} `{value}`" for service, value in by_service.items())
+def _the_default(env: str, fields: dict[ServiceName, FieldInfo]) -> str:
+    """The setting's one default: services that share a setting share its section, so they cannot differ."""
+    defaults = {_default(field) for field in fields.values()}
+    if len(defaults) > 1:
+        raise ValueError(f"{env} has a different default in each of {', '.join(fields)}; give it one")
+    return f"`{defaults.pop()}`"
 
 
 def settings_table() -> str:
-    fields: dict[str, dict[str, FieldInfo]] = {}
-    for service, cls in _SERVICES.items():
-        for name, field in cls.model_fields.items():
-            fields.setdefault(ENV_PREFIX + name.upper(), {})[service] = field
+    fields: dict[str, dict[ServiceName, FieldInfo]] = {}
+    for service, spec in SERVICES.items():
+        for env, field in setting_fields(spec.settings):
+            fields.setdefault(env, {})[service] = field
     lines = ["| Setting | Used by | Meaning | Default | Secret |", "|---|---|---|---|---|"]
-    for env in sorted(fields, key=lambda e: (len(fields[e]) < len(_SERVICES), ", ".join(fields[e]), e)):
+    for env in sorted(fields, key=lambda e: (len(fields[e]) < len(SERVICES), ", ".join(fields[e]), e)):
         per_service = fields[env]
         field = next(iter(per_service.values()))
-        services = "all" if len(per_service) == len(_SERVICES) else ", ".join(per_service)
+        services = "all" if len(per_service) == len(SERVICES) else ", ".join(per_service)
         meaning = (field.description or "").replace("|", "\\|")
-        default = _defaults(per_service).replace("|", "\\|")
+        default = _the_default(env, per_service).replace("|", "\\|")
         lines.append(f"| `{env}` | {services} | {meaning} | {default} | {'yes' if _is_secret(field) else 'no'} |")
     return "\n".join(lines) + "\n"
 

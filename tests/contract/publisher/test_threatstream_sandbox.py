@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
 
 from tests.fixtures.publisher import (
     MALICIOUS,
+    MAPPING,
     SUSPICIOUS,
+    WIRE,
     observable,
     sandbox_faults,
     sandbox_objects,
@@ -24,8 +27,8 @@ from tibridge.common.clock import SystemClock
 from tibridge.common.contracts import IndicatorScored, ObservableType, Tlp, Verdict
 from tibridge.publisher.app import gateway_for
 from tibridge.publisher.batching import import_groups
-from tibridge.publisher.mapping import IntelObject, MappingPolicy, intel_objects
-from tibridge.publisher.payloads import WireOptions, import_request, upsert_request
+from tibridge.publisher.mapping import IntelObject, IntelStatus, intel_objects
+from tibridge.publisher.payloads import import_request, upsert_request
 from tibridge.publisher.threatstream import Answer, Gateway, Outcome
 from tibridge.sandbox import SandboxServer
 
@@ -56,11 +59,11 @@ async def gateway_to(server: SandboxServer, **overrides: object) -> AsyncIterato
 
 def objects_for(indicators: Sequence[IndicatorScored]) -> list[IntelObject]:
     now = datetime.now(UTC)
-    return [obj for one in indicators for obj in intel_objects(one, MappingPolicy(), now)]
+    return [obj for one in indicators for obj in intel_objects(one, MAPPING, now)]
 
 
-async def send_imports(gateway: Gateway, objects: Sequence[IntelObject], default_state: str) -> list[Answer]:
-    wire = WireOptions(default_state=default_state)
+async def send_imports(gateway: Gateway, objects: Sequence[IntelObject], default_state: IntelStatus) -> list[Answer]:
+    wire = replace(WIRE, default_state=default_state)
     return [
         await gateway.send(
             import_request(group.view, [obj.observable.value for obj in group.members], wire, group.mappings)
@@ -71,7 +74,7 @@ async def send_imports(gateway: Gateway, objects: Sequence[IntelObject], default
 
 async def test_a_direct_upsert_stores_every_kind_with_our_fields(sandbox_factory: SandboxFactory) -> None:
     async with sandbox_factory(indicators=0) as server, gateway_to(server) as gateway:
-        answer = await gateway.send(upsert_request(objects_for(INDICATORS), WireOptions()))
+        answer = await gateway.send(upsert_request(objects_for(INDICATORS), WIRE))
         assert answer.outcome is Outcome.ACCEPTED, answer.detail
         held = {obj["value"]: obj for obj in await sandbox_objects(server)}
     assert {value: obj["itype"] for value, obj in held.items()} == EXPECTED_ITYPES
@@ -87,7 +90,7 @@ async def test_a_direct_upsert_stores_every_kind_with_our_fields(sandbox_factory
 
 async def test_auto_approved_import_sessions_store_every_kind(sandbox_factory: SandboxFactory) -> None:
     async with sandbox_factory(indicators=0) as server, gateway_to(server) as gateway:
-        answers = await send_imports(gateway, objects_for(INDICATORS), "active")
+        answers = await send_imports(gateway, objects_for(INDICATORS), IntelStatus.ACTIVE)
         assert {answer.outcome for answer in answers} == {Outcome.ACCEPTED}
         held = {obj["value"]: obj for obj in await sandbox_objects(server)}
     assert {value: obj["itype"] for value, obj in held.items()} == EXPECTED_ITYPES
@@ -99,7 +102,7 @@ async def test_auto_approved_import_sessions_store_every_kind(sandbox_factory: S
 
 async def test_import_sessions_wait_for_an_analyst_by_default(sandbox_factory: SandboxFactory) -> None:
     async with sandbox_factory(indicators=0) as server, gateway_to(server) as gateway:
-        answers = await send_imports(gateway, objects_for(INDICATORS[:1]), "inactive")
+        answers = await send_imports(gateway, objects_for(INDICATORS[:1]), IntelStatus.INACTIVE)
         assert [answer.outcome for answer in answers] == [Outcome.ACCEPTED]
         stats = await sandbox_stats(server)
         assert (stats["threatstream"]["pending_approval"], stats["threatstream"]["objects"]) == (1, 0)
@@ -112,9 +115,9 @@ async def test_sending_again_updates_and_an_expiry_deactivates(sandbox_factory: 
         for batch in (INDICATORS, INDICATORS, expiries):
             objects = objects_for(batch)
             if mode == "direct":
-                answers = [await gateway.send(upsert_request(objects, WireOptions()))]
+                answers = [await gateway.send(upsert_request(objects, WIRE))]
             else:
-                answers = await send_imports(gateway, objects, "active")
+                answers = await send_imports(gateway, objects, IntelStatus.ACTIVE)
             assert {answer.outcome for answer in answers} == {Outcome.ACCEPTED}
         stats = (await sandbox_stats(server))["threatstream"]
         held = await sandbox_objects(server)
@@ -131,9 +134,9 @@ async def test_a_rejected_value_is_a_400_with_its_message(sandbox_factory: Sandb
         await sandbox_faults(server, {"reject_values": "^bad\\.example\\.com$"})
         objects = objects_for(INDICATORS)
         if mode == "direct":
-            (answer,) = [await gateway.send(upsert_request(objects, WireOptions()))]
+            (answer,) = [await gateway.send(upsert_request(objects, WIRE))]
         else:
-            answers = await send_imports(gateway, objects, "active")
+            answers = await send_imports(gateway, objects, IntelStatus.ACTIVE)
             (answer,) = [answer for answer in answers if answer.outcome is not Outcome.ACCEPTED]
     assert (answer.outcome, answer.status) == (Outcome.REJECTED, 400)
     assert "'bad.example.com' is not accepted" in answer.detail
@@ -141,7 +144,7 @@ async def test_a_rejected_value_is_a_400_with_its_message(sandbox_factory: Sandb
 
 async def test_a_wrong_key_is_refused_with_what_to_fix(sandbox_factory: SandboxFactory) -> None:
     async with sandbox_factory(indicators=0) as server, gateway_to(server, threatstream_api_key="wrong") as gateway:
-        answer = await gateway.send(upsert_request(objects_for(INDICATORS[:1]), WireOptions()))
+        answer = await gateway.send(upsert_request(objects_for(INDICATORS[:1]), WIRE))
     assert (answer.outcome, answer.status) == (Outcome.REFUSED, 401)
     assert "TIBRIDGE_THREATSTREAM_API_KEY" in answer.detail
 
@@ -149,12 +152,12 @@ async def test_a_wrong_key_is_refused_with_what_to_fix(sandbox_factory: SandboxF
 async def test_throttling_is_honoured_and_retried(sandbox_factory: SandboxFactory) -> None:
     faults = {"threatstream": {"rate_ceiling": 1.0, "burst": 1}}
     async with sandbox_factory(indicators=0, faults=faults) as server, gateway_to(server) as gateway:
-        answers = [await gateway.send(upsert_request(objects_for([one]), WireOptions())) for one in INDICATORS[:3]]
+        answers = [await gateway.send(upsert_request(objects_for([one]), WIRE)) for one in INDICATORS[:3]]
         stats = await sandbox_stats(server)
     assert {answer.outcome for answer in answers} == {Outcome.ACCEPTED}
     assert stats["requests"]["threatstream"].get("429", 0) > 0
     assert stats["inside_retry_after"]["threatstream"] == 0
-    assert gateway.counts.retries == stats["requests"]["threatstream"]["429"]
+    assert gateway.counts().retries == stats["requests"]["threatstream"]["429"]
 
 
 async def test_the_api_key_appears_in_no_log_line(
@@ -164,13 +167,13 @@ async def test_the_api_key_appears_in_no_log_line(
     async with sandbox_factory(indicators=0, threatstream_api_key=key) as server:
         async with gateway_to(server, threatstream_max_attempts=2) as gateway:
             with caplog.at_level(logging.DEBUG):
-                ok = await gateway.send(upsert_request(objects_for(INDICATORS), WireOptions()))
+                ok = await gateway.send(upsert_request(objects_for(INDICATORS), WIRE))
                 await sandbox_faults(server, {"p500": 1.0})
-                failing = await gateway.send(upsert_request(objects_for(INDICATORS), WireOptions()))
+                failing = await gateway.send(upsert_request(objects_for(INDICATORS), WIRE))
         await sandbox_faults(server, {"p500": 0.0})
         async with gateway_to(server, threatstream_api_key=key + "-nope") as gateway:
             with caplog.at_level(logging.DEBUG):
-                refused = await gateway.send(upsert_request(objects_for(INDICATORS), WireOptions()))
+                refused = await gateway.send(upsert_request(objects_for(INDICATORS), WIRE))
     assert [ok.outcome, failing.outcome, refused.outcome] == [Outcome.ACCEPTED, Outcome.UNAVAILABLE, Outcome.REFUSED]
     assert {record.name.split(".")[0] for record in caplog.records} >= {"httpx", "httpcore"}
     leaked = [record.getMessage() for record in caplog.records if key in record.getMessage()]

@@ -48,15 +48,15 @@ async def test_repeated_observables_cost_one_graph_request_per_twenty_unique(san
         async with running_scorer(server.endpoints.graph, bus) as scorer:
             await scorer.send(case.indicator for case in cases)
             await until(lambda: scorer.scored == len(cases), seconds=30)
-            counts = scorer.service.counts()
+            counts = scorer.counts
         stats = await sandbox_stats(server.base_url)
         assert_verdicts(cases, await drain_scored(bus))
 
-    retries = counts["graph"]["retries"]
+    retries = counts.graph.retries
     assert stats["graph"]["http_requests"] <= math.ceil(unique / 20) + retries
     assert stats["graph"]["lookups"] == unique
-    assert counts["cache"]["misses"] == unique
-    assert counts["cache"]["hits"] + counts["cache"]["shared"] == len(looked_up) - unique
+    assert counts.cache.misses == unique
+    assert counts.cache.hits + counts.cache.shared == len(looked_up) - unique
     assert bus.depth(INDICATORS_TOPIC, SCORER_SUBSCRIPTION, dead_letter=True) == 0
 
 

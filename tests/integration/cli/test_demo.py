@@ -19,9 +19,14 @@ async def test_demo_reconciles(mode: str, tmp_path: Path) -> None:
         or summary["threatstream"]["active"] > 0
     )
     assert summary["threatstream"]["duplicates_created"] == 0
-    assert sum(summary["collector"]["rejected"].values()) > 0
+    assert sum(result.counts.collector.rejected.values()) > 0
     assert summary["graph"]["http_requests"] >= summary["graph"]["floor_requests"]
-    assert "Reconciliation: OK" in markdown_report(result)
+    report = markdown_report(result)
+    assert "Reconciliation: OK" in report
+    # A report a person reads: tables, never a JSON object pasted in.
+    assert "{" not in report
+    assert "## Collector" in report
+    assert f"| indicators emitted | {result.counts.collector.emitted:,} |" in report
 
 
 async def test_demo_reports_what_went_wrong(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ import pytest
 from tests.fixtures.messages import collected_envelope
 from tests.sbdouble.server import ServiceBusDouble
 from tibridge.cli.dlq import list_dead_letters, replay_dead_letters
-from tibridge.common.bus.port import OutgoingMessage, ReceivedMessage
+from tibridge.common.bus.port import ReceivedMessage
+from tibridge.common.producer import message_for
 from tibridge.common.runtime import bus_from_settings
 from tibridge.common.settings import ServiceSettings, load_settings
 from tibridge.common.topology import INDICATORS_TOPIC, SCORER_SUBSCRIPTION
@@ -23,7 +24,7 @@ def servicebus_env(sb_double: ServiceBusDouble, monkeypatch: pytest.MonkeyPatch)
 async def _dead_letter(double: ServiceBusDouble, reasons: list[str]) -> None:
     async with contextlib.AsyncExitStack() as resources:
         bus = await bus_from_settings(load_settings(ServiceSettings), resources)
-        messages = [OutgoingMessage.from_envelope(collected_envelope(n)) for n in range(len(reasons))]
+        messages = [message_for(collected_envelope(n)) for n in range(len(reasons))]
         await bus.publish(INDICATORS_TOPIC, messages)
         async with bus.receiver(INDICATORS_TOPIC, SCORER_SUBSCRIPTION) as receiver:
             received: list[ReceivedMessage] = []

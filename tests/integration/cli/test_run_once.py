@@ -73,8 +73,8 @@ def test_run_once_against_the_sandbox(sandbox_process: tuple[str, dict[str, str]
         {
             "TIBRIDGE_HEALTH_PORT": "0",
             "TIBRIDGE_CHECKPOINT_PATH": str(tmp_path / "checkpoint.json"),
-            "TIBRIDGE_THREATSTREAM_MODE": mode,
-            "TIBRIDGE_THREATSTREAM_BATCH_AGE_SECONDS": "1",
+            "TIBRIDGE_PUBLISHER_MODE": mode,
+            "TIBRIDGE_PUBLISHER_BATCH_AGE_SECONDS": "1",
         }
     )
     run = subprocess.run([*TIBRIDGE, "run", "--once"], env=env, capture_output=True, timeout=240, check=False)

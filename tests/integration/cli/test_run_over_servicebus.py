@@ -7,7 +7,7 @@ from tests.fixtures.sandbox import SandboxFactory
 from tests.sbdouble.server import ServiceBusDouble
 from tibridge.cli.commands import run_pipeline
 from tibridge.cli.demo import reconcile
-from tibridge.common.settings import from_environment
+from tibridge.common.settings import BusKind, from_environment
 from tibridge.common.topology import TOPOLOGY
 
 
@@ -20,10 +20,10 @@ async def test_run_once_over_service_bus_reconciles(
             "servicebus_connection_string": sb_double.connection_string,
             "health_port": 0,
             "checkpoint_path": str(tmp_path / "checkpoint.json"),
-            "threatstream_mode": "direct",
-            "threatstream_batch_age_seconds": 1,
+            "publisher_mode": "direct",
+            "publisher_batch_age_seconds": 1,
         }
-        code = await run_pipeline(bus="servicebus", once=True, since=None, overrides=overrides)
+        code = await run_pipeline(bus=BusKind.SERVICEBUS, once=True, since=None, values=overrides)
         expected = sandbox.expected()
         stats = sandbox.stats()
         objects = [obj.to_json() for obj in sandbox.state.intel.objects.values()]

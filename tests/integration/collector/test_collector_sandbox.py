@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from azure.storage.blob.aio import BlobServiceClient
 
-from tests.fixtures.collector import SteppingClock, collected_payloads, drain
+from tests.fixtures.clock import ManualClock
+from tests.fixtures.collector import collected_payloads, drain
 from tests.fixtures.collector_sandbox import (
     AFTER_DATA,
     ANCHOR,
@@ -68,10 +69,10 @@ async def test_fifty_thousand_rows_reach_the_bus_exactly_as_the_generator_expect
         queries = server.state.stats.loganalytics.queries
     counts = assert_matches_expected(expected, envelopes, rejections)
     worker_counts = run.worker.counts()
-    assert worker_counts["emitted"] == counts["messages"]
-    assert sum(worker_counts["rejected"].values()) + worker_counts["emitted"] == worker_counts["rows_read"]
-    assert queries == worker_counts["windows"]
-    assert worker_counts["splits"] == 0
+    assert worker_counts.emitted == counts["messages"]
+    assert sum(worker_counts.rejected.values()) + worker_counts.emitted == worker_counts.rows_read
+    assert queries == worker_counts.windows
+    assert worker_counts.splits == 0
     print(f"\n{len(large_dataset.rows)} rows → {counts} in {elapsed:.1f}s over {queries} queries")
 
 
@@ -88,7 +89,7 @@ async def test_a_row_cap_far_below_the_window_size_still_yields_every_row(
         partial_results = server.state.stats.loganalytics.partial_results
         assert_matches_expected(server.expected(), await drain(bus, INDICATORS_TOPIC, SCORER_SUBSCRIPTION), rejections)
     assert partial_results > 0
-    assert run.worker.counts()["splits"] >= partial_results
+    assert run.worker.counts().splits >= partial_results
 
 
 async def test_the_collectors_own_row_cap_splits_windows_that_reach_it(
@@ -97,11 +98,11 @@ async def test_the_collectors_own_row_cap_splits_windows_that_reach_it(
     bus = MemoryBus()
     async with server_for(small_dataset) as server:
         with rejections_logged(caplog) as rejections:
-            async with collector_for(server, bus, tmp_path / "c.json", collector_row_cap=25) as run:
+            async with collector_for(server, bus, tmp_path / "c.json", loganalytics_row_cap=25) as run:
                 await run.worker.run(asyncio.Event())
         assert server.state.stats.loganalytics.partial_results == 0
         assert_matches_expected(server.expected(), await drain(bus, INDICATORS_TOPIC, SCORER_SUBSCRIPTION), rejections)
-    assert run.worker.counts()["splits"] > 0
+    assert run.worker.counts().splits > 0
 
 
 async def test_server_errors_are_retried_until_every_window_is_read(
@@ -112,7 +113,7 @@ async def test_server_errors_are_retried_until_every_window_is_read(
     faults = {"loganalytics": {"p500": 0.1, "p503": 0.1}}
     async with server_for(small_dataset, faults=faults) as server:
         with rejections_logged(caplog) as rejections:
-            async with collector_for(server, bus, tmp_path / "c.json", collector_query_attempts=10) as run:
+            async with collector_for(server, bus, tmp_path / "c.json", loganalytics_query_attempts=10) as run:
                 await run.worker.run(asyncio.Event())
         assert_matches_expected(server.expected(), await drain(bus, INDICATORS_TOPIC, SCORER_SUBSCRIPTION), rejections)
         failures = server.state.stats.requests["loganalytics"]
@@ -155,7 +156,7 @@ async def test_the_legacy_table_yields_the_same_observables(small_dataset: Datas
         observable = newest[indicator_id].observable
         assert (observable.type, observable.value) == (expectation.observable_type, expectation.canonical_value)
         assert newest[indicator_id].active == (expectation.outcome is not Outcome.EXPIRE)
-    assert run.worker.counts()["rejected"].get("unsupported_type", 0) > 0
+    assert run.worker.counts().rejected.get("unsupported_type", 0) > 0
 
 
 @pytest.mark.azurite
@@ -171,7 +172,7 @@ async def test_the_blob_checkpoint_carries_the_watermark_to_the_next_run(
     async with server_for(small_dataset) as server:
         async with collector_for(server, bus, tmp_path / "unused.json", **blob_settings) as run:
             await run.worker.run(asyncio.Event())
-        later = SteppingClock(AFTER_DATA + timedelta(hours=1))
+        later = ManualClock(AFTER_DATA + timedelta(hours=1))
         async with collector_for(server, bus, tmp_path / "unused.json", later, **blob_settings) as rerun:
             await rerun.worker.run(asyncio.Event())
     async with BlobServiceClient.from_connection_string(azurite) as service:
@@ -179,6 +180,6 @@ async def test_the_blob_checkpoint_carries_the_watermark_to_the_next_run(
         stored = json.loads(await (await blob.download_blob()).readall())
     assert stored["watermark"] == (later.now() - timedelta(minutes=5)).isoformat()
     assert not (tmp_path / "unused.json").exists()
-    assert run.worker.counts()["windows"] > 50
+    assert run.worker.counts().windows > 50
     # The second run read only from the watermark minus the overlap: one window.
-    assert rerun.worker.counts()["windows"] == 1
+    assert rerun.worker.counts().windows == 1

@@ -8,29 +8,28 @@ import asyncio
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.fixtures.messages import collected_envelope
+from tests.fixtures.messages import collected, collected_envelope, consumer_options
 from tests.fixtures.runtime import eventually
 from tests.sbdouble import ServiceBusDouble
 from tibridge.common.bus.port import OutgoingMessage
 from tibridge.common.bus.servicebus import ServiceBusBus
-from tibridge.common.consumer import Consumer, ConsumerOptions, InFlight
+from tibridge.common.consumer import Consumer
 from tibridge.common.contracts import IndicatorCollected
+from tibridge.common.producer import message_for
 from tibridge.common.telemetry import current_trace_context
 from tibridge.common.topology import INDICATORS_TOPIC, SCORER_SUBSCRIPTION
 
 
 class CompletingHandler:
+    """Leaves settlement to the consumer: returning completes the message."""
+
     payload_type = IndicatorCollected
 
     def __init__(self) -> None:
-        self.completed: list[str] = []
+        self.handled: list[str] = []
 
-    async def handle(self, item: InFlight[IndicatorCollected]) -> None:
-        await item.complete()
-        self.completed.append(item.message.message_id)
-
-    async def flush(self) -> None:
-        return None
+    async def handle(self, payload: IndicatorCollected) -> None:
+        self.handled.append(payload.indicator_id)
 
     async def probe(self) -> bool:
         return True
@@ -43,17 +42,18 @@ async def test_the_consumer_span_joins_the_producer_trace_across_service_bus(
     producer_bus = ServiceBusBus.from_connection_string(sb_double.connection_string)
     consumer_bus = ServiceBusBus.from_connection_string(sb_double.connection_string)
     handler = CompletingHandler()
-    consumer = Consumer(
-        consumer_bus, INDICATORS_TOPIC, SCORER_SUBSCRIPTION, handler, ConsumerOptions(receive_wait_seconds=0.2)
+    consumer: Consumer[IndicatorCollected] = Consumer(
+        consumer_bus, INDICATORS_TOPIC, SCORER_SUBSCRIPTION, handler, consumer_options(receive_wait_seconds=0.2)
     )
     stop = asyncio.Event()
     try:
         with trace.get_tracer("test.collector").start_as_current_span("collect window") as producer_span:
             traceparent, _ = current_trace_context()
             envelope = collected_envelope(1, traceparent=traceparent)
-            await producer_bus.publish(INDICATORS_TOPIC, [OutgoingMessage.from_envelope(envelope)])
+            await producer_bus.publish(INDICATORS_TOPIC, [message_for(envelope)])
         consuming = asyncio.create_task(consumer.run(stop))
-        await eventually(lambda: handler.completed == [envelope.message_id], what="consuming the message")
+        await eventually(lambda: consumer.counts().completed == 1, what="consuming the message")
+        assert handler.handled == [collected(1).indicator_id]
         stop.set()
         await asyncio.wait_for(consuming, 30)
     finally:
@@ -76,16 +76,19 @@ async def test_a_malformed_body_is_dead_lettered_with_its_reason_and_the_consume
 ) -> None:
     bus = ServiceBusBus.from_connection_string(sb_double.connection_string)
     handler = CompletingHandler()
-    consumer = Consumer(bus, INDICATORS_TOPIC, SCORER_SUBSCRIPTION, handler, ConsumerOptions(receive_wait_seconds=0.2))
+    consumer: Consumer[IndicatorCollected] = Consumer(
+        bus, INDICATORS_TOPIC, SCORER_SUBSCRIPTION, handler, consumer_options(receive_wait_seconds=0.2)
+    )
     good = collected_envelope(2)
     stop = asyncio.Event()
     try:
         await bus.publish(
             INDICATORS_TOPIC,
-            [OutgoingMessage(body=b"{not json", message_id="malformed"), OutgoingMessage.from_envelope(good)],
+            [OutgoingMessage(body=b"{not json", message_id="malformed"), message_for(good)],
         )
         consuming = asyncio.create_task(consumer.run(stop))
-        await eventually(lambda: handler.completed == [good.message_id], what="completing the good message")
+        await eventually(lambda: consumer.counts().completed == 1, what="completing the good message")
+        assert handler.handled == [collected(2).indicator_id]
         stop.set()
         await asyncio.wait_for(consuming, 30)
     finally:

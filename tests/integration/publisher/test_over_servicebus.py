@@ -20,6 +20,7 @@ from tibridge.common.bus.servicebus import ServiceBusBus
 from tibridge.common.clock import SystemClock
 from tibridge.common.topology import PUBLISHER_SUBSCRIPTION, SCORED_TOPIC
 from tibridge.publisher.app import build
+from tibridge.publisher.worker import PublisherCounts
 
 MESSAGES = 10_000
 BATCH_SIZE = 1000
@@ -41,13 +42,15 @@ async def test_ten_thousand_messages_over_service_bus_reach_threatstream(
             server,
             bus="servicebus",
             servicebus_connection_string=sb_double.connection_string,
-            threatstream_mode="direct",
-            threatstream_batch_age_seconds=30,
+            publisher_mode="direct",
+            publisher_batch_age_seconds=30,
         )
         service = await build(settings, bus, resources, SystemClock())
         async with running(service):
             await eventually(
-                lambda: service.counts()["completed"] == MESSAGES, within=240, what="every message completed"
+                lambda: service.snapshot(PublisherCounts).completed == MESSAGES,
+                within=240,
+                what="every message completed",
             )
         stats = (await sandbox_stats(server))["threatstream"]
         held = await sandbox_objects(server)

@@ -30,7 +30,7 @@ from tibridge.common.clock import SystemClock
 from tibridge.common.contracts import Classification, IndicatorScored, ObservableType
 from tibridge.common.topology import PUBLISHER_SUBSCRIPTION, SCORED_TOPIC
 from tibridge.publisher.app import build
-from tibridge.publisher.service import REJECTED_REASON
+from tibridge.publisher.worker import REJECTED_REASON, PublisherCounts
 
 MESSAGES = 3000
 BATCH_SIZE = 1000
@@ -86,7 +86,7 @@ async def test_messages_reach_threatstream_in_batches_with_every_field(
     await publish_scored(bus, indicators)
     async with sandbox_factory(indicators=0) as server, contextlib.AsyncExitStack() as resources:
         settings = sandbox_settings(
-            server, threatstream_mode=mode, threatstream_auto_approve=True, threatstream_batch_age_seconds=30
+            server, publisher_mode=mode, publisher_auto_approve=True, publisher_batch_age_seconds=30
         )
         service = await build(settings, bus, resources, SystemClock())
         async with running(service):
@@ -111,7 +111,7 @@ async def test_messages_reach_threatstream_in_batches_with_every_field(
         if held_fields(held[one.observable.value]) != expected_object(one, approval=approval)
     ]
     assert mismatched == []
-    assert service.counts()["completed"] == MESSAGES
+    assert service.snapshot(PublisherCounts).completed == MESSAGES
 
 
 async def test_one_poison_item_in_a_thousand_is_dead_lettered_and_the_rest_delivered(
@@ -123,7 +123,7 @@ async def test_one_poison_item_in_a_thousand_is_dead_lettered_and_the_rest_deliv
     await publish_scored(bus, indicators)
     faults = {"threatstream": {"reject_values": "^" + re.escape(poison) + "$"}}
     async with sandbox_factory(indicators=0, faults=faults) as server, contextlib.AsyncExitStack() as resources:
-        settings = sandbox_settings(server, threatstream_mode="direct", threatstream_batch_age_seconds=30)
+        settings = sandbox_settings(server, publisher_mode="direct", publisher_batch_age_seconds=30)
         service = await build(settings, bus, resources, SystemClock())
         async with running(service):
             await eventually(lambda: depth(bus) == 0, within=60, what="every message settled")
@@ -136,4 +136,5 @@ async def test_one_poison_item_in_a_thousand_is_dead_lettered_and_the_rest_deliv
         (dead,) = await dead_letters.receive(10, 0.5)
     assert dead.dead_letter_reason == REJECTED_REASON
     assert dead.dead_letter_description == f"ThreatStream answered 400: objects: {poison!r} is not accepted."
-    assert (service.counts()["completed"], service.counts()["dead_lettered"]) == (BATCH_SIZE - 1, 1)
+    counts = service.snapshot(PublisherCounts)
+    assert (counts.completed, counts.dead_lettered) == (BATCH_SIZE - 1, 1)

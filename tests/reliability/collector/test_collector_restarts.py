@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.collector import FlakyBus, SteppingClock, collected_payloads, drain
+from tests.fixtures.clock import ManualClock
+from tests.fixtures.collector import FlakyBus, collected_payloads, drain
 from tests.fixtures.collector_sandbox import (
     AFTER_DATA,
     ANCHOR,
@@ -72,13 +73,13 @@ async def test_killing_the_collector_mid_window_then_running_it_again_loses_and_
             # Killed inside a window: part of it is on the bus, but the watermark has not moved past it.
             assert any(collected_payloads([e])[0].time_generated >= watermark for e in before_kill)
             bus.resume()
-            later = SteppingClock(AFTER_DATA + timedelta(minutes=3))
+            later = ManualClock(AFTER_DATA + timedelta(minutes=3))
             async with collector_for(server, bus, checkpoint, later, **settings) as rerun:
                 await rerun.worker.run(asyncio.Event())
         after_restart = await drain(bus, INDICATORS_TOPIC, SCORER_SUBSCRIPTION)
         assert_matches_expected(server.expected(), before_kill + after_restart, rejections)
     # The rerun read the interrupted window again; what it re-sent the topic's duplicate detection dropped.
-    assert rerun.worker.counts()["emitted"] > len(after_restart)
+    assert rerun.worker.counts().emitted > len(after_restart)
 
 
 async def test_a_bus_outage_stops_the_pass_before_the_watermark_moves_past_unsent_messages(
@@ -91,7 +92,7 @@ async def test_a_bus_outage_stops_the_pass_before_the_watermark_moves_past_unsen
             async with collector_for(server, bus, checkpoint, collector_batch_size=BATCH) as run:
                 with pytest.raises(BusError):
                     await run.worker.run(asyncio.Event())
-            assert run.worker.counts()["failed_passes"] == 1
+            assert run.worker.counts().failed_passes == 1
             watermark = await FileCheckpointStore(checkpoint).load()
             assert watermark is not None
             assert watermark < AFTER_DATA - timedelta(days=1)

@@ -61,7 +61,7 @@ def environment(**settings: str) -> dict[str, str]:
     return {
         **inherited,
         "TIBRIDGE_HEALTH_PORT": "0",
-        "TIBRIDGE_MAX_IN_FLIGHT": str(IN_FLIGHT),
+        "TIBRIDGE_SCORER_MAX_IN_FLIGHT": str(IN_FLIGHT),
         "TIBRIDGE_SHUTDOWN_GRACE_SECONDS": GRACE_SECONDS,
         **settings,
     }

@@ -6,8 +6,8 @@ from __future__ import annotations
 from tests.fixtures.messages import collected_envelope
 from tests.reliability.common.consumer_process import MESSAGES, assert_stopped_without_loss, run_and_terminate
 from tests.sbdouble import ServiceBusDouble
-from tibridge.common.bus.port import OutgoingMessage
 from tibridge.common.bus.servicebus import ServiceBusBus
+from tibridge.common.producer import message_for
 from tibridge.common.topology import INDICATORS_TOPIC, SCORER_SUBSCRIPTION
 
 
@@ -15,7 +15,7 @@ async def test_sigterm_mid_work_on_service_bus_loses_nothing(sb_double: ServiceB
     producer = ServiceBusBus.from_connection_string(sb_double.connection_string)
     try:
         envelopes = [collected_envelope(number) for number in range(1, MESSAGES + 1)]
-        await producer.publish(INDICATORS_TOPIC, [OutgoingMessage.from_envelope(envelope) for envelope in envelopes])
+        await producer.publish(INDICATORS_TOPIC, [message_for(envelope) for envelope in envelopes])
     finally:
         await producer.close()
     run = await run_and_terminate(

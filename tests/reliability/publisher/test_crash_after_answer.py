@@ -30,9 +30,10 @@ from tibridge.common.bus.memory import MemoryBus
 from tibridge.common.bus.port import BusUnavailable, OutgoingMessage, ReceivedMessage, Receiver
 from tibridge.common.clock import SystemClock
 from tibridge.common.topology import TOPOLOGY
-from tibridge.publisher.app import assemble, build, consumer_options, gateway_for, publisher_options
+from tibridge.publisher.app import assemble, build, consumer_options, gateway_for
 from tibridge.publisher.payloads import ThreatStreamRequest
 from tibridge.publisher.threatstream import Answer, Gateway, Outcome
+from tibridge.publisher.worker import PublisherCounts
 from tibridge.sandbox import SandboxServer
 
 MESSAGES = 1000
@@ -144,17 +145,15 @@ async def test_a_crash_between_answer_and_completion_creates_no_duplicate(
     death = Death()
     async with sandbox_factory(indicators=0) as server, contextlib.AsyncExitStack() as resources:
         settings = sandbox_settings(
-            server, threatstream_mode=mode, threatstream_auto_approve=auto_approve, threatstream_batch_age_seconds=30
+            server, publisher_mode=mode, publisher_auto_approve=auto_approve, publisher_batch_age_seconds=30
         )
         gateway = DyingGateway(gateway_for(settings, resources, SystemClock()), death)
-        doomed = assemble(
-            DyingBus(bus, death), gateway, publisher_options(settings), consumer_options(settings), SystemClock()
-        )
+        doomed = assemble(settings, DyingBus(bus, death), SystemClock(), consumer_options(settings), gateway=gateway)
         async with running(doomed):
             await asyncio.wait_for(death.happened.wait(), timeout=30)
         before = (await sandbox_stats(server))["threatstream"]
         assert sum(before["requests"].values()) == 1, "the first request was answered, then the process died"
-        assert doomed.counts()["completed"] == 0
+        assert doomed.snapshot(PublisherCounts).completed == 0
         assert depth(bus) == MESSAGES
 
         successor = await build(settings, bus, resources, SystemClock())
@@ -170,4 +169,4 @@ async def test_a_crash_between_answer_and_completion_creates_no_duplicate(
     assert {obj["value"] for obj in held} == {indicator.observable.value for indicator in indicators}
     assert after["updated"] > 0, "the batch the dead publisher had delivered was delivered again, as an update"
     assert depth(bus, dead_letter=True) == 0
-    assert successor.counts()["completed"] == MESSAGES
+    assert successor.snapshot(PublisherCounts).completed == MESSAGES

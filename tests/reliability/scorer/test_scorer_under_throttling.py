@@ -11,11 +11,12 @@ from tests.fixtures.scorer import SEE_EVERYTHING, cases_from, drain_scored, need
 from tibridge.common.bus.memory import MemoryBus
 from tibridge.common.topology import INDICATORS_TOPIC, SCORER_SUBSCRIPTION
 from tibridge.sandbox import SandboxServer
+from tibridge.scorer.handler import ScorerCounts
 
 
 @dataclass
 class Run:
-    counts: dict[str, Any]
+    counts: ScorerCounts
     graph: dict[str, Any]
     statuses: dict[str, int]
     inside_retry_after: int
@@ -29,7 +30,7 @@ async def score_everything(server: SandboxServer, **settings: Any) -> Run:
     async with running_scorer(server.endpoints.graph, bus, **settings) as scorer:
         await scorer.send(case.indicator for case in cases)
         await until(lambda: scorer.scored == len(cases), seconds=60)
-        counts = scorer.service.counts()
+        counts = scorer.counts
     expected = {case.indicator.indicator_id: (case.verdict, case.reason) for case in cases}
     assert {item.indicator.indicator_id: (item.verdict, item.reason) for item in await drain_scored(bus)} == expected
     assert bus.depth(INDICATORS_TOPIC, SCORER_SUBSCRIPTION, dead_letter=True) == 0
@@ -49,9 +50,9 @@ async def test_a_429_storm_delays_lookups_but_loses_none(sandbox_factory: Sandbo
         run = await score_everything(server)
     assert run.graph["items_429"] > 0
     # Whole $batch requests are throttled too, not only their items.
-    assert run.counts["graph"]["throttled"] == run.graph["items_429"] + run.statuses.get("429", 0)
+    assert run.counts.graph.throttled == run.graph["items_429"] + run.statuses.get("429", 0)
     assert run.inside_retry_after == 0
-    assert run.graph["http_requests"] <= math.ceil(run.unique_lookups / 20) + run.counts["graph"]["retries"]
+    assert run.graph["http_requests"] <= math.ceil(run.unique_lookups / 20) + run.counts.graph.retries
 
 
 async def test_a_rate_ceiling_below_ours_is_honoured_through_its_retry_after(sandbox_factory: SandboxFactory) -> None:
@@ -78,5 +79,5 @@ async def test_server_errors_dropped_connections_and_hangs_are_retried_until_eve
     }
     async with sandbox_factory(indicators=100, faults=faults) as server:
         run = await score_everything(server, graph_request_timeout_seconds=0.5, graph_retry_base_delay_seconds=0.02)
-    assert run.counts["graph"]["retries"] > 0
+    assert run.counts.graph.retries > 0
     assert run.graph["lookups"] >= run.unique_lookups

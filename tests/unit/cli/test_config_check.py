@@ -37,14 +37,22 @@ def test_good_settings_pass(env: dict[str, str]) -> None:
 
 
 def test_each_bad_setting_is_one_line_naming_it(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TIBRIDGE_SCORE_THRESHOLD", "high")
+    monkeypatch.setenv("TIBRIDGE_SCORER_THRESHOLD", "high")
     monkeypatch.delenv("TIBRIDGE_LOGANALYTICS_WORKSPACE_ID")
     result = CliRunner().invoke(app, ["config", "check"])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert any(line.startswith("collector: error: TIBRIDGE_LOGANALYTICS_WORKSPACE_ID") for line in lines), lines
-    assert any(line.startswith("scorer: error: TIBRIDGE_SCORE_THRESHOLD") for line in lines), lines
+    assert any(line.startswith("scorer: error: TIBRIDGE_SCORER_THRESHOLD") for line in lines), lines
     assert "Traceback" not in result.output
+
+
+def test_a_variable_no_service_reads_is_named(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIBRIDGE_SCORE_THRESHOLD", "80")  # the scorer's threshold is TIBRIDGE_SCORER_THRESHOLD
+    result = CliRunner().invoke(app, ["config", "check"])
+    assert result.exit_code == 2
+    assert "environment: error: TIBRIDGE_SCORE_THRESHOLD is not a setting of any service" in result.output
+    assert "scorer: settings OK" in result.output
 
 
 def test_remote_plain_http_is_refused(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,10 +65,10 @@ def test_remote_plain_http_is_refused(env: dict[str, str], monkeypatch: pytest.M
 def test_a_command_with_bad_settings_exits_2_without_a_traceback(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("TIBRIDGE_THREATSTREAM_MODE", "sideways")
+    monkeypatch.setenv("TIBRIDGE_PUBLISHER_MODE", "sideways")
     result = CliRunner().invoke(app, ["publisher"])
     assert result.exit_code == 2
-    assert "TIBRIDGE_THREATSTREAM_MODE" in result.output
+    assert "TIBRIDGE_PUBLISHER_MODE" in result.output
     assert "Traceback" not in result.output
 
 

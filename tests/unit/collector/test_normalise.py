@@ -37,7 +37,7 @@ KEYS = (
 
 
 def value_of(key: str, raw: str) -> str | RejectionReason:
-    result = normalise_keyed(key, raw)
+    result = normalise_keyed(key, raw, reject_non_global=True)
     return result if isinstance(result, RejectionReason) else result.value
 
 
@@ -86,7 +86,7 @@ def test_ip_addresses(key: str, raw: str, expected: str | RejectionReason) -> No
 
 
 def test_ip_version_comes_from_the_value_not_the_key() -> None:
-    result = normalise_keyed("ipv4-addr:value", "2606:4700::1")
+    result = normalise_keyed("ipv4-addr:value", "2606:4700::1", reject_non_global=True)
     assert isinstance(result, Observable)
     assert result.type is ObservableType.IPV6
 
@@ -177,15 +177,20 @@ def test_emails_keep_the_local_part(raw: str, expected: str | RejectionReason) -
 )
 def test_hashes_take_their_algorithm_from_the_key(key: str, algorithm: HashAlgorithm, length: int) -> None:
     digest = "AbCdEf0123456789" * 4
-    result = normalise_keyed(key, digest[:length])
+    result = normalise_keyed(key, digest[:length], reject_non_global=True)
     assert result == Observable(type=ObservableType.FILE_HASH, value=digest[:length].lower(), hash_algorithm=algorithm)
-    assert normalise_keyed(key, digest[: length - 1]) == INVALID
-    assert normalise_keyed(key, "z" * length) == INVALID
+    assert normalise_keyed(key, digest[: length - 1], reject_non_global=True) == INVALID
+    assert normalise_keyed(key, "z" * length, reject_non_global=True) == INVALID
 
 
 def test_unknown_keys_are_unsupported() -> None:
-    assert normalise_keyed("mac-addr:value", "aa:bb:cc:dd:ee:ff") == RejectionReason.UNSUPPORTED_TYPE
-    assert normalise_keyed("file:hashes.'SHA-512'", "ab" * 64) == RejectionReason.UNSUPPORTED_TYPE
+    assert (
+        normalise_keyed("mac-addr:value", "aa:bb:cc:dd:ee:ff", reject_non_global=True)
+        == RejectionReason.UNSUPPORTED_TYPE
+    )
+    assert (
+        normalise_keyed("file:hashes.'SHA-512'", "ab" * 64, reject_non_global=True) == RejectionReason.UNSUPPORTED_TYPE
+    )
     assert kind_of_key("file:hashes.'MD5'") == KeyKind(ObservableType.FILE_HASH, HashAlgorithm.MD5)
 
 
@@ -205,7 +210,7 @@ def test_unknown_keys_are_unsupported() -> None:
     ],
 )
 def test_patterns_with_one_comparison_are_recovered(pattern: str, expected: str | RejectionReason) -> None:
-    result = normalise_pattern(pattern)
+    result = normalise_pattern(pattern, reject_non_global=True)
     assert (result if isinstance(result, RejectionReason) else result.value) == expected
 
 
@@ -239,16 +244,18 @@ _urls = st.builds(
 @example(key="url:value", raw="http://a.com:/")
 @example(key="domain-name:value", raw="a\u3002com")
 def test_never_raises_and_canonical_output_is_a_fixpoint(key: str, raw: str) -> None:
-    first = normalise_keyed(key, raw)
+    first = normalise_keyed(key, raw, reject_non_global=True)
     assert isinstance(first, Observable | RejectionReason)
     if isinstance(first, Observable):
-        assert normalise_keyed(key, first.value) == first, "canonical output must re-normalise to itself"
+        assert normalise_keyed(key, first.value, reject_non_global=True) == first, (
+            "canonical output must re-normalise to itself"
+        )
 
 
 @settings(max_examples=200, deadline=None)
 @given(address=st.ip_addresses())
 def test_every_address_is_canonical_or_non_global(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
-    result = normalise(KeyKind(None), address.exploded)
+    result = normalise(KeyKind(None), address.exploded, reject_non_global=True)
     if address.is_global:
         assert result == Observable(
             type=ObservableType.IPV4 if address.version == 4 else ObservableType.IPV6, value=str(address)
@@ -260,4 +267,4 @@ def test_every_address_is_canonical_or_non_global(address: ipaddress.IPv4Address
 @settings(max_examples=200, deadline=None)
 @given(pattern=st.text(max_size=60) | st.builds(lambda k, v: f"[{k} = '{v}']", _keys, _hostile_text))
 def test_patterns_never_raise(pattern: str) -> None:
-    assert isinstance(normalise_pattern(pattern), Observable | RejectionReason)
+    assert isinstance(normalise_pattern(pattern, reject_non_global=True), Observable | RejectionReason)

@@ -21,8 +21,8 @@ from tibridge.common.contracts import (
     Tlp,
 )
 
-NEW = RowReader(IndicatorTable.NEW)
-LEGACY = RowReader(IndicatorTable.LEGACY)
+NEW = RowReader(IndicatorTable.NEW, reject_non_global=True)
+LEGACY = RowReader(IndicatorTable.LEGACY, reject_non_global=True)
 SEEN = ANCHOR - timedelta(hours=3)
 AMBER_MARKING = "marking-definition--f88d31f6-486f-44da-b317-01333bde0b82"
 

@@ -7,22 +7,11 @@ from typing import Any
 
 import pytest
 
-from tibridge.collector.kql import (
-    MDTI_SOURCE_SYSTEMS,
-    SUPPORTED_OBSERVABLE_KEYS,
-    IndicatorTable,
-    QuerySpec,
-    build_query,
-)
-from tibridge.collector.service import RunMode
-from tibridge.collector.settings import CheckpointKind, CollectorSettings, blob_endpoint_of
-from tibridge.common.settings import SettingsError, load_settings
-
-WORKSPACE = "5a4db0c5-0000-4000-8000-000000000001"
-
-
-def settings(**values: Any) -> CollectorSettings:
-    return load_settings(CollectorSettings, **{"bus": "memory", "loganalytics_workspace_id": WORKSPACE, **values})
+from tests.fixtures.collector import collector_settings as settings
+from tibridge.collector.kql import SUPPORTED_OBSERVABLE_KEYS, IndicatorTable, QuerySpec, build_query
+from tibridge.collector.settings import CheckpointKind, CollectorSettings, RunMode, blob_endpoint_of
+from tibridge.common.sentinel import MDTI_SOURCE_SYSTEMS
+from tibridge.common.settings import SettingsError, load_settings, setting_fields
 
 
 def problems(**values: Any) -> list[str]:
@@ -33,25 +22,26 @@ def problems(**values: Any) -> list[str]:
 
 def test_defaults() -> None:
     loaded = settings()
-    assert loaded.loganalytics_endpoint == "https://api.loganalytics.io"
-    assert loaded.collector_table is IndicatorTable.NEW
-    assert loaded.collector_source_systems == list(MDTI_SOURCE_SYSTEMS)
-    assert loaded.collector_observable_keys == list(SUPPORTED_OBSERVABLE_KEYS)
-    assert loaded.collector_mode is RunMode.ONCE
-    assert (loaded.collector_window, loaded.collector_overlap, loaded.collector_settle_delay) == (
+    collecting = loaded.collector
+    assert loaded.loganalytics.endpoint == "https://api.loganalytics.io"
+    assert collecting.table is IndicatorTable.NEW
+    assert collecting.source_systems == list(MDTI_SOURCE_SYSTEMS)
+    assert collecting.observable_keys == list(SUPPORTED_OBSERVABLE_KEYS)
+    assert collecting.mode is RunMode.ONCE
+    assert (collecting.window, collecting.overlap, collecting.settle_delay) == (
         timedelta(hours=6),
         timedelta(minutes=15),
         timedelta(minutes=5),
     )
-    assert (loaded.collector_initial_lookback, loaded.collector_interval) == (timedelta(days=14), timedelta(minutes=5))
-    assert (loaded.collector_row_cap, loaded.collector_batch_size) == (500_000, 500)
-    assert loaded.checkpoint_store is CheckpointKind.FILE
-    assert str(loaded.checkpoint_path) == ".tibridge/collector-checkpoint.json"
-    assert loaded.collector_since is None
+    assert (collecting.initial_lookback, collecting.interval) == (timedelta(days=14), timedelta(minutes=5))
+    assert (loaded.loganalytics.row_cap, collecting.batch_size) == (500_000, 500)
+    assert loaded.checkpoint.store is CheckpointKind.FILE
+    assert str(loaded.checkpoint.path) == ".tibridge/collector-checkpoint.json"
+    assert collecting.since is None
 
 
 def test_every_field_is_documented() -> None:
-    assert all(field.description for field in CollectorSettings.model_fields.values())
+    assert all(field.description for _, field in setting_fields(CollectorSettings))
 
 
 def test_environment_values(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,17 +51,17 @@ def test_environment_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIBRIDGE_COLLECTOR_WINDOW", "PT2H")
     monkeypatch.setenv("TIBRIDGE_COLLECTOR_MODE", "loop")
     monkeypatch.setenv("TIBRIDGE_COLLECTOR_TABLE", "legacy")
-    loaded = settings()
-    assert loaded.collector_source_systems == ["Microsoft Defender Threat Intelligence", "Other Feed"]
-    assert loaded.collector_observable_keys == ["url:value", "file:hashes.'SHA-256'"]
-    assert (loaded.collector_since, loaded.collector_window) == (timedelta(days=30), timedelta(hours=2))
-    assert (loaded.collector_mode, loaded.collector_table) == (RunMode.LOOP, IndicatorTable.LEGACY)
+    collecting = settings().collector
+    assert collecting.source_systems == ["Microsoft Defender Threat Intelligence", "Other Feed"]
+    assert collecting.observable_keys == ["url:value", "file:hashes.'SHA-256'"]
+    assert (collecting.since, collecting.window) == (timedelta(days=30), timedelta(hours=2))
+    assert (collecting.mode, collecting.table) == (RunMode.LOOP, IndicatorTable.LEGACY)
 
 
 def test_a_hostile_source_system_stays_one_string_literal_in_the_query() -> None:
     hostile = 'MDTI")\n| union SecurityEvent\n| where ("x" == "x'
-    loaded = settings(collector_source_systems=[hostile, "x\\"])
-    spec = QuerySpec(loaded.collector_table, loaded.collector_source_systems, loaded.collector_observable_keys)
+    collecting = settings(collector_source_systems=[hostile, "x\\"]).collector
+    spec = QuerySpec(collecting.table, collecting.source_systems, collecting.observable_keys)
     query = build_query(spec, datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 1, 6, tzinfo=UTC))
     assert query.splitlines()[2] == (
         '| where SourceSystem in ("MDTI\\")\\n| union SecurityEvent\\n| where (\\"x\\" == \\"x", "x\\\\")'
@@ -91,7 +81,7 @@ def test_a_hostile_source_system_stays_one_string_literal_in_the_query() -> None
         ({"collector_observable_keys": "[not json"}, "is not a valid JSON list"),
         ({"collector_window": "PT1M", "collector_min_window": "PT5M"}, "MIN_WINDOW must not be longer"),
         ({"collector_window": "P0D"}, "TIBRIDGE_COLLECTOR_WINDOW"),
-        ({"collector_row_cap": 1}, "TIBRIDGE_COLLECTOR_ROW_CAP"),
+        ({"loganalytics_row_cap": 1}, "TIBRIDGE_LOGANALYTICS_ROW_CAP"),
         ({"checkpoint_store": "blob"}, "TIBRIDGE_CHECKPOINT_STORE=blob needs"),
         ({"checkpoint_account_url": "http://acct.blob.core.windows.net"}, "TIBRIDGE_CHECKPOINT_ACCOUNT_URL: plain"),
         (
@@ -121,8 +111,8 @@ def test_loopback_http_and_blob_settings_work_in_dev_mode() -> None:
         checkpoint_store="blob",
         checkpoint_connection_string=azurite,
     )
-    assert loaded.loganalytics_endpoint == "http://127.0.0.1:8080/loganalytics"
-    assert loaded.loganalytics_over_http
+    assert loaded.loganalytics.endpoint == "http://127.0.0.1:8080/loganalytics"
+    assert loaded.loganalytics.over_http
     assert "k==" not in repr(loaded)
 
 

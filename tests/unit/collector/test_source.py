@@ -12,11 +12,12 @@ import pytest
 from azure.core.exceptions import ClientAuthenticationError, ServiceResponseError
 from azure.core.rest import HttpRequest
 
-from tests.fixtures.collector import ANCHOR, SteppingClock
+from tests.fixtures.clock import ManualClock
+from tests.fixtures.collector import ANCHOR
 from tibridge.collector.kql import IndicatorTable, QuerySpec
-from tibridge.collector.source import LogAnalyticsSource, QueryOptions, SourceError
+from tibridge.collector.settings import LogAnalyticsSettings
+from tibridge.collector.source import LogAnalyticsSource, SourceError
 from tibridge.collector.windows import Window
-from tibridge.common.http import RetryPolicy
 
 WORKSPACE = "5a4db0c5-0000-4000-8000-000000000001"
 WINDOW = Window(ANCHOR - timedelta(hours=6), ANCHOR)
@@ -60,19 +61,21 @@ class ScriptedClient:
         return step() if callable(step) else step
 
 
-def source(client: ScriptedClient, clock: SteppingClock, *, attempts: int = 4, allow_http: bool = False) -> Any:
-    options = QueryOptions(
-        timeout_seconds=60,
-        retry=RetryPolicy(max_attempts=attempts, base_delay_seconds=1.0, max_delay_seconds=8.0),
-        allow_http=allow_http,
+def source(client: ScriptedClient, clock: ManualClock, *, attempts: int = 4, allow_http: bool = False) -> Any:
+    settings = LogAnalyticsSettings(
+        endpoint="http://127.0.0.1:8642/loganalytics" if allow_http else "https://api.loganalytics.io",
+        workspace_id=WORKSPACE,
+        query_timeout_seconds=60,
+        query_attempts=attempts,
+        retry_base_delay_seconds=1.0,
     )
     spec = QuerySpec(IndicatorTable.NEW, ("Microsoft Defender Threat Intelligence",), ("url:value",))
-    return LogAnalyticsSource(client, WORKSPACE, spec, options, clock)  # type: ignore[arg-type]
+    return LogAnalyticsSource(client, settings, spec, clock)  # type: ignore[arg-type]
 
 
-async def test_the_request_is_the_query_apis(stepping_clock: SteppingClock) -> None:
+async def test_the_request_is_the_query_apis(clock: ManualClock) -> None:
     client = ScriptedClient([answer(200)])
-    result = await source(client, stepping_clock).read(WINDOW)
+    result = await source(client, clock).read(WINDOW)
     assert result.complete
     assert [row["Id"] for row in result.rows] == ["indicator--1", "indicator--2"]
     assert result.rows[1]["TimeGenerated"] == "2026-11-14T21:00:00Z"
@@ -86,51 +89,51 @@ async def test_the_request_is_the_query_apis(stepping_clock: SteppingClock) -> N
     assert kwargs["read_timeout"] > 60
 
 
-async def test_plain_http_is_allowed_only_when_asked(stepping_clock: SteppingClock) -> None:
+async def test_plain_http_is_allowed_only_when_asked(clock: ManualClock) -> None:
     client = ScriptedClient([answer(200)])
-    await source(client, stepping_clock, allow_http=True).read(WINDOW)
+    await source(client, clock, allow_http=True).read(WINDOW)
     assert client.requests[0][1]["enforce_https"] is False
 
 
-async def test_a_partial_result_is_reported_incomplete(stepping_clock: SteppingClock) -> None:
+async def test_a_partial_result_is_reported_incomplete(clock: ManualClock) -> None:
     partial = {**RESULT, "error": {"code": "PartialError", "message": "too many rows"}}
-    result = await source(ScriptedClient([answer(200, partial)]), stepping_clock).read(WINDOW)
+    result = await source(ScriptedClient([answer(200, partial)]), clock).read(WINDOW)
     assert not result.complete
     assert len(result.rows) == 2
 
 
-async def test_an_empty_workspace_is_no_rows(stepping_clock: SteppingClock) -> None:
-    result = await source(ScriptedClient([answer(200, {"tables": []})]), stepping_clock).read(WINDOW)
+async def test_an_empty_workspace_is_no_rows(clock: ManualClock) -> None:
+    result = await source(ScriptedClient([answer(200, {"tables": []})]), clock).read(WINDOW)
     assert (list(result.rows), result.complete) == ([], True)
 
 
-async def test_throttling_waits_exactly_as_long_as_retry_after_says(stepping_clock: SteppingClock) -> None:
+async def test_throttling_waits_exactly_as_long_as_retry_after_says(clock: ManualClock) -> None:
     client = ScriptedClient([answer(429, {"error": {"code": "ThrottledError"}}, **{"Retry-After": "7"}), answer(200)])
-    result = await source(client, stepping_clock).read(WINDOW)
+    result = await source(client, clock).read(WINDOW)
     assert result.complete
-    assert stepping_clock.slept == [7.0]
+    assert clock.sleeps == [7.0]
 
 
-async def test_server_errors_and_timeouts_back_off_then_succeed(stepping_clock: SteppingClock) -> None:
+async def test_server_errors_and_timeouts_back_off_then_succeed(clock: ManualClock) -> None:
     client = ScriptedClient([answer(503, {}), ServiceResponseError("reset"), TimeoutError(), answer(200)])
-    result = await source(client, stepping_clock).read(WINDOW)
+    result = await source(client, clock).read(WINDOW)
     assert result.complete
-    assert len(stepping_clock.slept) == 3
-    assert all(0.5 <= delay <= 4.0 for delay in stepping_clock.slept)
+    assert len(clock.sleeps) == 3
+    assert all(0.5 <= delay <= 4.0 for delay in clock.sleeps)
 
 
-async def test_retries_are_bounded(stepping_clock: SteppingClock) -> None:
+async def test_retries_are_bounded(clock: ManualClock) -> None:
     client = ScriptedClient([answer(500, {}) for _ in range(3)])
     with pytest.raises(SourceError, match=r"kept failing \(500\) after 3 attempts"):
-        await source(client, stepping_clock, attempts=3).read(WINDOW)
+        await source(client, clock, attempts=3).read(WINDOW)
     assert len(client.requests) == 3
 
 
-async def test_a_retry_after_longer_than_we_wait_for_gives_up_at_once(stepping_clock: SteppingClock) -> None:
+async def test_a_retry_after_longer_than_we_wait_for_gives_up_at_once(clock: ManualClock) -> None:
     client = ScriptedClient([answer(429, {}, **{"Retry-After": "3600"})])
     with pytest.raises(SourceError, match="kept failing"):
-        await source(client, stepping_clock).read(WINDOW)
-    assert stepping_clock.slept == []
+        await source(client, clock).read(WINDOW)
+    assert clock.sleeps == []
 
 
 BAD_QUERY = {
@@ -152,22 +155,20 @@ BAD_QUERY = {
         (409, "not even an error object", "answered 409"),
     ],
 )
-async def test_refusals_are_clear_and_not_retried(
-    stepping_clock: SteppingClock, status: int, body: Any, message: str
-) -> None:
+async def test_refusals_are_clear_and_not_retried(clock: ManualClock, status: int, body: Any, message: str) -> None:
     client = ScriptedClient([answer(status, body)])
     with pytest.raises(SourceError, match=message):
-        await source(client, stepping_clock).read(WINDOW)
+        await source(client, clock).read(WINDOW)
     assert len(client.requests) == 1
 
 
-async def test_a_body_that_is_no_query_result_is_a_clear_error(stepping_clock: SteppingClock) -> None:
+async def test_a_body_that_is_no_query_result_is_a_clear_error(clock: ManualClock) -> None:
     client = ScriptedClient([Answer(200, b"<html>proxy login</html>")])
     with pytest.raises(SourceError, match="not a query result"):
-        await source(client, stepping_clock).read(WINDOW)
+        await source(client, clock).read(WINDOW)
 
 
-async def test_no_token_is_a_clear_error(stepping_clock: SteppingClock) -> None:
+async def test_no_token_is_a_clear_error(clock: ManualClock) -> None:
     client = ScriptedClient([ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token\nmore")])
     with pytest.raises(SourceError, match=r"no token for Log Analytics \(DefaultAzureCredential failed.*\); check"):
-        await source(client, stepping_clock).read(WINDOW)
+        await source(client, clock).read(WINDOW)

@@ -7,10 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tibridge.collector.windows import SpanPolicy, Window, pass_span, split
+from tibridge.collector.settings import CollectingSettings
+from tibridge.collector.windows import Window, pass_span, split
 
 NOW = datetime(2026, 11, 15, 12, tzinfo=UTC)
-POLICY = SpanPolicy(
+SETTINGS = CollectingSettings(
     overlap=timedelta(minutes=15),
     settle_delay=timedelta(minutes=5),
     initial_lookback=timedelta(days=14),
@@ -19,29 +20,25 @@ POLICY = SpanPolicy(
 
 
 def test_the_first_pass_starts_at_the_initial_lookback() -> None:
-    assert pass_span(POLICY, NOW, None, None) == Window(NOW - timedelta(days=14), NOW - timedelta(minutes=5))
+    assert pass_span(SETTINGS, NOW, None) == Window(NOW - timedelta(days=14), NOW - timedelta(minutes=5))
 
 
 def test_later_passes_resume_at_the_watermark_minus_the_overlap() -> None:
     watermark = NOW - timedelta(hours=1)
-    span = pass_span(POLICY, NOW, watermark, None)
+    span = pass_span(SETTINGS, NOW, watermark)
     assert span == Window(watermark - timedelta(minutes=15), NOW - timedelta(minutes=5))
 
 
 def test_since_overrides_the_watermark_for_a_backfill() -> None:
-    span = pass_span(POLICY, NOW, NOW - timedelta(hours=1), timedelta(days=30))
+    span = pass_span(SETTINGS.model_copy(update={"since": timedelta(days=30)}), NOW, NOW - timedelta(hours=1))
     assert span is not None
     assert span.start == NOW - timedelta(days=30)
 
 
 def test_nothing_to_read_until_the_settle_delay_has_passed() -> None:
     watermark = NOW - timedelta(minutes=5)
-    assert (
-        pass_span(
-            SpanPolicy(timedelta(0), timedelta(minutes=5), timedelta(days=1), POLICY.window), NOW, watermark, None
-        )
-        is None
-    )
+    no_overlap = CollectingSettings(overlap=timedelta(0), settle_delay=timedelta(minutes=5))
+    assert pass_span(no_overlap, NOW, watermark) is None
 
 
 def test_split_covers_the_span_exactly_oldest_first() -> None:

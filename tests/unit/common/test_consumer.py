@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 
@@ -11,7 +12,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.fixtures.messages import collected_envelope, scored
+from tests.fixtures.messages import collected_envelope, consumer_options, scored
 from tests.fixtures.runtime import eventually
 from tibridge.common.bus.memory import MAX_DELIVERY_COUNT_EXCEEDED, MemoryBus, MemoryReceiver
 from tibridge.common.bus.port import BusUnavailable, OutgoingMessage, ReceivedMessage
@@ -22,14 +23,17 @@ from tibridge.common.consumer import (
     DependencyUnavailable,
     InFlight,
     PermanentFailure,
+    Settlement,
+    TryLater,
 )
 from tibridge.common.contracts import IndicatorCollected, envelope_for
+from tibridge.common.producer import message_for
 from tibridge.common.runtime import not_paused
 from tibridge.common.telemetry import current_trace_context
 from tibridge.common.topology import INDICATORS_TOPIC, SCORER_SUBSCRIPTION, SubscriptionSpec, TopicSpec, Topology
 
 MAX_DELIVERIES = 3
-FAST = ConsumerOptions(
+FAST = consumer_options(
     max_in_flight=8,
     max_concurrency=8,
     receive_wait_seconds=0.05,
@@ -39,6 +43,7 @@ FAST = ConsumerOptions(
 )
 
 OnMessage = Callable[[InFlight[IndicatorCollected]], Awaitable[None]]
+OnPayload = Callable[[IndicatorCollected], Awaitable[None]]
 
 
 def topology(lock_seconds: float = 60.0) -> Topology:
@@ -53,6 +58,8 @@ async def complete(item: InFlight[IndicatorCollected]) -> None:
 
 
 class RecordingHandler:
+    """A manual handler: it settles every message itself (`on_message`)."""
+
     payload_type = IndicatorCollected
 
     def __init__(self, on_message: OnMessage = complete) -> None:
@@ -61,7 +68,7 @@ class RecordingHandler:
         self.recovered = False
         self.flushed = False
 
-    async def handle(self, item: InFlight[IndicatorCollected]) -> None:
+    async def hold(self, item: InFlight[IndicatorCollected]) -> None:
         self.seen.append((item.message.message_id, item.message.delivery_count))
         await self.on_message(item)
 
@@ -72,9 +79,26 @@ class RecordingHandler:
         return self.recovered
 
 
+class SettledForMe:
+    """A handler that leaves settlement to the consumer: `on_payload` returns or raises."""
+
+    payload_type = IndicatorCollected
+
+    def __init__(self, on_payload: OnPayload) -> None:
+        self.on_payload = on_payload
+        self.seen: list[str] = []
+
+    async def handle(self, payload: IndicatorCollected) -> None:
+        self.seen.append(payload.indicator_id)
+        await self.on_payload(payload)
+
+    async def probe(self) -> bool:
+        return True
+
+
 async def publish(bus: MemoryBus, *numbers: int) -> list[str]:
     envelopes = [collected_envelope(number) for number in numbers]
-    await bus.publish(INDICATORS_TOPIC, [OutgoingMessage.from_envelope(envelope) for envelope in envelopes])
+    await bus.publish(INDICATORS_TOPIC, [message_for(envelope) for envelope in envelopes])
     return [envelope.message_id for envelope in envelopes]
 
 
@@ -89,9 +113,9 @@ def depth(bus: MemoryBus) -> int:
 
 @contextlib.asynccontextmanager
 async def running(
-    bus: MemoryBus, handler: RecordingHandler, options: ConsumerOptions = FAST
+    bus: MemoryBus, handler: RecordingHandler | SettledForMe, options: ConsumerOptions = FAST
 ) -> AsyncIterator[Consumer[IndicatorCollected]]:
-    consumer = Consumer(bus, INDICATORS_TOPIC, SCORER_SUBSCRIPTION, handler, options)
+    consumer: Consumer[IndicatorCollected] = Consumer(bus, INDICATORS_TOPIC, SCORER_SUBSCRIPTION, handler, options)
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     try:
@@ -110,6 +134,62 @@ async def test_completes_every_message() -> None:
     assert sorted(message_id for message_id, _ in handler.seen) == sorted(ids)
 
 
+async def test_a_handler_that_returns_has_its_message_completed() -> None:
+    bus = MemoryBus(topology())
+
+    async def accept(payload: IndicatorCollected) -> None:
+        return None
+
+    handler = SettledForMe(accept)
+    await publish(bus, 1, 2, 3)
+    async with running(bus, handler) as consumer:
+        await eventually(lambda: depth(bus) == 0, what="completing all three")
+        assert consumer.counts().completed == 3
+    assert sorted(handler.seen) == ["indicator--00000001", "indicator--00000002", "indicator--00000003"]
+
+
+async def test_a_handler_settles_by_raising_dead_letter_or_try_later() -> None:
+    bus = MemoryBus(topology())
+    tried: list[str] = []
+
+    async def refuse_one_and_defer_another(payload: IndicatorCollected) -> None:
+        if payload.indicator_id.endswith("1"):
+            raise PermanentFailure("GraphRejectedHost", "Graph answered HTTP 400 for this host")
+        if payload.indicator_id.endswith("2") and payload.indicator_id not in tried:
+            tried.append(payload.indicator_id)
+            raise TryLater("Graph kept failing")
+
+    handler = SettledForMe(refuse_one_and_defer_another)
+    await publish(bus, 1, 2)
+    async with running(bus, handler) as consumer:
+        await eventually(lambda: depth(bus) == 0, what="settling both")
+        counts = consumer.counts()
+    assert (counts.dead_lettered, counts.abandoned, counts.completed) == (1, 1, 1)
+    assert handler.seen.count("indicator--00000002") == 2
+    [dead] = await dead_letters(bus)
+    assert (dead.dead_letter_reason, dead.dead_letter_description) == (
+        "GraphRejectedHost",
+        "Graph answered HTTP 400 for this host",
+    )
+
+
+async def test_an_unexpected_exception_never_stops_the_consumer_and_ends_in_the_dead_letter_queue() -> None:
+    bus = MemoryBus(topology())
+
+    async def broken_on_one(payload: IndicatorCollected) -> None:
+        if payload.indicator_id.endswith("1"):
+            raise KeyError("a bug")
+
+    handler = SettledForMe(broken_on_one)
+    await publish(bus, 1, 2)
+    async with running(bus, handler) as consumer:
+        await eventually(lambda: depth(bus) == 0, what="completing one and exhausting the other's deliveries")
+        assert consumer.counts().completed == 1
+    assert handler.seen.count("indicator--00000001") == MAX_DELIVERIES
+    [dead] = await dead_letters(bus)
+    assert dead.dead_letter_reason == MAX_DELIVERY_COUNT_EXCEEDED
+
+
 async def test_holds_no_more_than_max_in_flight() -> None:
     bus = MemoryBus(topology())
     release = asyncio.Event()
@@ -120,7 +200,7 @@ async def test_holds_no_more_than_max_in_flight() -> None:
 
     handler = RecordingHandler(hold)
     await publish(bus, *range(1, 9))
-    options = ConsumerOptions(max_in_flight=3, receive_batch=10, receive_wait_seconds=0.05)
+    options = consumer_options(max_in_flight=3, receive_batch=10, receive_wait_seconds=0.05)
     async with running(bus, handler, options) as consumer:
         await eventually(lambda: len(handler.seen) == 3, what="taking the first three")
         await asyncio.sleep(0.2)  # room to over-receive, if the bound did not hold
@@ -159,7 +239,7 @@ async def test_unreadable_body_is_dead_lettered_with_its_reason_and_the_consumer
 async def test_a_payload_of_the_wrong_type_is_dead_lettered() -> None:
     bus = MemoryBus(topology())
     handler = RecordingHandler()
-    await bus.publish(INDICATORS_TOPIC, [OutgoingMessage.from_envelope(envelope_for(scored(1)))])
+    await bus.publish(INDICATORS_TOPIC, [message_for(envelope_for(scored(1)))])
     async with running(bus, handler):
         await eventually(lambda: depth(bus) == 0, what="dead-lettering the scored message")
     assert handler.seen == []
@@ -248,20 +328,25 @@ async def test_a_slow_message_keeps_its_lock_while_the_handler_works(renewals_wo
     lock_seconds = 0.4
     bus = (MemoryBus if renewals_work else RefusingRenewals)(topology(lock_seconds))
 
+    settlements: list[Settlement | None] = []
+
     async def slow(item: InFlight[IndicatorCollected]) -> None:
         if item.message.delivery_count == 0:
             await asyncio.sleep(lock_seconds * 3)
-        await item.complete()
+        settlements.append(await item.complete())
 
     handler = RecordingHandler(slow)
     # The check interval adapts to the lock period: no option is needed to keep short locks alive.
-    options = ConsumerOptions(receive_wait_seconds=0.05, shutdown_grace_seconds=2)
+    options = consumer_options(receive_wait_seconds=0.05, shutdown_grace_seconds=2)
     [message_id] = await publish(bus, 1)
     async with running(bus, handler, options):
         await eventually(lambda: len(handler.seen) >= 1, what="receiving the message")
         await eventually(lambda: depth(bus) == 0, what="completing the message")
     # When renewal fails the lock lapses mid-work, so the bus hands the message out a second time.
     assert handler.seen == ([(message_id, 0)] if renewals_work else [(message_id, 0), (message_id, 1)])
+    # The late completion learns that it came too late; the redelivered copy is the one completed.
+    expected = [Settlement.COMPLETED] if renewals_work else [Settlement.COMPLETED, Settlement.LOCK_LOST]
+    assert Counter(settlements) == Counter(expected)
 
 
 async def test_stop_lets_quick_work_finish_and_abandons_what_outlasts_the_grace_period() -> None:
@@ -290,7 +375,7 @@ async def test_the_consumer_span_continues_the_producer_trace(span_exporter: InM
     with trace.get_tracer("test.producer").start_as_current_span("collect") as producer:
         traceparent, _ = current_trace_context()
     envelope = collected_envelope(1, traceparent=traceparent)
-    await bus.publish(INDICATORS_TOPIC, [OutgoingMessage.from_envelope(envelope)])
+    await bus.publish(INDICATORS_TOPIC, [message_for(envelope)])
     async with running(bus, handler):
         await eventually(lambda: depth(bus) == 0, what="completing the message")
     [consumer_span] = [span for span in span_exporter.get_finished_spans() if span.name == "indicators/scorer process"]

@@ -20,11 +20,11 @@ from tibridge.common.contracts import (
     IndicatorScored,
     Observable,
     ObservableType,
-    Rejection,
     Reputation,
     ReputationRule,
     RuleSeverity,
     Tlp,
+    Unreadable,
     Verdict,
     application_properties,
     decode,
@@ -61,9 +61,9 @@ def decoded(body: bytes) -> Envelope:
     return result
 
 
-def rejected(body: bytes) -> Rejection:
+def unreadable(body: bytes) -> Unreadable:
     result = decode(body)
-    assert isinstance(result, Rejection), result
+    assert isinstance(result, Unreadable), result
     return result
 
 
@@ -113,7 +113,7 @@ def test_a_newer_minor_version_is_read() -> None:
 def test_an_unknown_major_version_is_a_typed_rejection(version: str) -> None:
     raw = json.loads(encode(envelope_for(collected(1))))
     raw["schema_version"] = version
-    rejection = rejected(json.dumps(raw).encode())
+    rejection = unreadable(json.dumps(raw).encode())
     assert rejection.reason == "UnsupportedSchemaVersion"
     assert repr(version) in rejection.description
 
@@ -131,7 +131,7 @@ def test_an_unknown_major_version_is_a_typed_rejection(version: str) -> None:
     ids=["empty", "not-utf8", "not-an-object", "missing-fields", "too-deep", "huge-number"],
 )
 def test_an_invalid_body_is_a_typed_rejection(body: bytes, says: str) -> None:
-    rejection = rejected(body)
+    rejection = unreadable(body)
     assert rejection.reason == "InvalidBody"
     assert says in rejection.description
 
@@ -139,19 +139,19 @@ def test_an_invalid_body_is_a_typed_rejection(body: bytes, says: str) -> None:
 def test_a_rejection_never_quotes_the_offending_values() -> None:
     raw = json.loads(encode(envelope_for(collected(1))))
     raw["payload"]["confidence"] = "secret-looking-value"
-    rejection = rejected(json.dumps(raw).encode())
+    rejection = unreadable(json.dumps(raw).encode())
     assert "payload.indicator.collected.confidence" in rejection.description
     assert "secret-looking-value" not in rejection.description
 
 
 @given(st.binary(max_size=512))
 def test_decoding_any_bytes_never_raises(body: bytes) -> None:
-    assert isinstance(decode(body), Envelope | Rejection)
+    assert isinstance(decode(body), Envelope | Unreadable)
 
 
 @given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20), st.lists, max_leaves=20))
 def test_decoding_any_json_never_raises(value: object) -> None:
-    assert isinstance(decode(json.dumps({"schema_version": "1.0", "payload": value}).encode()), Rejection)
+    assert isinstance(decode(json.dumps({"schema_version": "1.0", "payload": value}).encode()), Unreadable)
 
 
 def test_the_message_id_is_deterministic_per_indicator_revision() -> None:

@@ -4,27 +4,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from tests.fixtures.runtime import free_port
-from tibridge.common import runtime
+from tibridge.common import runtime, telemetry
 from tibridge.common.bus.memory import MemoryBus
 from tibridge.common.bus.port import Bus, BusUnavailable
 from tibridge.common.bus.servicebus import ServiceBusBus
 from tibridge.common.clock import Clock
 from tibridge.common.identity import CredentialError
-from tibridge.common.runtime import Service, bus_from_settings, readiness_problems, run_service, serve
+from tibridge.common.metrics import Snapshot
+from tibridge.common.runtime import (
+    Service,
+    ServiceName,
+    ServiceSpec,
+    bus_from_settings,
+    readiness_problems,
+    run_service,
+    serve,
+)
 from tibridge.common.settings import ServiceSettings, load_settings
 
 pytestmark = pytest.mark.usefixtures("restored_logging")
 
 
+QUICK = {"bus": "memory", "health_port": 0, "shutdown_grace_seconds": 0.1}
+
+
 def settings(**overrides: object) -> ServiceSettings:
-    values: dict[str, object] = {"bus": "memory", "health_port": 0, "shutdown_grace_seconds": 0.1}
-    return load_settings(ServiceSettings, **{**values, **overrides})
+    return load_settings(ServiceSettings, **{**QUICK, **overrides})
 
 
 class OneShot:
@@ -205,7 +217,7 @@ async def test_a_taken_health_port_is_a_clear_error() -> None:
         await blocker.wait_closed()
 
 
-async def test_run_service_builds_serves_and_closes_the_resources() -> None:
+async def test_run_service_builds_serves_and_closes_the_resources(caplog: pytest.LogCaptureFixture) -> None:
     closed: list[str] = []
     worker = OneShot()
 
@@ -213,12 +225,35 @@ async def test_run_service_builds_serves_and_closes_the_resources() -> None:
         service_settings: ServiceSettings, bus: Bus, resources: contextlib.AsyncExitStack, clock: Clock
     ) -> Service:
         assert isinstance(bus, MemoryBus)
+        assert service_settings.shutdown_grace_seconds == 0.1
         resources.push_async_callback(_record, closed, "client")
-        return Service([worker], counts=lambda: {"built": 1})
+        return Service([worker], counts=Built)
 
-    assert await run_service(settings(), build) == 0
+    spec = ServiceSpec(ServiceName.SCORER, ServiceSettings, build)
+    assert spec.process_name == "tibridge-scorer"
+    with caplog.at_level("INFO", logger="tibridge.common.runtime"):
+        assert await run_service(spec, **QUICK) == 0
     assert worker.ran
     assert closed == ["client"]
+    [stopped] = [record for record in caplog.records if record.getMessage() == "tibridge-scorer stopped"]
+    assert stopped.__dict__["counts"] == {"built": 1}  # set through the log call's `extra`
+
+
+@dataclasses.dataclass(frozen=True)
+class Built(Snapshot):
+    built: int = 1
+
+
+def test_a_service_hands_out_its_counts_typed() -> None:
+    service = Service([OneShot()], counts=Built)
+    assert service.snapshot(Built).built == 1
+    with pytest.raises(TypeError, match="counts Built, not OneShotCounts"):
+        service.snapshot(OneShotCounts)
+
+
+@dataclasses.dataclass(frozen=True)
+class OneShotCounts(Snapshot):
+    ran: bool = True
 
 
 async def _record(into: list[str], what: str) -> None:
@@ -245,3 +280,34 @@ async def test_a_namespace_gets_the_default_credential_closed_with_the_resources
     async with contextlib.AsyncExitStack() as resources:
         bus = await bus_from_settings(namespace_settings, resources)
         assert isinstance(bus, ServiceBusBus)
+
+
+def test_main_runs_a_service_from_its_spec_alone_and_bad_settings_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("TIBRIDGE_SERVICEBUS_CONNECTION_STRING", "TIBRIDGE_SERVICEBUS_NAMESPACE"):
+        monkeypatch.delenv(name, raising=False)
+
+    async def never_built(
+        service_settings: ServiceSettings, bus: Bus, resources: contextlib.AsyncExitStack, clock: Clock
+    ) -> Service:
+        raise AssertionError("bad settings must stop the process before anything is built")
+
+    spec = ServiceSpec(ServiceName.PUBLISHER, ServiceSettings, never_built)
+    assert runtime.main(spec, bus="servicebus") == runtime.EXIT_BAD_SETTINGS
+    assert capsys.readouterr().err == (
+        "error: Set TIBRIDGE_SERVICEBUS_CONNECTION_STRING or TIBRIDGE_SERVICEBUS_NAMESPACE (or TIBRIDGE_BUS=memory).\n"
+    )
+
+
+async def test_a_process_configures_observability_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    configured: list[str] = []
+    monkeypatch.setattr(telemetry, "configure", configured.append)
+
+    async def build(
+        service_settings: ServiceSettings, bus: Bus, resources: contextlib.AsyncExitStack, clock: Clock
+    ) -> Service:
+        return Service([OneShot()])
+
+    assert await run_service(ServiceSpec(ServiceName.COLLECTOR, ServiceSettings, build), **QUICK) == 0
+    assert configured == ["tibridge-collector"]

@@ -18,7 +18,7 @@ import yaml
 from pydantic import SecretStr
 
 from tibridge.collector.settings import CollectorSettings
-from tibridge.common.settings import ENV_PREFIX, ServiceSettings
+from tibridge.common.settings import ServiceSettings, setting_fields
 from tibridge.publisher.settings import PublisherSettings
 from tibridge.scorer.settings import ScorerSettings
 
@@ -40,12 +40,12 @@ def dockerfile_path(image: str) -> Path:
 
 
 def env_names(settings: type[ServiceSettings]) -> set[str]:
-    return {ENV_PREFIX + name.upper() for name in settings.model_fields}
+    return {env for env, _ in setting_fields(settings)}
 
 
 def secret_env_names(settings: type[ServiceSettings]) -> set[str]:
     """Environment names of the settings that hold secrets (SecretStr, optional or not)."""
-    return {ENV_PREFIX + name.upper() for name, field in settings.model_fields.items() if _is_secret(field.annotation)}
+    return {env for env, field in setting_fields(settings) if _is_secret(field.annotation)}
 
 
 def _is_secret(annotation: Any) -> bool:

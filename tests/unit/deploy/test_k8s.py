@@ -162,7 +162,7 @@ def test_deployments_probe_health_and_readiness_on_the_health_port(
     settings = _settings(service, monkeypatch)
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         assert container[probe]["httpGet"]["path"] == path
-        assert ports[container[probe]["httpGet"]["port"]] == settings.health_port
+        assert ports[container[probe]["httpGet"]["port"]] == settings.health.port
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -178,8 +178,8 @@ def test_collector_runs_once_per_schedule_never_overlapping(monkeypatch: pytest.
     assert _container("collector")["args"] == ["--once"]
     settings = _settings("collector", monkeypatch)
     assert isinstance(settings, CollectorSettings)
-    assert settings.checkpoint_store is CheckpointKind.BLOB
-    assert settings.checkpoint_account_url is not None, "workload identity reaches Blob Storage by its URL"
+    assert settings.checkpoint.store is CheckpointKind.BLOB
+    assert settings.checkpoint.account_url is not None, "workload identity reaches Blob Storage by its URL"
 
 
 def test_scorer_scales_on_its_subscription_backlog_with_workload_identity() -> None:

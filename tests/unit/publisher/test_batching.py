@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.fixtures.publisher import INDICATOR_TIME, MALICIOUS, SUSPICIOUS, scored_indicator
+from tests.fixtures.publisher import INDICATOR_TIME, MALICIOUS, MAPPING, SUSPICIOUS, scored_indicator
 from tibridge.common.contracts import (
     Classification,
     IndicatorScored,
@@ -25,7 +25,7 @@ from tibridge.publisher.batching import (
     chunked,
     import_groups,
 )
-from tibridge.publisher.mapping import IntelObject, MappingPolicy, intel_objects
+from tibridge.publisher.mapping import IntelObject, intel_objects
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -128,7 +128,7 @@ def test_chunks_keep_order_and_size() -> None:
 
 
 def objects_of(*indicators: IndicatorScored) -> list[IntelObject]:
-    return [obj for indicator in indicators for obj in intel_objects(indicator, MappingPolicy(), INDICATOR_TIME)]
+    return [obj for indicator in indicators for obj in intel_objects(indicator, MAPPING, INDICATOR_TIME)]
 
 
 def test_import_groups_hold_only_observables_one_session_describes_correctly() -> None:
@@ -203,7 +203,7 @@ def test_expiring_observables_mapped_within_a_minute_share_their_import_sessions
         obj
         for n in range(40)
         for obj in intel_objects(
-            scored_indicator(n, None, verdict=Verdict.EXPIRE), MappingPolicy(), start + timedelta(seconds=n)
+            scored_indicator(n, None, verdict=Verdict.EXPIRE), MAPPING, start + timedelta(seconds=n)
         )
     ]
     groups = import_groups(objects, lambda obj: obj, expiry_days=7)

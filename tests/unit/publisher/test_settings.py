@@ -8,15 +8,15 @@ import pytest
 
 from tibridge.common.settings import SettingsError, load_settings
 from tibridge.publisher.app import publisher_options
-from tibridge.publisher.settings import DEFAULT_BASE_URL, PublisherSettings, PublishMode
+from tibridge.publisher.settings import PublisherSettings, PublishMode
 
 CREDENTIALS = {"bus": "memory", "threatstream_username": "analyst", "threatstream_api_key": "secret-key"}
 
 
 def test_defaults_are_approval_mode_private_batches_of_a_thousand() -> None:
     settings = load_settings(PublisherSettings, **CREDENTIALS)
-    assert settings.threatstream_base_url == DEFAULT_BASE_URL
-    options = publisher_options(settings)
+    assert settings.threatstream.base_url == "https://api.threatstream.com/api"
+    options = publisher_options(settings.publisher, settings.threatstream)
     assert (options.mode, options.batch_size, options.batch_age_seconds) == (PublishMode.APPROVAL, 1000, 5.0)
     assert (options.wire.classification, options.wire.default_state) == ("private", "inactive")
     assert options.mapping.default_lifetime.days == 90
@@ -24,8 +24,8 @@ def test_defaults_are_approval_mode_private_batches_of_a_thousand() -> None:
 
 
 def test_auto_approval_creates_active_sessions() -> None:
-    settings = load_settings(PublisherSettings, **CREDENTIALS, threatstream_auto_approve=True)
-    assert publisher_options(settings).wire.default_state == "active"
+    settings = load_settings(PublisherSettings, **CREDENTIALS, publisher_auto_approve=True)
+    assert publisher_options(settings.publisher, settings.threatstream).wire.default_state == "active"
 
 
 @pytest.mark.parametrize(
@@ -34,8 +34,11 @@ def test_auto_approval_creates_active_sessions() -> None:
         ({"threatstream_api_key": None}, "TIBRIDGE_THREATSTREAM_USERNAME and TIBRIDGE_THREATSTREAM_API_KEY"),
         ({"threatstream_base_url": "http://threatstream.example.com/api"}, "TIBRIDGE_THREATSTREAM_BASE_URL"),
         ({"threatstream_base_url": "http://127.0.0.1:9/api"}, "TIBRIDGE_DEV_MODE=true"),
-        ({"threatstream_batch_size": 5000, "max_in_flight": 100}, "TIBRIDGE_MAX_IN_FLIGHT (100) must be at least"),
-        ({"threatstream_mode": "queue"}, "TIBRIDGE_THREATSTREAM_MODE"),
+        (
+            {"publisher_batch_size": 5000, "publisher_max_in_flight": 100},
+            "TIBRIDGE_PUBLISHER_MAX_IN_FLIGHT (100) must be at least",
+        ),
+        ({"publisher_mode": "queue"}, "TIBRIDGE_PUBLISHER_MODE"),
     ],
 )
 def test_bad_settings_say_what_to_fix(overrides: dict[str, object], problem: str) -> None:
@@ -45,5 +48,5 @@ def test_bad_settings_say_what_to_fix(overrides: dict[str, object], problem: str
 
 
 def test_a_dry_run_needs_no_credentials(tmp_path: Path) -> None:
-    settings = load_settings(PublisherSettings, bus="memory", threatstream_dry_run_file=tmp_path / "out.jsonl")
-    assert settings.threatstream_api_key is None
+    settings = load_settings(PublisherSettings, bus="memory", publisher_dry_run_file=tmp_path / "out.jsonl")
+    assert settings.threatstream.api_key is None

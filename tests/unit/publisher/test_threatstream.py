@@ -12,13 +12,14 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from tests.fixtures.publisher import observable, scored_indicator
-from tests.fixtures.scorer import FAST_RETRIES, ManualClock
+from tests.fixtures.clock import ManualClock
+from tests.fixtures.publisher import MAPPING, WIRE, observable, scored_indicator
+from tests.fixtures.scorer import FAST_RETRIES
 from tibridge.common.contracts import ObservableType
 from tibridge.common.http import ResilientSender
 from tibridge.publisher.batching import session_view
-from tibridge.publisher.mapping import MappingPolicy, intel_objects
-from tibridge.publisher.payloads import ThreatStreamRequest, WireOptions, import_request, upsert_request
+from tibridge.publisher.mapping import intel_objects
+from tibridge.publisher.payloads import ThreatStreamRequest, import_request, upsert_request
 from tibridge.publisher.threatstream import DryRun, Outcome, ThreatStreamClient
 
 API_KEY = "k3y-0f-the-analyst-5ecret"
@@ -36,12 +37,12 @@ def a_client(handler: Handler, clock: ManualClock) -> ThreatStreamClient:
 
 
 def an_import() -> ThreatStreamRequest:
-    (obj,) = intel_objects(scored_indicator(observable(ObservableType.DOMAIN)), MappingPolicy(), NOW)
-    return import_request(session_view(obj), ["bad.example.com", "worse.example.com"], WireOptions())
+    (obj,) = intel_objects(scored_indicator(observable(ObservableType.DOMAIN)), MAPPING, NOW)
+    return import_request(session_view(obj), ["bad.example.com", "worse.example.com"], WIRE)
 
 
 def an_upsert() -> ThreatStreamRequest:
-    return upsert_request(intel_objects(scored_indicator(1), MappingPolicy(), NOW), WireOptions())
+    return upsert_request(intel_objects(scored_indicator(1), MAPPING, NOW), WIRE)
 
 
 def answering(*responses: httpx.Response) -> tuple[Handler, list[httpx.Request]]:
@@ -86,12 +87,12 @@ async def test_a_429_is_retried_after_the_announced_wait() -> None:
     clock = ManualClock()
     handler, seen = answering(httpx.Response(429, headers={"Retry-After": "7"}), ACCEPTED)
     client = a_client(handler, clock)
-    started = clock.seconds
+    started = clock.monotonic()
     answer = await client.send(an_import())
     assert answer.outcome is Outcome.ACCEPTED
     assert len(seen) == 2
-    assert clock.seconds - started >= 7
-    assert (client.counts.requests, client.counts.retries) == (2, 1)
+    assert clock.monotonic() - started >= 7
+    assert (client.counts().requests, client.counts().retries) == (2, 1)
 
 
 async def test_5xx_past_the_retry_budget_gives_the_work_back() -> None:
@@ -178,4 +179,4 @@ async def test_a_dry_run_writes_each_request_and_accepts_it(tmp_path: Path) -> N
     assert lines[0]["body"]["datatext"] == "bad.example.com\nworse.example.com"
     assert lines[1]["body"]["meta"]["allow_update"] is True
     assert "Authorization" not in target.read_text()
-    assert dry_run.counts.requests == 2
+    assert dry_run.counts().requests == 2

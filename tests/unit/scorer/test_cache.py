@@ -6,10 +6,11 @@ import asyncio
 
 import pytest
 
-from tests.fixtures.scorer import MALICIOUS, ManualClock
+from tests.fixtures.clock import ManualClock
+from tests.fixtures.scorer import MALICIOUS
 from tibridge.common.contracts import Reputation
-from tibridge.scorer.cache import SingleFlightCache
-from tibridge.scorer.counts import ScorerCounts
+from tibridge.common.metrics import Tally
+from tibridge.scorer.cache import CacheCounts, SingleFlightCache
 
 
 class Loader:
@@ -29,7 +30,11 @@ class Loader:
 
 
 def make_cache(clock: ManualClock, *, ttl: float = 60, max_entries: int = 100) -> SingleFlightCache[Reputation | None]:
-    return SingleFlightCache(max_entries=max_entries, ttl_seconds=ttl, clock=clock, counts=ScorerCounts())
+    return SingleFlightCache(max_entries=max_entries, ttl_seconds=ttl, clock=clock, lookups=lookups())
+
+
+def lookups() -> Tally:
+    return Tally("tibridge.test.lookups", "Lookups in a test cache")
 
 
 async def test_a_value_is_looked_up_once_per_ttl() -> None:
@@ -37,10 +42,10 @@ async def test_a_value_is_looked_up_once_per_ttl() -> None:
     cache = make_cache(clock, ttl=60)
     load = Loader()
     assert await cache.get("k", load) == MALICIOUS
-    clock.seconds += 59
+    clock.advance(59)
     assert await cache.get("k", load) == MALICIOUS
     assert load.calls == 1
-    clock.seconds += 2
+    clock.advance(2)
     await cache.get("k", load)
     assert load.calls == 2
 
@@ -54,10 +59,7 @@ async def test_no_reputation_is_cached_too() -> None:
 
 
 async def test_concurrent_callers_share_one_lookup() -> None:
-    counts = ScorerCounts()
-    cache: SingleFlightCache[Reputation | None] = SingleFlightCache(
-        max_entries=10, ttl_seconds=60, clock=ManualClock(), counts=counts
-    )
+    cache = make_cache(ManualClock(), max_entries=10)
     load = Loader()
     load.release.clear()
     waiters = [asyncio.create_task(cache.get("k", load)) for _ in range(5)]
@@ -65,7 +67,7 @@ async def test_concurrent_callers_share_one_lookup() -> None:
     load.release.set()
     assert await asyncio.gather(*waiters) == [MALICIOUS] * 5
     assert load.calls == 1
-    assert counts.snapshot()["cache"] == {"hits": 0, "misses": 1, "shared": 4}
+    assert cache.counts() == CacheCounts(hits=0, misses=1, shared=4)
 
 
 async def test_a_failed_lookup_reaches_every_waiter_and_is_not_cached() -> None:

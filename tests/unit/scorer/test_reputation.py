@@ -8,17 +8,19 @@ import httpx
 import pytest
 from azure.core.credentials import AccessToken
 
-from tests.fixtures.scorer import GRAPH_BASE, MALICIOUS, Answer, GraphRig, ManualClock, graph_reputation
+from tests.fixtures.clock import ManualClock
+from tests.fixtures.scorer import GRAPH_BASE, MALICIOUS, Answer, GraphRig, graph_reputation
 from tibridge.common.contracts import Classification, Reputation, RuleSeverity
 from tibridge.common.identity import StaticTokenCredential
 from tibridge.scorer.reputation import (
     BearerTokenAuth,
     Found,
+    GraphCounts,
     Refused,
-    Rejected,
     Retry,
-    batch_outcomes,
-    item_outcome,
+    Unanswerable,
+    batch_answers,
+    item_answer,
     parse_reputation,
     reputation_path,
 )
@@ -58,23 +60,23 @@ def test_a_body_that_is_not_a_reputation_is_refused(body: Any) -> None:
         (429, {"retry-after": "7"}, Retry("429", 7.0, throttled=True)),
         (500, {}, Retry("500")),
         (503, {"Retry-After": "2"}, Retry("503", 2.0)),
-        (400, {}, Rejected(400, "bad host")),
+        (400, {}, Unanswerable(400, "bad host")),
     ],
 )
 def test_what_each_item_status_means(status: int, headers: dict[str, str], expected: object) -> None:
-    assert item_outcome(status, headers, {"error": {"code": "x", "message": "bad host"}}) == expected
+    assert item_answer(status, headers, {"error": {"code": "x", "message": "bad host"}}) == expected
 
 
 @pytest.mark.parametrize("status", [401, 403])
 def test_a_refused_item_says_which_permission_to_grant(status: int) -> None:
-    outcome = item_outcome(status, {}, {})
-    assert isinstance(outcome, Refused)
-    assert f"HTTP {status}" in outcome.reason
-    assert "ThreatIntelligence.Read.All" in outcome.reason
+    answer = item_answer(status, {}, {})
+    assert isinstance(answer, Refused)
+    assert f"HTTP {status}" in answer.reason
+    assert "ThreatIntelligence.Read.All" in answer.reason
 
 
 def test_a_malformed_item_is_retried() -> None:
-    assert isinstance(item_outcome(200, {}, {"score": "lots"}), Retry)
+    assert isinstance(item_answer(200, {}, {"score": "lots"}), Retry)
 
 
 def test_batch_answers_are_matched_by_id_whatever_their_order() -> None:
@@ -87,17 +89,17 @@ def test_batch_answers_are_matched_by_id_whatever_their_order() -> None:
             ]
         },
     )
-    assert batch_outcomes(response, 3) == [Found(MALICIOUS), Found(None), Retry("batch item missing")]
+    assert batch_answers(response, 3) == [Found(MALICIOUS), Found(None), Retry("batch item missing")]
 
 
 @pytest.mark.parametrize("status", [401, 403, 404])
 def test_a_refused_batch_is_a_configuration_problem(status: int) -> None:
-    outcomes = batch_outcomes(httpx.Response(status), 2)
-    assert all(isinstance(outcome, Refused) for outcome in outcomes)
+    answers = batch_answers(httpx.Response(status), 2)
+    assert all(isinstance(answer, Refused) for answer in answers)
 
 
 def test_a_malformed_batch_answer_is_retried() -> None:
-    assert batch_outcomes(httpx.Response(200, content=b"{"), 1) == [Retry("malformed batch response")]
+    assert batch_answers(httpx.Response(200, content=b"{"), 1) == [Retry("malformed batch response")]
 
 
 def test_hosts_are_path_quoted() -> None:
@@ -106,26 +108,26 @@ def test_hosts_are_path_quoted() -> None:
 
 async def test_one_batch_request_carries_every_host_and_counts_once(graph_rig: GraphRig) -> None:
     graph_rig.graph.reputations["evil.example"] = MALICIOUS
-    outcomes = await graph_rig.client.lookup_batch(["evil.example", "2001:db8::1", "nothing.example"])
-    assert outcomes == [Found(MALICIOUS), Found(None), Found(None)]
+    answers = await graph_rig.client.lookup_batch(["evil.example", "2001:db8::1", "nothing.example"])
+    assert answers == [Found(MALICIOUS), Found(None), Found(None)]
     assert graph_rig.graph.batches == [["evil.example", "2001:db8::1", "nothing.example"]]
     assert graph_rig.graph.authorizations == ["Bearer tibridge-sandbox-token"]
-    assert graph_rig.counts.snapshot()["graph"] == {"batch_requests": 1, "items": 3, "throttled": 0, "retries": 0}
+    assert graph_rig.client.metrics.counts() == GraphCounts(batch_requests=1, items=3, throttled=0, retries=0)
 
 
 async def test_a_throttled_batch_is_retried_after_its_retry_after(graph_rig: GraphRig) -> None:
     graph_rig.graph.batch_script.append(Answer(429, retry_after="3"))
-    outcomes = await graph_rig.client.lookup_batch(["a.example"])
-    assert outcomes == [Found(None)]
+    answers = await graph_rig.client.lookup_batch(["a.example"])
+    assert answers == [Found(None)]
     first, second = graph_rig.graph.sent_at
     assert second - first >= 3
-    assert graph_rig.counts.snapshot()["graph"] == {"batch_requests": 2, "items": 2, "throttled": 1, "retries": 1}
+    assert graph_rig.client.metrics.counts() == GraphCounts(batch_requests=2, items=2, throttled=1, retries=1)
 
 
 async def test_a_batch_that_keeps_failing_gives_its_items_back_for_retry(graph_rig: GraphRig) -> None:
     graph_rig.graph.batch_script.extend(Answer(503) for _ in range(10))
-    [outcome] = await graph_rig.client.lookup_batch(["a.example"])
-    assert isinstance(outcome, Retry)
+    [answer] = await graph_rig.client.lookup_batch(["a.example"])
+    assert isinstance(answer, Retry)
     assert len(graph_rig.graph.batches) == 4  # FAST_RETRIES.max_attempts
 
 
@@ -160,7 +162,7 @@ async def test_the_token_is_reused_until_shortly_before_it_expires() -> None:
     async with httpx.AsyncClient(base_url=GRAPH_BASE, transport=httpx.MockTransport(answer), auth=auth) as http:
         await http.get("/a")
         await http.get("/b")
-        clock.seconds += 3600 - 299
+        clock.advance(3600 - 299)
         await http.get("/c")
     assert seen == ["Bearer token-1", "Bearer token-1", "Bearer token-2"]
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tibridge.common.contracts import Classification
-from tibridge.common.settings import SettingsError, load_settings
+from tibridge.common.settings import SettingsError, load_settings, setting_fields
 from tibridge.scorer.app import batch_size_for
-from tibridge.scorer.policy import UnscorablePolicy
-from tibridge.scorer.settings import ScorerSettings
+from tibridge.scorer.settings import ScorerSettings, UnscorableHandling
 
 
 @pytest.fixture(autouse=True)
@@ -18,29 +17,29 @@ def memory_bus(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults_follow_mdti_and_spend_the_quota_carefully() -> None:
     settings = load_settings(ScorerSettings)
-    assert settings.graph_base_url == "https://graph.microsoft.com/v1.0"
-    assert settings.score_threshold == 75
-    assert settings.allowed_classifications == frozenset()
-    assert settings.unscorable_policy is UnscorablePolicy.DROP
-    assert settings.cache_ttl_seconds == 24 * 3600
+    assert settings.graph.base_url == "https://graph.microsoft.com/v1.0"
+    assert settings.scorer.threshold == 75
+    assert settings.scorer.allowed_classifications == frozenset()
+    assert settings.scorer.unscorable is UnscorableHandling.DROP
+    assert settings.scorer.cache_ttl_seconds == 24 * 3600
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TIBRIDGE_ALLOWED_CLASSIFICATIONS", " malicious, suspicious ")
-    monkeypatch.setenv("TIBRIDGE_UNSCORABLE_POLICY", "forward")
+    monkeypatch.setenv("TIBRIDGE_SCORER_ALLOWED_CLASSIFICATIONS", " malicious, suspicious ")
+    monkeypatch.setenv("TIBRIDGE_SCORER_UNSCORABLE", "forward")
     monkeypatch.setenv("TIBRIDGE_GRAPH_BASE_URL", "http://127.0.0.1:8123/graph/v1.0/")
     monkeypatch.setenv("TIBRIDGE_DEV_MODE", "true")
     settings = load_settings(ScorerSettings)
-    assert settings.allowed_classifications == {Classification.MALICIOUS, Classification.SUSPICIOUS}
-    assert settings.unscorable_policy is UnscorablePolicy.FORWARD
-    assert settings.graph_base_url == "http://127.0.0.1:8123/graph/v1.0"
+    assert settings.scorer.allowed_classifications == {Classification.MALICIOUS, Classification.SUSPICIOUS}
+    assert settings.scorer.unscorable is UnscorableHandling.FORWARD
+    assert settings.graph.base_url == "http://127.0.0.1:8123/graph/v1.0"
 
 
 def test_an_unknown_classification_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TIBRIDGE_ALLOWED_CLASSIFICATIONS", "evil")
+    monkeypatch.setenv("TIBRIDGE_SCORER_ALLOWED_CLASSIFICATIONS", "evil")
     with pytest.raises(SettingsError) as error:
         load_settings(ScorerSettings)
-    assert error.value.problems[0].startswith("TIBRIDGE_ALLOWED_CLASSIFICATIONS:")
+    assert error.value.problems[0].startswith("TIBRIDGE_SCORER_ALLOWED_CLASSIFICATIONS:")
 
 
 def test_plain_http_to_graph_is_refused_outside_dev_mode(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -50,7 +49,7 @@ def test_plain_http_to_graph_is_refused_outside_dev_mode(monkeypatch: pytest.Mon
 
 
 def test_every_setting_is_described() -> None:
-    assert all(field.description for field in ScorerSettings.model_fields.values())
+    assert all(field.description for _, field in setting_fields(ScorerSettings))
 
 
 @pytest.mark.parametrize(("rate", "size"), [(50, 20), (20, 20), (7.5, 7), (0.2, 1)])

@@ -21,8 +21,8 @@ from typing import Any
 import idna
 
 from tibridge.common.contracts import HashAlgorithm, ObservableType, RejectionReason
+from tibridge.common.sentinel import MDTI_SOURCE_SYSTEMS as MDTI_SOURCE_SYSTEMS
 
-MDTI_SOURCE_SYSTEMS = ("Microsoft Defender Threat Intelligence", "Premium Microsoft Defender Threat Intelligence")
 OTHER_SOURCE_SYSTEMS = ("Microsoft Sentinel", "AlienVault OTX", "abuse.ch URLhaus", "Recorded Future")
 
 HASH_KEYS: Mapping[HashAlgorithm, str] = {

@@ -1,40 +1,49 @@
 """The consumer loop every service runs: receive under peek-lock, decode, hand to a typed handler, settle.
 
-The handler owns each message (`InFlight`) until it settles it, so a handler may settle at once (scorer) or
-hold messages in a batch (publisher). The loop bounds what is in flight, renews locks while the handler holds
-them, dead-letters unreadable bodies with a reason, abandons on failures so the bus redelivers, pauses on a
-`DependencyUnavailable` (a configuration or outage problem, not a bad message) and, on stop, lets in-flight
-work finish within a grace period, then abandons what is left so nothing is lost.
+Settlement is by default the loop's: a `Handler` returns and the message is completed; it raises
+`PermanentFailure` and the message is dead-lettered with that reason; it raises `TryLater` and the message goes
+back to the bus; it raises `DependencyUnavailable` (a configuration or outage problem, not a bad message) and
+the message goes back while the consumer pauses. Any other exception is a bug, not a designed outcome: the
+message goes back to the bus (and, past the subscription's max delivery count, to its dead-letter queue) with
+the exception logged — a handler can never crash the worker.
+
+A `ManualHandler` opts into manual settlement: it owns each message (`InFlight`) until it settles it, so it
+may hold messages in a batch (the publisher). The loop bounds what is in flight, renews locks while a handler
+holds them, dead-letters unreadable bodies with a reason and, on stop, lets in-flight work finish within a grace
+period (`flush` for a manual handler), then abandons what is left so nothing is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar
+from enum import StrEnum
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from opentelemetry import metrics, trace
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tibridge.common.aio import first_of
 from tibridge.common.bus.port import Bus, BusError, LockLost, ReceivedMessage, Receiver
 from tibridge.common.clock import Clock, SystemClock
-from tibridge.common.contracts import Envelope, IndicatorCollected, IndicatorScored, Rejection, decode
+from tibridge.common.contracts import Envelope, IndicatorCollected, IndicatorScored, Unreadable, decode
+from tibridge.common.metrics import Snapshot, Tally
+from tibridge.common.settings import ServiceSettings
 from tibridge.common.telemetry import context_from_traceparent
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("tibridge.consumer")
-_meter = metrics.get_meter("tibridge.consumer")
-_settled = _meter.create_counter("tibridge.messages.settled", description="Messages settled, by outcome")
 
 P = TypeVar("P", IndicatorCollected, IndicatorScored)
 
 UNEXPECTED_TYPE = "UnexpectedMessageType"
 # Lock renewals in flight at once (each is one management request on Service Bus).
 _CONCURRENT_RENEWALS = 32
+RECEIVE_WAIT_SECONDS = 1.0
+LOCK_CHECK_INTERVAL_SECONDS = 5.0
 
 
 class PermanentFailure(Exception):
@@ -46,54 +55,84 @@ class PermanentFailure(Exception):
         super().__init__(f"{reason}: {description}")
 
 
+class TryLater(Exception):
+    """This message cannot be processed now (a dependency kept failing): give it back to the bus for redelivery."""
+
+
 class DependencyUnavailable(Exception):
     """A dependency refuses us (e.g. 401/403): stop taking messages, report not ready, keep the messages."""
 
 
+class Settlement(StrEnum):
+    """How a message left its consumer: the `outcome` attribute of the settled-messages count."""
+
+    COMPLETED = "completed"
+    ABANDONED = "abandoned"
+    DEAD_LETTERED = "dead_lettered"
+    LOCK_LOST = "lock_lost"
+
+
 @dataclass
 class InFlight(Generic[P]):
-    """A received message the handler owns until it settles it exactly once."""
+    """A received message a manual handler owns until it settles it exactly once."""
 
     envelope: Envelope
     payload: P
     message: ReceivedMessage
     _receiver: Receiver
-    _on_settled: Callable[[InFlight[P], str], None]
+    _on_settled: Callable[[InFlight[P], Settlement], None]
     settled: bool = field(default=False, init=False)
 
-    async def complete(self) -> None:
-        await self._settle("completed", self._receiver.complete(self.message))
+    # Each returns how the message left (LOCK_LOST when its lock had lapsed), or None when it had already left.
 
-    async def abandon(self) -> None:
-        await self._settle("abandoned", self._receiver.abandon(self.message))
+    async def complete(self) -> Settlement | None:
+        return await self._settle(Settlement.COMPLETED, self._receiver.complete(self.message))
 
-    async def dead_letter(self, reason: str, description: str) -> None:
-        await self._settle("dead_lettered", self._receiver.dead_letter(self.message, reason, description))
+    async def abandon(self) -> Settlement | None:
+        return await self._settle(Settlement.ABANDONED, self._receiver.abandon(self.message))
 
-    async def _settle(self, outcome: str, operation: Coroutine[Any, Any, None]) -> None:
+    async def dead_letter(self, reason: str, description: str) -> Settlement | None:
+        operation = self._receiver.dead_letter(self.message, reason, description)
+        return await self._settle(Settlement.DEAD_LETTERED, operation)
+
+    async def _settle(self, outcome: Settlement, operation: Coroutine[Any, Any, None]) -> Settlement | None:
         if self.settled:
             operation.close()
-            return
+            return None
         self.settled = True
         try:
             await operation
         except LockLost:
             # The bus will redeliver it; the deterministic message ids make the rework harmless.
             log.warning("lock lost before settling message %s; it will be redelivered", self.message.message_id)
-            outcome = "lock_lost"
+            outcome = Settlement.LOCK_LOST
         finally:
             self._on_settled(self, outcome)
+        return outcome
 
 
 class Handler(Protocol[P]):
+    """Processes one payload; returning completes its message, the exceptions above settle it otherwise."""
+
     payload_type: type[P]
 
-    async def handle(self, item: InFlight[P]) -> None:
-        """Process the message and settle it now or later (`item.complete()` etc.)."""
+    async def handle(self, payload: P) -> None: ...
+
+    async def probe(self) -> bool:
+        """While paused on DependencyUnavailable: True once the dependency accepts us again."""
         ...
 
+
+@runtime_checkable
+class ManualHandler(Protocol[P]):
+    """Opts into manual settlement: holds each message until it settles it (`item.complete()` etc.)."""
+
+    payload_type: type[P]
+
+    async def hold(self, item: InFlight[P]) -> None: ...
+
     async def flush(self) -> None:
-        """On stop: finish buffered work (e.g. send a partial batch) before what is left is abandoned."""
+        """On stop: finish held work (e.g. send a partial batch) before what is left is abandoned."""
         ...
 
     async def probe(self) -> bool:
@@ -103,14 +142,42 @@ class Handler(Protocol[P]):
 
 @dataclass(frozen=True)
 class ConsumerOptions:
-    max_in_flight: int = 64
-    max_concurrency: int = 16
-    receive_batch: int = 32
-    receive_wait_seconds: float = 1.0
-    prefetch: int = 0
-    shutdown_grace_seconds: float = 20.0
-    probe_interval_seconds: float = 30.0
-    lock_check_interval_seconds: float = 5.0
+    max_in_flight: int
+    max_concurrency: int
+    receive_batch: int
+    prefetch: int
+    shutdown_grace_seconds: float
+    probe_interval_seconds: float
+    receive_wait_seconds: float = RECEIVE_WAIT_SECONDS
+    lock_check_interval_seconds: float = LOCK_CHECK_INTERVAL_SECONDS
+
+    @classmethod
+    def of(
+        cls,
+        settings: ServiceSettings,
+        *,
+        max_in_flight: int,
+        max_concurrency: int,
+        receive_batch: int,
+        probe_interval_seconds: float,
+    ) -> ConsumerOptions:
+        """A service's consumer: the bus and shutdown settings every process shares, and the service's own."""
+        return cls(
+            max_in_flight=max_in_flight,
+            max_concurrency=max_concurrency,
+            receive_batch=receive_batch,
+            prefetch=settings.servicebus.prefetch,
+            shutdown_grace_seconds=settings.shutdown_grace_seconds,
+            probe_interval_seconds=probe_interval_seconds,
+        )
+
+
+@dataclass(frozen=True)
+class SettledCounts(Snapshot):
+    completed: int
+    abandoned: int
+    dead_lettered: int
+    lock_lost: int
 
 
 class Consumer(Generic[P]):
@@ -119,14 +186,20 @@ class Consumer(Generic[P]):
         bus: Bus,
         topic: str,
         subscription: str,
-        handler: Handler[P],
-        options: ConsumerOptions = ConsumerOptions(),
+        handler: Handler[P] | ManualHandler[P],
+        options: ConsumerOptions,
         clock: Clock | None = None,
     ) -> None:
         self._bus = bus
         self._topic = topic
         self._subscription = subscription
-        self._handler: Handler[P] = handler
+        self._handler: Handler[P] | ManualHandler[P] = handler
+        self._hold: Callable[[InFlight[P]], Awaitable[None]]
+        self._flush: Callable[[], Awaitable[None]]
+        if isinstance(handler, ManualHandler):
+            self._hold, self._flush = handler.hold, handler.flush
+        else:
+            self._hold, self._flush = _completing_on_return(handler), _nothing_held
         self._options = options
         self._clock = clock or SystemClock()
         self._in_flight: dict[int, InFlight[P]] = {}
@@ -137,6 +210,7 @@ class Consumer(Generic[P]):
         self.paused_reason: str | None = None
         self._shortest_lock_seconds = float("inf")
         self._renewals = asyncio.Semaphore(_CONCURRENT_RENEWALS)
+        self._settled = Tally("tibridge.messages.settled", "Messages settled, by subscription and outcome")
 
     @property
     def name(self) -> str:
@@ -145,6 +219,14 @@ class Consumer(Generic[P]):
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
+
+    def counts(self) -> SettledCounts:
+        return SettledCounts(
+            completed=self._settled.total(outcome=Settlement.COMPLETED),
+            abandoned=self._settled.total(outcome=Settlement.ABANDONED),
+            dead_lettered=self._settled.total(outcome=Settlement.DEAD_LETTERED),
+            lock_lost=self._settled.total(outcome=Settlement.LOCK_LOST),
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         async with self._bus.receiver(self._topic, self._subscription, prefetch=self._options.prefetch) as receiver:
@@ -181,7 +263,7 @@ class Consumer(Generic[P]):
 
     async def _dispatch(self, receiver: Receiver, message: ReceivedMessage) -> None:
         decoded = decode(message.body)
-        if isinstance(decoded, Rejection):
+        if isinstance(decoded, Unreadable):
             await self._reject(receiver, message, decoded.reason, decoded.description)
             return
         payload = decoded.payload
@@ -208,7 +290,7 @@ class Consumer(Generic[P]):
         log.warning("dead-lettering message %s from %s: %s: %s", message.message_id, self.name, reason, description)
         try:
             await receiver.dead_letter(message, reason, description)
-            _settled.add(1, {"subscription": self.name, "outcome": "dead_lettered", "reason": reason})
+            self._settled.add(subscription=self.name, outcome=Settlement.DEAD_LETTERED, reason=reason)
         except LockLost:
             log.warning("lock lost before dead-lettering message %s", message.message_id)
 
@@ -226,11 +308,15 @@ class Consumer(Generic[P]):
                 },
             ) as span:
                 try:
-                    await self._handler.handle(item)
+                    await self._hold(item)
                 except PermanentFailure as failure:
                     span.set_status(Status(StatusCode.ERROR, failure.reason))
                     log.warning("dead-lettering message %s: %s", item.message.message_id, failure)
                     await item.dead_letter(failure.reason, failure.description)
+                except TryLater as error:
+                    span.set_status(Status(StatusCode.ERROR, "try later"))
+                    log.warning("giving message %s back to the bus for later: %s", item.message.message_id, error)
+                    await item.abandon()
                 except DependencyUnavailable as error:
                     span.set_status(Status(StatusCode.ERROR, "dependency unavailable"))
                     if self.paused_reason is None:
@@ -240,13 +326,17 @@ class Consumer(Generic[P]):
                 except Exception as error:
                     span.record_exception(error)
                     span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-                    log.exception("handling message %s failed; abandoning it for redelivery", item.message.message_id)
+                    log.exception(
+                        "handling message %s failed (%s); abandoning it for redelivery",
+                        item.message.message_id,
+                        type(error).__name__,
+                    )
                     await item.abandon()
 
-    def _on_settled(self, item: InFlight[P], outcome: str) -> None:
+    def _on_settled(self, item: InFlight[P], outcome: Settlement) -> None:
         self._in_flight.pop(id(item), None)
         self._received_at.pop(id(item), None)
-        _settled.add(1, {"subscription": self.name, "outcome": outcome})
+        self._settled.add(subscription=self.name, outcome=outcome)
         self._capacity.set()
 
     # -- pause, locks, stop ---------------------------------------------------------------------------------
@@ -299,7 +389,7 @@ class Consumer(Generic[P]):
             await asyncio.wait(set(self._tasks), timeout=self._options.shutdown_grace_seconds)
         try:
             async with asyncio.timeout_at(deadline):
-                await self._handler.flush()
+                await self._flush()
         except TimeoutError:
             log.warning(
                 "flushing %s did not finish within the grace period; its messages will be redelivered", self.name
@@ -317,3 +407,15 @@ class Consumer(Generic[P]):
                 await item.abandon()
             except BusError as error:
                 log.warning("abandoning %s failed (%s); its lock will lapse", item.message.message_id, error)
+
+
+def _completing_on_return(handler: Handler[P]) -> Callable[[InFlight[P]], Awaitable[None]]:
+    async def handle(item: InFlight[P]) -> None:
+        await handler.handle(item.payload)
+        await item.complete()
+
+    return handle
+
+
+async def _nothing_held() -> None:
+    return None

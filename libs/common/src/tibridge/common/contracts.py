@@ -225,7 +225,7 @@ def encode(envelope: Envelope) -> bytes:
 
 
 @dataclass(frozen=True)
-class Rejection:
+class Unreadable:
     """A body that cannot be read: dead-letter it with this reason; never crash, never drop silently."""
 
     reason: Literal["UnsupportedSchemaVersion", "InvalidBody"]
@@ -235,26 +235,26 @@ class Rejection:
 _MAX_DESCRIPTION = 1024
 
 
-def decode(body: bytes) -> Envelope | Rejection:
+def decode(body: bytes) -> Envelope | Unreadable:
     try:
         raw = json.loads(body)
     except json.JSONDecodeError as error:
-        return Rejection("InvalidBody", f"body is not JSON: {error.msg} at position {error.pos}")
+        return Unreadable("InvalidBody", f"body is not JSON: {error.msg} at position {error.pos}")
     except UnicodeDecodeError as error:
-        return Rejection("InvalidBody", f"body is not UTF-8: invalid byte at position {error.start}")
+        return Unreadable("InvalidBody", f"body is not UTF-8: invalid byte at position {error.start}")
     except (ValueError, RecursionError) as error:
         # Over-long integers and over-deep nesting: the parser gives up, the consumer must not.
-        return Rejection("InvalidBody", f"body is not readable JSON: {type(error).__name__}")
+        return Unreadable("InvalidBody", f"body is not readable JSON: {type(error).__name__}")
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if isinstance(version, str) and not _major_supported(version):
-        return Rejection(
+        return Unreadable(
             "UnsupportedSchemaVersion",
             f"schema_version {version[:32]!r} is not supported; this reader handles major {SUPPORTED_MAJOR_VERSION}",
         )
     try:
         return Envelope.model_validate(raw)
     except ValidationError as error:
-        return Rejection("InvalidBody", _summarise(error))
+        return Unreadable("InvalidBody", _summarise(error))
 
 
 def _major_supported(version: str) -> bool:

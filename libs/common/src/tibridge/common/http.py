@@ -7,27 +7,24 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import httpx
-from opentelemetry import metrics
 
 from tibridge.common.clock import Clock, SystemClock
+from tibridge.common.metrics import Tally
 
 log = logging.getLogger(__name__)
-_meter = metrics.get_meter("tibridge.http")
-_throttled = _meter.create_counter("tibridge.http.throttled", description="429 answers honoured, by API")
-_retries = _meter.create_counter("tibridge.http.retries", description="Retried requests, by API and cause")
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_attempts: int = 6
-    base_delay_seconds: float = 0.5
+    max_attempts: int
+    base_delay_seconds: float
     max_delay_seconds: float = 30.0
     # A Retry-After longer than this is treated as an outage: give up and let the bus redeliver later.
     max_retry_after_seconds: float = 300.0
@@ -113,6 +110,10 @@ class ResilientSender:
     limiter: RateLimiter | None = None
     clock: Clock | None = None
     rng: random.Random | None = None
+    retries: Tally = field(default_factory=lambda: Tally("tibridge.http.retries", "Retried requests, by API and cause"))
+    throttled_answers: Tally = field(
+        default_factory=lambda: Tally("tibridge.http.throttled", "429 answers honoured, by API")
+    )
 
     async def send(
         self, attempt_request: Callable[[], Awaitable[httpx.Response]], *, cost: float = 1.0
@@ -136,7 +137,7 @@ class ResilientSender:
                     return response
             if attempt == self.policy.max_attempts:
                 break
-            _retries.add(1, {"api": self.api, "cause": cause})
+            self.retries.add(api=self.api, cause=cause)
             log.info("%s request failed (%s); retry %d in %.2fs", self.api, cause, attempt, delay)
             await clock.sleep(delay)
         raise RetriesExhausted(f"{self.api} kept failing ({cause}) after {self.policy.max_attempts} attempts")
@@ -146,7 +147,7 @@ class ResilientSender:
         announced = parse_retry_after(retry_after)
         delay = announced if announced is not None else self.policy.backoff(attempt, self.rng)
         if is_429:
-            _throttled.add(1, {"api": self.api})
+            self.throttled_answers.add(api=self.api)
             # Paused even when we give up below: the work comes back, and must not arrive inside the window.
             if self.limiter is not None:
                 self.limiter.pause(delay)

@@ -1,9 +1,10 @@
-"""The process runtime: what a service is to it (workers, readiness checks) and how a process serves them.
+"""The process runtime: what a service is to it (workers, readiness checks, counts) and how a process serves them.
 
-Each service package exposes `async def build(settings, bus, resources, clock) -> Service`; a process
-(one service over Service Bus, or all three on the in-memory bus) loads settings, makes the bus, calls the
-builders and serves the workers: `run_service(settings, build)` does all of it for one service, `serve`
-runs already-built services (the all-in-one composition uses it directly).
+Each service package exports `SPEC = ServiceSpec(name, settings class, build)` from its `app.py`, where
+`async def build(settings, bus, resources, clock) -> Service` wires settings to adapters to its workers. A
+process loads settings, makes the bus, calls the builders and serves the workers: `main(SPEC)` (or
+`run_service(SPEC)` inside an event loop) does all of it for one service — a service's package is enough
+to run it — and `serve` runs already-built services (the all-in-one composition uses it directly).
 
 On SIGTERM or SIGINT the process stops receiving; in-flight work gets `shutdown_grace_seconds` to finish
 and what is left is abandoned for redelivery; then clients and the bus close and the exit code is 0. A
@@ -16,9 +17,11 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from enum import StrEnum
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from azure.core.credentials_async import AsyncTokenCredential
 
@@ -28,7 +31,8 @@ from tibridge.common.bus.memory import MemoryBus
 from tibridge.common.bus.port import Bus, BusError
 from tibridge.common.clock import Clock, SystemClock
 from tibridge.common.identity import build_credential
-from tibridge.common.settings import BusKind, ServiceSettings
+from tibridge.common.metrics import Snapshot
+from tibridge.common.settings import BusKind, ServiceSettings, SettingsError, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,14 @@ SETTLE_ALLOWANCE_SECONDS = 10.0
 READINESS_TIMEOUT_SECONDS = 5.0
 EXIT_OK = 0
 EXIT_WORKER_CRASHED = 1
+EXIT_BAD_SETTINGS = 2
+EXIT_INTERRUPTED = 130
+
+
+class ServiceName(StrEnum):
+    COLLECTOR = "collector"
+    SCORER = "scorer"
+    PUBLISHER = "publisher"
 
 
 class Worker(Protocol):
@@ -53,16 +65,22 @@ class Worker(Protocol):
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 
 
-def _no_counts() -> dict[str, Any]:
-    return {}
+CountsT = TypeVar("CountsT", bound=Snapshot)
 
 
 @dataclass
 class Service:
     workers: list[Worker]
     readiness: list[ReadinessCheck] = field(default_factory=list)
-    # What the service has done so far (JSON-able counters), for the demo summary and logs at exit.
-    counts: Callable[[], dict[str, Any]] = _no_counts
+    # What the service has done so far, for the demo, the bench and the log line at exit.
+    counts: Callable[[], Snapshot] = Snapshot
+
+    def snapshot(self, kind: type[CountsT]) -> CountsT:
+        """The counts as the type the service's package declares for them."""
+        counts = self.counts()
+        if not isinstance(counts, kind):
+            raise TypeError(f"the service counts {type(counts).__name__}, not {kind.__name__}")
+        return counts
 
 
 @runtime_checkable
@@ -88,6 +106,20 @@ SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 Build = Callable[[SettingsT, Bus, contextlib.AsyncExitStack, Clock], Awaitable[Service]]
 
 
+@dataclass(frozen=True)
+class ServiceSpec(Generic[SettingsT]):
+    """What a process needs to know to run a service: its name, its settings class and its builder."""
+
+    name: ServiceName
+    settings: type[SettingsT]
+    build: Build[SettingsT]
+
+    @property
+    def process_name(self) -> str:
+        """The name logs, traces and metrics carry (`tibridge-scorer`)."""
+        return f"tibridge-{self.name}"
+
+
 async def bus_from_settings(
     settings: ServiceSettings,
     resources: contextlib.AsyncExitStack,
@@ -106,10 +138,10 @@ async def bus_from_settings(
     # Imported here so processes on the memory bus never load the AMQP stack.
     from tibridge.common.bus.servicebus import ServiceBusBus
 
-    if settings.servicebus_connection_string is not None:
-        bus = ServiceBusBus.from_connection_string(settings.servicebus_connection_string)
+    if settings.servicebus.connection_string is not None:
+        bus = ServiceBusBus.from_connection_string(settings.servicebus.connection_string)
     else:
-        namespace = settings.servicebus_namespace or ""
+        namespace = settings.servicebus.namespace or ""
         if credential is None:
             credential = build_credential(settings.credential, f"sb://{namespace}")
             resources.push_async_callback(credential.close)
@@ -118,14 +150,40 @@ async def bus_from_settings(
     return bus
 
 
-async def run_service(settings: SettingsT, build: Build[SettingsT]) -> int:
-    """Runs one service as a process: bus from settings, its resources, its workers; returns the exit code."""
-    name = _service_name(build)
-    _configure_observability(settings, name)
+def main(spec: ServiceSpec[Any], **values: Any) -> int:
+    """A service's whole process (its package's `__main__`): the exit code of `run_service(spec, **values)`."""
+    return exit_code(lambda: run_service(spec, **values))
+
+
+def exit_code(process: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Runs a process's coroutine to its exit code; bad settings print one line per problem on stderr and give 2,
+    never a traceback."""
+    try:
+        return asyncio.run(process())
+    except SettingsError as error:
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+async def run_service(spec: ServiceSpec[SettingsT], **values: Any) -> int:
+    """Runs one service as a process: settings (`values` by setting name over the environment), observability,
+    the bus, its resources, its workers; returns the exit code."""
+    settings = load_settings(spec.settings, **values)
+    configure_observability(settings, spec.process_name)
     async with contextlib.AsyncExitStack() as resources:
         bus = await bus_from_settings(settings, resources)
-        service = await build(settings, bus, resources, SystemClock())
-        return await serve(settings, bus, [service], name=name)
+        service = await spec.build(settings, bus, resources, SystemClock())
+        return await serve(settings, bus, [service], name=spec.process_name)
+
+
+def configure_observability(settings: ServiceSettings, name: str) -> None:
+    """Logs, traces and metrics of a process named `name`: once per process, before anything is built."""
+    structured_logging.configure(settings.log_level)
+    structured_logging.register_settings_secrets(settings)
+    telemetry.configure(name)
 
 
 async def serve(
@@ -139,10 +197,9 @@ async def serve(
     """Runs every worker until `stop` is set (SIGTERM and SIGINT set it) or all have returned.
 
     Serves /healthz and /readyz meanwhile (unless TIBRIDGE_HEALTH_PORT=0). The caller owns `bus` and
-    whatever the services hold, and closes them after this returns (as `run_service` does). Returns 0, or 1
-    when a worker crashed.
+    whatever the services hold, and closes them after this returns (as `run_service` does), and has configured
+    observability (`configure_observability`). Returns 0, or 1 when a worker crashed.
     """
-    _configure_observability(settings, name)
     stop = stop or asyncio.Event()
     workers = [worker for service in services for worker in service.workers]
     checks = [check for service in services for check in service.readiness]
@@ -156,7 +213,7 @@ async def serve(
         with _stop_on_signals(stop, settings.shutdown_grace_seconds):
             code = await _run_workers(workers, stop, settings.shutdown_grace_seconds + SETTLE_ALLOWANCE_SECONDS)
     for service in services:
-        log.info("%s stopped", name, extra={"counts": service.counts()})
+        log.info("%s stopped", name, extra={"counts": service.counts().as_json()})
     telemetry.flush()
     return code
 
@@ -271,23 +328,11 @@ def _stop_on_signals(stop: asyncio.Event, grace_seconds: float) -> Iterator[None
 async def _health_server(
     settings: ServiceSettings, readiness: Callable[[], Awaitable[list[str]]]
 ) -> AsyncIterator[None]:
-    if settings.health_port == 0:
+    if settings.health.port == 0:
         yield
         return
     # Imported here: the web server is the slowest import of a process that starts often (CronJobs, scale-out).
     from tibridge.common.health import HealthServer
 
-    async with HealthServer(settings.health_host, settings.health_port, readiness):
+    async with HealthServer(settings.health.host, settings.health.port, readiness):
         yield
-
-
-def _configure_observability(settings: ServiceSettings, name: str) -> None:
-    structured_logging.configure(settings.log_level)
-    structured_logging.register_settings_secrets(settings)
-    telemetry.configure(name)
-
-
-def _service_name(build: Callable[..., object]) -> str:
-    """`tibridge.scorer.app.build` → `tibridge-scorer`."""
-    parts = build.__module__.split(".")
-    return "-".join(parts[:2]) if len(parts) >= 2 and parts[0] == "tibridge" else "tibridge"

@@ -9,11 +9,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
-MDTI_SOURCE_SYSTEMS = (
-    "Microsoft Defender Threat Intelligence",
-    "Premium Microsoft Defender Threat Intelligence",
-    "Microsoft Emerging Threat Feed",
-)
 SUPPORTED_OBSERVABLE_KEYS = (
     "ipv4-addr:value",
     "ipv6-addr:value",

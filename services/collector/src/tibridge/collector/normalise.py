@@ -81,7 +81,7 @@ def refang(text: str) -> str:
         text = refanged
 
 
-def normalise(kind: KeyKind, raw: str, *, reject_non_global: bool = True) -> Normalised:
+def normalise(kind: KeyKind, raw: str, *, reject_non_global: bool) -> Normalised:
     """The canonical observable for a raw value of the given kind, or why it is refused."""
     value = refang(raw.strip())
     if not value:
@@ -103,7 +103,7 @@ def normalise(kind: KeyKind, raw: str, *, reject_non_global: bool = True) -> Nor
     return RejectionReason.UNSUPPORTED_TYPE
 
 
-def normalise_keyed(key: str, raw: str, *, reject_non_global: bool = True) -> Normalised:
+def normalise_keyed(key: str, raw: str, *, reject_non_global: bool) -> Normalised:
     kind = kind_of_key(key)
     if kind is None:
         return RejectionReason.UNSUPPORTED_TYPE
@@ -239,7 +239,7 @@ def parse_pattern(pattern: str) -> PatternComparison | None:
     return PatternComparison(match.group("key"), _PATTERN_ESCAPE.sub(r"\1", match.group("value")))
 
 
-def normalise_pattern(pattern: str, *, reject_non_global: bool = True) -> Normalised:
+def normalise_pattern(pattern: str, *, reject_non_global: bool) -> Normalised:
     comparison = parse_pattern(pattern)
     if comparison is None:
         return RejectionReason.UNPARSED_PATTERN

@@ -58,7 +58,7 @@ class RowReader:
     """Reads rows of one table; `now` decides whether a `ValidUntil` has passed."""
 
     table: IndicatorTable
-    reject_non_global: bool = True
+    reject_non_global: bool
 
     def read(self, row: Row, now: datetime) -> IndicatorCollected | RowRejected:
         if self.table is IndicatorTable.NEW:
@@ -140,7 +140,7 @@ def _legacy_observable(row: Row, reject_non_global: bool) -> Normalised:
         algorithm = hash_algorithm_named(_text(row.get("FileHashType")))
         if algorithm is None:
             return RejectionReason.UNSUPPORTED_TYPE
-        return normalise(KeyKind(ObservableType.FILE_HASH, algorithm), hash_value)
+        return normalise(KeyKind(ObservableType.FILE_HASH, algorithm), hash_value, reject_non_global=reject_non_global)
     for column, kind in _LEGACY_OBSERVABLE_COLUMNS:
         value = _text(row.get(column))
         if value:

@@ -1,4 +1,4 @@
-"""The collector's settings: the workspace and table to read, windows, checkpoint store, run mode."""
+"""The collector's settings: the Log Analytics workspace and its limits, what to read and how, the watermark store."""
 
 from __future__ import annotations
 
@@ -12,12 +12,15 @@ from typing import Annotated, Any, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from tibridge.collector.kql import MDTI_SOURCE_SYSTEMS, SUPPORTED_OBSERVABLE_KEYS, IndicatorTable, string_literal
+from tibridge.collector.kql import SUPPORTED_OBSERVABLE_KEYS, IndicatorTable, string_literal
 from tibridge.collector.normalise import kind_of_key
-from tibridge.collector.service import RunMode
-from tibridge.common.settings import ServiceSettings
+from tibridge.common.sentinel import MDTI_SOURCE_SYSTEMS
+from tibridge.common.settings import Section, ServiceSettings
 
-LOG_ANALYTICS_ENDPOINT = "https://api.loganalytics.io"
+
+class RunMode(StrEnum):
+    ONCE = "once"  # one pass, then return (a CronJob / Container Apps job)
+    LOOP = "loop"  # a pass every interval until stopped
 
 
 class CheckpointKind(StrEnum):
@@ -25,93 +28,30 @@ class CheckpointKind(StrEnum):
     BLOB = "blob"
 
 
-class CollectorSettings(ServiceSettings):
-    loganalytics_endpoint: str = Field(
-        LOG_ANALYTICS_ENDPOINT,
+class LogAnalyticsSettings(Section):
+    """TIBRIDGE_LOGANALYTICS_*: the workspace and the query API's limits."""
+
+    endpoint: str = Field(
+        "https://api.loganalytics.io",
         description="Log Analytics query endpoint (sovereign clouds: e.g. https://api.loganalytics.azure.cn).",
     )
-    loganalytics_workspace_id: str = Field(
+    workspace_id: str = Field(
         description="The Sentinel workspace's Log Analytics workspace ID (a GUID, from the workspace's Overview)."
     )
-    collector_table: IndicatorTable = Field(
-        IndicatorTable.NEW,
-        description="`new` reads ThreatIntelIndicators; `legacy` reads ThreatIntelligenceIndicator (history only).",
-    )
-    collector_source_systems: Annotated[list[str], NoDecode] = Field(
-        list(MDTI_SOURCE_SYSTEMS),
-        description="Comma-separated (or JSON list of) SourceSystem values to read; default: the MDTI connectors.",
-    )
-    collector_observable_keys: Annotated[list[str], NoDecode] = Field(
-        list(SUPPORTED_OBSERVABLE_KEYS),
-        description="Comma-separated (or JSON list of) ObservableKey values to read; default: all supported.",
-    )
-    collector_mode: RunMode = Field(
-        RunMode.ONCE, description="`once`: one pass, then exit (CronJob); `loop`: a pass every interval."
-    )
-    collector_interval: timedelta = Field(
-        timedelta(minutes=5), gt=timedelta(0), description="Time between passes in loop mode (ISO 8601, e.g. PT5M)."
-    )
-    collector_since: timedelta | None = Field(
-        None,
-        gt=timedelta(0),
-        description="Backfill: read from now minus this (ISO 8601, e.g. P30D) whatever the watermark says.",
-    )
-    collector_initial_lookback: timedelta = Field(
-        timedelta(days=14), gt=timedelta(0), description="How far back the very first pass (no watermark) reads."
-    )
-    collector_overlap: timedelta = Field(
-        timedelta(minutes=15),
-        ge=timedelta(0),
-        description="Re-read this much before the watermark, for rows ingested late (ISO 8601).",
-    )
-    collector_settle_delay: timedelta = Field(
-        timedelta(minutes=5), ge=timedelta(0), description="Leave the newest span of this length for the next pass."
-    )
-    collector_window: timedelta = Field(
-        timedelta(hours=6), gt=timedelta(0), description="Largest span one query reads (ISO 8601, e.g. PT6H)."
-    )
-    collector_min_window: timedelta = Field(
-        timedelta(seconds=1),
-        gt=timedelta(0),
-        description="Smallest span a too-big window is halved down to; still too big there stops the pass.",
-    )
-    collector_row_cap: int = Field(
-        500_000, ge=2, description="Rows the query API returns at most; a window that reaches it is halved."
-    )
-    collector_batch_size: int = Field(500, ge=1, le=5000, description="Indicators per publish to the bus.")
-    collector_reject_non_global_ips: bool = Field(
-        True, description="Refuse private, loopback, link-local and reserved IP addresses."
-    )
-    collector_query_timeout_seconds: int = Field(
+    query_timeout_seconds: int = Field(
         180, ge=10, le=600, description="Server-side limit of one Log Analytics query (the API allows up to 600)."
     )
-    collector_query_attempts: int = Field(
+    query_attempts: int = Field(
         6, ge=1, le=20, description="Attempts per query on 429 and 5xx answers and timeouts (honouring Retry-After)."
     )
-    collector_retry_base_delay_seconds: float = Field(
+    retry_base_delay_seconds: float = Field(
         1.0, ge=0, le=60, description="First backoff between query attempts; it doubles per attempt."
     )
-    checkpoint_store: CheckpointKind = Field(
-        CheckpointKind.FILE, description="Where the watermark is kept: `file` or `blob` (Azure Blob Storage)."
-    )
-    checkpoint_path: Path = Field(
-        Path(".tibridge/collector-checkpoint.json"), description="The watermark file (file store)."
-    )
-    checkpoint_container: str = Field(
-        "tibridge", min_length=3, max_length=63, description="Blob container of the watermark (blob store)."
-    )
-    checkpoint_blob: str = Field(
-        "collector-checkpoint.json", min_length=1, max_length=1024, description="Blob name of the watermark."
-    )
-    checkpoint_connection_string: SecretStr | None = Field(
-        None, description="Storage connection string (blob store); or set TIBRIDGE_CHECKPOINT_ACCOUNT_URL."
-    )
-    checkpoint_account_url: str | None = Field(
-        None,
-        description="Blob endpoint (https://<account>.blob.core.windows.net), used with the Azure credential.",
+    row_cap: int = Field(
+        500_000, ge=2, description="Rows the query API returns at most; a window that reaches it is halved."
     )
 
-    @field_validator("loganalytics_workspace_id")
+    @field_validator("workspace_id")
     @classmethod
     def _workspace_is_a_guid(cls, value: str) -> str:
         try:
@@ -119,7 +59,62 @@ class CollectorSettings(ServiceSettings):
         except ValueError:
             raise ValueError("must be the workspace ID, a GUID like 5a4db0c5-0000-4000-8000-000000000001") from None
 
-    @field_validator("collector_source_systems", "collector_observable_keys", mode="before")
+    @property
+    def over_http(self) -> bool:
+        return self.endpoint.startswith("http://")
+
+
+class CollectingSettings(Section):
+    """TIBRIDGE_COLLECTOR_*: what a pass reads, how it cuts the span into windows, and how often it runs."""
+
+    table: IndicatorTable = Field(
+        IndicatorTable.NEW,
+        description="`new` reads ThreatIntelIndicators; `legacy` reads ThreatIntelligenceIndicator (history only).",
+    )
+    source_systems: Annotated[list[str], NoDecode] = Field(
+        list(MDTI_SOURCE_SYSTEMS),
+        description="Comma-separated (or JSON list of) SourceSystem values to read; default: the MDTI connectors.",
+    )
+    observable_keys: Annotated[list[str], NoDecode] = Field(
+        list(SUPPORTED_OBSERVABLE_KEYS),
+        description="Comma-separated (or JSON list of) ObservableKey values to read; default: all supported.",
+    )
+    reject_non_global_ips: bool = Field(
+        True, description="Refuse private, loopback, link-local and reserved IP addresses."
+    )
+    mode: RunMode = Field(
+        RunMode.ONCE, description="`once`: one pass, then exit (CronJob); `loop`: a pass every interval."
+    )
+    interval: timedelta = Field(
+        timedelta(minutes=5), gt=timedelta(0), description="Time between passes in loop mode (ISO 8601, e.g. PT5M)."
+    )
+    since: timedelta | None = Field(
+        None,
+        gt=timedelta(0),
+        description="Backfill: read from now minus this (ISO 8601, e.g. P30D) whatever the watermark says.",
+    )
+    initial_lookback: timedelta = Field(
+        timedelta(days=14), gt=timedelta(0), description="How far back the very first pass (no watermark) reads."
+    )
+    overlap: timedelta = Field(
+        timedelta(minutes=15),
+        ge=timedelta(0),
+        description="Re-read this much before the watermark, for rows ingested late (ISO 8601).",
+    )
+    settle_delay: timedelta = Field(
+        timedelta(minutes=5), ge=timedelta(0), description="Leave the newest span of this length for the next pass."
+    )
+    window: timedelta = Field(
+        timedelta(hours=6), gt=timedelta(0), description="Largest span one query reads (ISO 8601, e.g. PT6H)."
+    )
+    min_window: timedelta = Field(
+        timedelta(seconds=1),
+        gt=timedelta(0),
+        description="Smallest span a too-big window is halved down to; still too big there stops the pass.",
+    )
+    batch_size: int = Field(500, ge=1, le=5000, description="Indicators per publish to the bus.")
+
+    @field_validator("source_systems", "observable_keys", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if not isinstance(value, str):
@@ -131,7 +126,7 @@ class CollectorSettings(ServiceSettings):
                 raise ValueError("is not a valid JSON list; use a comma-separated list instead") from None
         return [part.strip() for part in value.split(",") if part.strip()]
 
-    @field_validator("collector_source_systems", "collector_observable_keys")
+    @field_validator("source_systems", "observable_keys")
     @classmethod
     def _quotable(cls, values: list[str]) -> list[str]:
         if not values or not all(value.strip() for value in values):
@@ -140,7 +135,7 @@ class CollectorSettings(ServiceSettings):
             string_literal(value)  # raises, naming the character, when the value cannot be quoted
         return values
 
-    @field_validator("collector_observable_keys")
+    @field_validator("observable_keys")
     @classmethod
     def _supported_keys(cls, keys: list[str]) -> list[str]:
         unsupported = [key for key in keys if kind_of_key(key) is None]
@@ -152,28 +147,60 @@ class CollectorSettings(ServiceSettings):
         return keys
 
     @model_validator(mode="after")
-    def _endpoints_and_store(self) -> Self:
-        self.loganalytics_endpoint = _checked(self, "LOGANALYTICS_ENDPOINT", self.loganalytics_endpoint)
-        if self.collector_min_window > self.collector_window:
+    def _windows_fit(self) -> Self:
+        if self.min_window > self.window:
             raise ValueError("TIBRIDGE_COLLECTOR_MIN_WINDOW must not be longer than TIBRIDGE_COLLECTOR_WINDOW")
-        if self.checkpoint_account_url is not None:
-            self.checkpoint_account_url = _checked(self, "CHECKPOINT_ACCOUNT_URL", self.checkpoint_account_url)
-        if self.checkpoint_connection_string is not None:
-            blob_endpoint = blob_endpoint_of(self.checkpoint_connection_string.get_secret_value())
-            if blob_endpoint is not None:
-                _checked(self, "CHECKPOINT_CONNECTION_STRING (its blob endpoint)", blob_endpoint)
-        if self.checkpoint_store is CheckpointKind.BLOB and not (
-            self.checkpoint_connection_string or self.checkpoint_account_url
-        ):
+        return self
+
+
+class CheckpointSettings(Section):
+    """TIBRIDGE_CHECKPOINT_*: where the watermark is kept."""
+
+    store: CheckpointKind = Field(
+        CheckpointKind.FILE, description="Where the watermark is kept: `file` or `blob` (Azure Blob Storage)."
+    )
+    path: Path = Field(Path(".tibridge/collector-checkpoint.json"), description="The watermark file (file store).")
+    container: str = Field(
+        "tibridge", min_length=3, max_length=63, description="Blob container of the watermark (blob store)."
+    )
+    blob: str = Field(
+        "collector-checkpoint.json", min_length=1, max_length=1024, description="Blob name of the watermark."
+    )
+    connection_string: SecretStr | None = Field(
+        None, description="Storage connection string (blob store); or set TIBRIDGE_CHECKPOINT_ACCOUNT_URL."
+    )
+    account_url: str | None = Field(
+        None,
+        description="Blob endpoint (https://<account>.blob.core.windows.net), used with the Azure credential.",
+    )
+
+    @model_validator(mode="after")
+    def _blob_is_reachable(self) -> Self:
+        if self.store is CheckpointKind.BLOB and not (self.connection_string or self.account_url):
             raise ValueError(
                 "TIBRIDGE_CHECKPOINT_STORE=blob needs TIBRIDGE_CHECKPOINT_CONNECTION_STRING "
                 "or TIBRIDGE_CHECKPOINT_ACCOUNT_URL"
             )
         return self
 
-    @property
-    def loganalytics_over_http(self) -> bool:
-        return self.loganalytics_endpoint.startswith("http://")
+
+class CollectorSettings(ServiceSettings):
+    loganalytics: LogAnalyticsSettings
+    collector: CollectingSettings
+    checkpoint: CheckpointSettings
+
+    @model_validator(mode="after")
+    def _endpoints(self) -> Self:
+        endpoint = self.endpoint("LOGANALYTICS_ENDPOINT", self.loganalytics.endpoint)
+        self.loganalytics = self.loganalytics.model_copy(update={"endpoint": endpoint})
+        if self.checkpoint.account_url is not None:
+            account_url = self.endpoint("CHECKPOINT_ACCOUNT_URL", self.checkpoint.account_url)
+            self.checkpoint = self.checkpoint.model_copy(update={"account_url": account_url})
+        if self.checkpoint.connection_string is not None:
+            blob_endpoint = blob_endpoint_of(self.checkpoint.connection_string.get_secret_value())
+            if blob_endpoint is not None:
+                self.endpoint("CHECKPOINT_CONNECTION_STRING (its blob endpoint)", blob_endpoint)
+        return self
 
 
 def blob_endpoint_of(connection_string: str) -> str | None:
@@ -189,10 +216,3 @@ def blob_endpoint_of(connection_string: str) -> str | None:
         protocol = parts.get("defaultendpointsprotocol", "https")
         return f"{protocol}://{parts['accountname']}.blob.{parts.get('endpointsuffix', 'core.windows.net')}"
     return None
-
-
-def _checked(settings: CollectorSettings, name: str, url: str) -> str:
-    try:
-        return settings.endpoint(url)
-    except ValueError as error:
-        raise ValueError(f"TIBRIDGE_{name}: {error}") from None

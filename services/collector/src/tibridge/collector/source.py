@@ -20,18 +20,16 @@ from typing import Any, Protocol
 from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError, ServiceResponseError
 from azure.core.rest import HttpRequest
 from azure.monitor.query.aio import LogsQueryClient
-from opentelemetry import metrics
 
 from tibridge.collector.kql import QuerySpec, build_query
 from tibridge.collector.rows import Row
+from tibridge.collector.settings import LogAnalyticsSettings
 from tibridge.collector.windows import Window
 from tibridge.common.clock import Clock
 from tibridge.common.http import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
+from tibridge.common.metrics import Tally
 
 log = logging.getLogger(__name__)
-_retries = metrics.get_meter("tibridge.collector").create_counter(
-    "tibridge.collector.query_retries", description="Log Analytics queries retried, by cause"
-)
 # Time the service gets beyond its own query limit before we give up on the connection.
 _TRANSPORT_GRACE_SECONDS = 30.0
 
@@ -54,13 +52,6 @@ class SourceError(Exception):
 
 
 @dataclass(frozen=True)
-class QueryOptions:
-    timeout_seconds: int  # the service's own limit (Prefer: wait=N); our timeout adds a grace to it
-    retry: RetryPolicy  # attempts on 429, 5xx and timeouts
-    allow_http: bool  # the sandbox: plain http to loopback in dev mode
-
-
-@dataclass(frozen=True)
 class _Answer:
     status: int
     body: bytes
@@ -68,18 +59,22 @@ class _Answer:
 
 
 class LogAnalyticsSource:
-    def __init__(
-        self, client: LogsQueryClient, workspace_id: str, spec: QuerySpec, options: QueryOptions, clock: Clock
-    ) -> None:
+    """Reads windows with the query API's own time limit (`Prefer: wait=N`, our timeout a grace beyond it) and
+    bounded retries on 429, 5xx and timeouts; plain http only to the sandbox (loopback, dev mode)."""
+
+    def __init__(self, client: LogsQueryClient, settings: LogAnalyticsSettings, spec: QuerySpec, clock: Clock) -> None:
         self._client = client
-        self._workspace_id = workspace_id
+        self._settings = settings
         self._spec = spec
-        self._options = options
         self._clock = clock
+        self._retry = RetryPolicy(
+            max_attempts=settings.query_attempts, base_delay_seconds=settings.retry_base_delay_seconds
+        )
+        self.retries = Tally("tibridge.collector.query_retries", "Log Analytics queries retried, by cause")
 
     async def read(self, window: Window) -> WindowRows:
         body = {"query": build_query(self._spec, window.start, window.end), "timespan": _timespan(window)}
-        policy = self._options.retry
+        policy = self._retry
         cause = "none"
         for attempt in range(1, policy.max_attempts + 1):
             try:
@@ -96,12 +91,12 @@ class LogAnalyticsSource:
                 if answer.status < 400:
                     return _window_rows(answer.body)
                 if answer.status not in RETRYABLE_STATUS:
-                    raise SourceError(_refusal(answer, self._workspace_id))
+                    raise SourceError(_refusal(answer, self._settings.workspace_id))
                 announced = parse_retry_after(answer.retry_after)
                 cause, delay = str(answer.status), announced if announced is not None else policy.backoff(attempt)
             if attempt == policy.max_attempts or delay > policy.max_retry_after_seconds:
                 break
-            _retries.add(1, {"cause": cause})
+            self.retries.add(cause=cause)
             log.warning("Log Analytics query failed (%s); retry %d in %.1fs", cause, attempt, delay)
             await self._clock.sleep(delay)
         raise SourceError(
@@ -110,11 +105,11 @@ class LogAnalyticsSource:
         )
 
     async def _post(self, body: dict[str, Any]) -> _Answer:
-        timeout = self._options.timeout_seconds
+        timeout = self._settings.query_timeout_seconds
         request = HttpRequest(
-            "POST", f"/workspaces/{self._workspace_id}/query", json=body, headers={"Prefer": f"wait={timeout}"}
+            "POST", f"/workspaces/{self._settings.workspace_id}/query", json=body, headers={"Prefer": f"wait={timeout}"}
         )
-        extra: dict[str, Any] = {"enforce_https": False} if self._options.allow_http else {}
+        extra: dict[str, Any] = {"enforce_https": False} if self._settings.over_http else {}
         async with asyncio.timeout(timeout + _TRANSPORT_GRACE_SECONDS):
             response = await self._client.send_request(
                 request, read_timeout=timeout + _TRANSPORT_GRACE_SECONDS / 2, connection_timeout=10, **extra

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from tibridge.collector.settings import CollectingSettings
+
 
 @dataclass(frozen=True, order=True)
 class Window:
@@ -23,26 +25,20 @@ class Window:
         return Window(self.start, middle), Window(middle, self.end)
 
 
-@dataclass(frozen=True)
-class SpanPolicy:
-    overlap: timedelta  # re-read before the watermark: rows are ingested late
-    settle_delay: timedelta  # leave the newest minutes alone: they are still arriving
-    initial_lookback: timedelta  # where the very first pass starts
-    window: timedelta  # largest query window
-
-
-def pass_span(policy: SpanPolicy, now: datetime, watermark: datetime | None, since: timedelta | None) -> Window | None:
+def pass_span(settings: CollectingSettings, now: datetime, watermark: datetime | None) -> Window | None:
     """The span one pass reads, or None when there is nothing settled to read yet.
 
-    `since` (a backfill) overrides the watermark; otherwise the pass resumes at the watermark minus the overlap.
+    The newest `settle_delay` is left alone (rows are still arriving); a backfill (`since`) overrides the
+    watermark; otherwise the pass resumes at the watermark minus the `overlap` (rows are ingested late), and the
+    very first pass starts `initial_lookback` ago.
     """
-    end = now - policy.settle_delay
-    if since is not None:
-        start = now - since
+    end = now - settings.settle_delay
+    if settings.since is not None:
+        start = now - settings.since
     elif watermark is not None:
-        start = watermark - policy.overlap
+        start = watermark - settings.overlap
     else:
-        start = now - policy.initial_lookback
+        start = now - settings.initial_lookback
     return Window(start, end) if start < end else None
 
 

@@ -10,7 +10,7 @@ In approval mode one import session's settings apply to all its observables, so 
 everything an import session states about them: status, TLP, severity, confidence, expiry and one itype per
 kind of observable (an expiring session states only itypes and expiry). To keep
 the groups few, confidence is rounded down to a multiple of 5 (never overstated), an active expiry is
-rounded up to a whole number of days (`TIBRIDGE_THREATSTREAM_SESSION_EXPIRY_DAYS`, at most that much later
+rounded up to a whole number of days (`TIBRIDGE_PUBLISHER_SESSION_EXPIRY_DAYS`, at most that much later
 than upstream's ValidUntil) and an expiring one down to the minute; tags an import
 session states are the ones every observable in it shares (always `mdti` and the source name).
 """

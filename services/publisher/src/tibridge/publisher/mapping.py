@@ -89,8 +89,8 @@ _SEVERITY_RANK = {severity: rank for rank, severity in enumerate(Severity)}
 
 @dataclass(frozen=True)
 class MappingPolicy:
-    default_lifetime: timedelta = timedelta(days=90)
-    source_name: str = "Microsoft Defender Threat Intelligence"
+    default_lifetime: timedelta
+    source_name: str
 
 
 @dataclass(frozen=True)

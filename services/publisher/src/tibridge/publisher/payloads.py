@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tibridge.publisher.mapping import IntelObject, IntelStatus
+from tibridge.publisher.settings import IntelClassification
 
 IMPORT_PATH = "/v2/intelligence/import/"
 UPSERT_PATH = "/v2/intelligence/"
@@ -21,9 +22,9 @@ SOURCE_CONFIDENCE_WEIGHT = 100
 
 @dataclass(frozen=True)
 class WireOptions:
-    classification: str = "private"
+    classification: IntelClassification
     # Approval mode: `inactive` waits for an analyst, `active` is approved at once.
-    default_state: str = "inactive"
+    default_state: IntelStatus
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,8 @@ def import_request(
     now, which ThreatStream stores as expired."""
     form = {
         "datatext": "\n".join(values),
-        "classification": options.classification,
-        "default_state": options.default_state,
+        "classification": str(options.classification),
+        "default_state": str(options.default_state),
         "expiration_ts": timestamp(session.expiration),
         **(mappings or {session.kind.import_mapping_field: session.itype}),
         "reject_benign": "false",
@@ -76,7 +77,7 @@ def import_request(
 def upsert_request(objects: Sequence[IntelObject], options: WireOptions) -> ThreatStreamRequest:
     body = {
         "meta": {
-            "classification": options.classification,
+            "classification": str(options.classification),
             "source_confidence_weight": SOURCE_CONFIDENCE_WEIGHT,
             "allow_unresolved": True,
             "allow_update": True,

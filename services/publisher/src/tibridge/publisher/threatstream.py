@@ -19,6 +19,7 @@ from opentelemetry.trace import SpanKind
 from pydantic import SecretStr
 
 from tibridge.common.http import RETRYABLE_STATUS, ResilientSender, RetriesExhausted
+from tibridge.common.metrics import Snapshot, Tally
 from tibridge.publisher.payloads import IMPORT_PATH, ThreatStreamRequest
 
 _tracer = trace.get_tracer("tibridge.publisher")
@@ -44,16 +45,24 @@ class Answer:
     status: int | None = None
 
 
-@dataclass
-class GatewayCounts:
-    requests: int = 0
-    retries: int = 0
+@dataclass(frozen=True)
+class GatewayCounts(Snapshot):
+    requests: int  # HTTP requests, retries included
+    retries: int
 
 
 class Gateway(Protocol):
-    counts: GatewayCounts
-
     async def send(self, request: ThreatStreamRequest) -> Answer: ...
+
+    def counts(self) -> GatewayCounts: ...
+
+
+def _attempts() -> Tally:
+    return Tally("tibridge.publisher.threatstream.attempts", "ThreatStream HTTP requests, by whether they retried")
+
+
+def _gateway_counts(attempts: Tally) -> GatewayCounts:
+    return GatewayCounts(requests=attempts.total(), retries=attempts.total(retry="yes"))
 
 
 class ThreatStreamClient:
@@ -62,7 +71,10 @@ class ThreatStreamClient:
         self._username = username
         self._api_key = api_key
         self._sender = sender
-        self.counts = GatewayCounts()
+        self._attempts = _attempts()
+
+    def counts(self) -> GatewayCounts:
+        return _gateway_counts(self._attempts)
 
     async def send(self, request: ThreatStreamRequest) -> Answer:
         attempts = 0
@@ -91,8 +103,8 @@ class ThreatStreamClient:
             except httpx.HTTPError as error:
                 return Answer(Outcome.UNAVAILABLE, f"ThreatStream could not be reached ({type(error).__name__})")
             finally:
-                self.counts.requests += attempts
-                self.counts.retries += max(0, attempts - 1)
+                self._attempts.add(min(attempts, 1), retry="no")
+                self._attempts.add(max(0, attempts - 1), retry="yes")
         return self._interpret(request, response)
 
     def _interpret(self, request: ThreatStreamRequest, response: httpx.Response) -> Answer:
@@ -144,9 +156,9 @@ def _permission_needed(request: ThreatStreamRequest) -> str:
     if request.path == IMPORT_PATH:
         return (
             "the ThreatStream user needs the right to import intelligence (and 'Approve Import' with "
-            "TIBRIDGE_THREATSTREAM_AUTO_APPROVE=true)."
+            "TIBRIDGE_PUBLISHER_AUTO_APPROVE=true)."
         )
-    return "the ThreatStream user needs the 'Approve Intel' permission for TIBRIDGE_THREATSTREAM_MODE=direct."
+    return "the ThreatStream user needs the 'Approve Intel' permission for TIBRIDGE_PUBLISHER_MODE=direct."
 
 
 class DryRun:
@@ -154,12 +166,15 @@ class DryRun:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self.counts = GatewayCounts()
+        self._attempts = _attempts()
+
+    def counts(self) -> GatewayCounts:
+        return _gateway_counts(self._attempts)
 
     async def send(self, request: ThreatStreamRequest) -> Answer:
         line = json.dumps(request.record(), ensure_ascii=False, sort_keys=True) + "\n"
         await asyncio.to_thread(self._append, line)
-        self.counts.requests += 1
+        self._attempts.add(retry="no")
         return Answer(Outcome.ACCEPTED, f"written to {self._path}")
 
     def _append(self, line: str) -> None:

@@ -2,7 +2,7 @@
 
 `GraphReputationClient.lookup_batch` sends one batch (the whole request retried by `ResilientSender`) and
 says, per host, what happened: found (or MDTI has nothing), retry later, refused (a configuration problem)
-or rejected (this host can never be looked up). Deciding when to retry belongs to the batcher.
+or unanswerable (this host can never be looked up). Deciding when to retry belongs to the batcher.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from tibridge.common.clock import Clock
 from tibridge.common.contracts import Classification, Reputation
 from tibridge.common.http import RETRYABLE_STATUS, ResilientSender, RetriesExhausted, parse_retry_after
-from tibridge.scorer.counts import ScorerCounts
+from tibridge.common.metrics import Distribution, Snapshot, Tally
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 MAX_BATCH_ITEMS = 20
@@ -57,14 +57,40 @@ class Refused:
 
 
 @dataclass(frozen=True)
-class Rejected:
+class Unanswerable:
     """Graph will never answer this host (e.g. 400): dead-letter its message."""
 
     status: int
     message: str
 
 
-Outcome = Found | Retry | Refused | Rejected
+ItemAnswer = Found | Retry | Refused | Unanswerable
+
+
+@dataclass(frozen=True)
+class GraphCounts(Snapshot):
+    batch_requests: int
+    items: int
+    throttled: int
+    retries: int
+
+
+class GraphMetrics:
+    """What the Graph client and the batcher on it count: requests, their sizes, 429s honoured, retries."""
+
+    def __init__(self) -> None:
+        self.requests = Tally("tibridge.scorer.graph.requests", "Graph $batch HTTP requests")
+        self.sizes = Distribution("tibridge.scorer.graph.batch_size", "Items per $batch")
+        self.throttled = Tally("tibridge.scorer.graph.throttled", "429 answers honoured")
+        self.retries = Tally("tibridge.scorer.graph.retries", "Lookups retried, by cause")
+
+    def counts(self) -> GraphCounts:
+        return GraphCounts(
+            batch_requests=self.requests.total(),
+            items=round(self.sizes.sum),
+            throttled=self.throttled.total(),
+            retries=self.retries.total(),
+        )
 
 
 def reputation_path(host: str) -> str:
@@ -100,7 +126,7 @@ def parse_reputation(body: Any) -> Reputation | None:
     return None if unknown and reputation.score == 0 and not reputation.rules else reputation
 
 
-def item_outcome(status: int, headers: Mapping[str, str], body: Any) -> Outcome:
+def item_answer(status: int, headers: Mapping[str, str], body: Any) -> ItemAnswer:
     """What one batch item's answer means."""
     if status == 200:
         try:
@@ -114,10 +140,10 @@ def item_outcome(status: int, headers: Mapping[str, str], body: Any) -> Outcome:
         return Retry(str(status), retry_after, throttled=status == 429)
     if status in (401, 403):
         return Refused(GRAPH_REFUSED_REASON.format(status=status))
-    return Rejected(status, _error_message(body))
+    return Unanswerable(status, _error_message(body))
 
 
-def batch_outcomes(response: httpx.Response, count: int) -> list[Outcome]:
+def batch_answers(response: httpx.Response, count: int) -> list[ItemAnswer]:
     """Per item, in request order (items are numbered "1".."count"), what a `$batch` answer means."""
     if response.status_code in (401, 403):
         return [Refused(GRAPH_REFUSED_REASON.format(status=response.status_code))] * count
@@ -132,29 +158,27 @@ def batch_outcomes(response: httpx.Response, count: int) -> list[Outcome]:
         )
         return [Refused(reason)] * count
     try:
-        answers = {str(item["id"]): item for item in response.json()["responses"]}
+        items = {str(item["id"]): item for item in response.json()["responses"]}
     except (ValueError, KeyError, TypeError):
         return [Retry("malformed batch response")] * count
-    outcomes: list[Outcome] = []
+    answers: list[ItemAnswer] = []
     for number in range(1, count + 1):
-        answer = answers.get(str(number))
-        if not isinstance(answer, Mapping) or not isinstance(answer.get("status"), int):
-            outcomes.append(Retry("batch item missing"))
+        item = items.get(str(number))
+        if not isinstance(item, Mapping) or not isinstance(item.get("status"), int):
+            answers.append(Retry("batch item missing"))
             continue
-        headers = answer.get("headers")
-        outcomes.append(
-            item_outcome(answer["status"], headers if isinstance(headers, Mapping) else {}, answer.get("body"))
-        )
-    return outcomes
+        headers = item.get("headers")
+        answers.append(item_answer(item["status"], headers if isinstance(headers, Mapping) else {}, item.get("body")))
+    return answers
 
 
 class GraphReputationClient:
-    def __init__(self, http: httpx.AsyncClient, sender: ResilientSender, counts: ScorerCounts) -> None:
+    def __init__(self, http: httpx.AsyncClient, sender: ResilientSender) -> None:
         self._http = http
         self._sender = sender
-        self._counts = counts
+        self.metrics = GraphMetrics()
 
-    async def lookup_batch(self, hosts: Sequence[str]) -> list[Outcome]:
+    async def lookup_batch(self, hosts: Sequence[str]) -> list[ItemAnswer]:
         if not 1 <= len(hosts) <= MAX_BATCH_ITEMS:
             raise ValueError(f"a Graph $batch takes 1 to {MAX_BATCH_ITEMS} lookups, not {len(hosts)}")
         body = {
@@ -169,18 +193,19 @@ class GraphReputationClient:
             nonlocal attempts
             attempts += 1
             if attempts > 1:
-                self._counts.retried("batch")
-            self._counts.graph_request(len(hosts))
+                self.metrics.retries.add(cause="batch")
+            self.metrics.requests.add()
+            self.metrics.sizes.record(len(hosts))
             response = await self._http.post("/$batch", json=body)
             if response.status_code == 429:
-                self._counts.throttled()
+                self.metrics.throttled.add()
             return response
 
         try:
             response = await self._sender.send(attempt, cost=len(hosts))
         except RetriesExhausted as error:
             return [Retry(str(error))] * len(hosts)
-        return batch_outcomes(response, len(hosts))
+        return batch_answers(response, len(hosts))
 
 
 class BearerTokenAuth(httpx.Auth):

@@ -1,33 +1,73 @@
-"""The scorer's settings: Graph endpoint, verdict policy, cache, batching and rate limits."""
+"""The scorer's settings: the Graph client's endpoint and limits, and the verdict rules, cache and concurrency."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any, Self
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from tibridge.common.contracts import Classification
-from tibridge.common.settings import ServiceSettings
-from tibridge.scorer.policy import DEFAULT_THRESHOLD, UnscorablePolicy
-
-GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
+from tibridge.common.settings import Section, ServiceSettings
 
 
-class ScorerSettings(ServiceSettings):
-    graph_base_url: str = Field(
-        GRAPH_BASE_URL, description="Microsoft Graph base URL, up to and including the version (…/v1.0)."
+class UnscorableHandling(StrEnum):
+    """URLs, file hashes and emails have no MDTI reputation: drop them, or forward them unscored."""
+
+    DROP = "drop"
+    FORWARD = "forward"
+
+
+class GraphSettings(Section):
+    """TIBRIDGE_GRAPH_*: Microsoft Graph's endpoint, the request budget and how lookups share `$batch` requests."""
+
+    base_url: str = Field(
+        "https://graph.microsoft.com/v1.0",
+        description="Microsoft Graph base URL, up to and including the version (…/v1.0).",
     )
-    score_threshold: int = Field(
-        DEFAULT_THRESHOLD, ge=0, le=100, description="MDTI score (0-100) at or above which an indicator is published."
+    lookups_per_second: float = Field(
+        50.0, gt=0, description="Ceiling on MDTI lookups per second (each item of a $batch counts)."
+    )
+    batch_linger_seconds: float = Field(
+        0.05, ge=0, le=5, description="How long a lookup waits for others to share its Graph $batch request."
+    )
+    parallel_requests: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Graph $batch requests in flight at once; above 1 a request may already be on its way "
+        "when another one is answered 429.",
+    )
+    request_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one Graph HTTP request.")
+    max_attempts: int = Field(
+        8, ge=1, le=50, description="Attempts per lookup (429, 5xx, timeouts) before its message goes back to the bus."
+    )
+    retry_base_delay_seconds: float = Field(
+        0.5, gt=0, le=60, description="First backoff after a 5xx or timeout; it doubles per attempt, with jitter."
+    )
+    probe_interval_seconds: float = Field(
+        30.0, gt=0, description="While Graph refuses the token, how often one lookup checks whether it is fixed."
+    )
+
+
+class ScoringSettings(Section):
+    """TIBRIDGE_SCORER_*: which verdict an indicator gets, how long reputations are reused, how much is in hand."""
+
+    threshold: int = Field(
+        # MDTI's own malicious band starts at 75.
+        75,
+        ge=0,
+        le=100,
+        description="MDTI score (0-100) at or above which an indicator is published.",
     )
     allowed_classifications: Annotated[frozenset[Classification], NoDecode] = Field(
         frozenset(),
         description="Comma-separated MDTI classifications that may be published (e.g. malicious,suspicious); "
         "empty allows any.",
     )
-    unscorable_policy: UnscorablePolicy = Field(
-        UnscorablePolicy.DROP,
+    unscorable: UnscorableHandling = Field(
+        UnscorableHandling.DROP,
         description="What happens to URLs, file hashes and emails, which MDTI cannot score: `drop` or `forward`.",
     )
     unscorable_confidence: int = Field(
@@ -37,29 +77,6 @@ class ScorerSettings(ServiceSettings):
         86400.0, gt=0, description="How long a reputation (or MDTI's 'no reputation') is reused before a new lookup."
     )
     cache_max_entries: int = Field(100_000, ge=1, description="Reputations cached at most (least recently used go).")
-    graph_batch_linger_seconds: float = Field(
-        0.05, ge=0, le=5, description="How long a lookup waits for others to share its Graph $batch request."
-    )
-    graph_lookups_per_second: float = Field(
-        50.0, gt=0, description="Ceiling on MDTI lookups per second (each item of a $batch counts)."
-    )
-    graph_parallel_requests: int = Field(
-        1,
-        ge=1,
-        le=16,
-        description="Graph $batch requests in flight at once; above 1 a request may already be on its way "
-        "when another one is answered 429.",
-    )
-    graph_request_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one Graph HTTP request.")
-    graph_max_attempts: int = Field(
-        8, ge=1, le=50, description="Attempts per lookup (429, 5xx, timeouts) before its message goes back to the bus."
-    )
-    graph_retry_base_delay_seconds: float = Field(
-        0.5, gt=0, le=60, description="First backoff after a 5xx or timeout; it doubles per attempt, with jitter."
-    )
-    graph_probe_interval_seconds: float = Field(
-        30.0, gt=0, description="While Graph refuses the token, how often one lookup checks whether it is fixed."
-    )
     # Messages wait for their lookup while a batch gathers and another is in flight: enough of them must be
     # in hand to fill two batches of 20 even when most are cache hits or need no lookup.
     max_in_flight: int = Field(
@@ -69,17 +86,19 @@ class ScorerSettings(ServiceSettings):
         200, ge=1, le=10000, description="Messages scored at once; well above 20 so Graph batches fill up."
     )
 
-    @model_validator(mode="after")
-    def _graph_endpoint(self) -> Self:
-        try:
-            self.graph_base_url = self.endpoint(self.graph_base_url)
-        except ValueError as error:
-            raise ValueError(f"TIBRIDGE_GRAPH_BASE_URL: {error}") from None
-        return self
-
     @field_validator("allowed_classifications", mode="before")
     @classmethod
     def _split_classifications(cls, value: Any) -> Any:
         if isinstance(value, str):
             return frozenset(part.strip() for part in value.split(",") if part.strip())
         return value
+
+
+class ScorerSettings(ServiceSettings):
+    graph: GraphSettings
+    scorer: ScoringSettings
+
+    @model_validator(mode="after")
+    def _graph_endpoint(self) -> Self:
+        self.graph = self.graph.model_copy(update={"base_url": self.endpoint("GRAPH_BASE_URL", self.graph.base_url)})
+        return self

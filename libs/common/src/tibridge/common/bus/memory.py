@@ -12,7 +12,7 @@ import contextlib
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from tibridge.common.bus.port import (
@@ -49,23 +49,124 @@ class _Lock:
     locked_until: datetime
 
 
-@dataclass
 class _Queue:
-    """One subscription or its dead-letter queue."""
+    """One subscription or its dead-letter queue: the messages ready, those locked, and the operations on them."""
 
-    spec: SubscriptionSpec
-    dead_letter_queue: _Queue | None
-    ready: deque[_Stored] = field(default_factory=deque)
-    locked: dict[uuid.UUID, _Lock] = field(default_factory=dict)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    def __init__(self, spec: SubscriptionSpec, dead_letter_queue: _Queue | None, clock: Clock) -> None:
+        self.spec = spec
+        self._dead_letter_queue = dead_letter_queue
+        self._clock = clock
+        self._ready: deque[_Stored] = deque()
+        self._locked: dict[uuid.UUID, _Lock] = {}
+        self.arrived = asyncio.Event()
 
     @property
     def is_dead_letter(self) -> bool:
-        return self.dead_letter_queue is None
+        return self._dead_letter_queue is None
 
     @property
     def depth(self) -> int:
-        return len(self.ready) + len(self.locked)
+        self._expire_locks()
+        return len(self._ready) + len(self._locked)
+
+    def append(self, stored: _Stored) -> None:
+        self._ready.append(stored)
+        self.arrived.set()
+
+    def lock_next(self, max_messages: int) -> list[ReceivedMessage]:
+        """Up to `max_messages` live messages, locked; lapsed locks are released first."""
+        self._expire_locks()
+        batch: list[ReceivedMessage] = []
+        while len(batch) < max_messages and (stored := self._take()) is not None:
+            batch.append(self._lock(stored))
+        return batch
+
+    def seconds_to_next_lock_expiry(self) -> float | None:
+        expiry = min((lock.locked_until for lock in self._locked.values()), default=None)
+        return None if expiry is None else max(0.0, (expiry - self._clock.now()).total_seconds())
+
+    def complete(self, message: ReceivedMessage) -> None:
+        self._settle(message)
+
+    def abandon(self, message: ReceivedMessage) -> None:
+        self._give_back(self._settle(message))
+
+    def dead_letter(self, message: ReceivedMessage, reason: str, description: str) -> None:
+        self._to_dead_letter(self._settle(message), reason, description)
+
+    def renew(self, message: ReceivedMessage) -> datetime:
+        lock = self._held(message)
+        lock.locked_until = self._clock.now() + self.spec.lock_duration
+        message.locked_until = lock.locked_until
+        return lock.locked_until
+
+    def _expire_locks(self) -> None:
+        """Lapsed locks go back for redelivery (count + 1)."""
+        now = self._clock.now()
+        for token, lock in list(self._locked.items()):
+            if lock.locked_until <= now:
+                del self._locked[token]
+                self._give_back(lock.stored)
+
+    def _take(self) -> _Stored | None:
+        """The next live message; those past their TTL are dead-lettered on the way."""
+        now = self._clock.now()
+        while self._ready:
+            stored = self._ready.popleft()
+            if self.is_dead_letter or stored.expires_at > now:
+                return stored
+            self._to_dead_letter(stored, TTL_EXPIRED, "the message expired before it was completed")
+        return None
+
+    def _give_back(self, stored: _Stored) -> None:
+        stored.delivery_count += 1
+        if not self.is_dead_letter and stored.delivery_count >= self.spec.max_delivery_count:
+            self._to_dead_letter(
+                stored, MAX_DELIVERY_COUNT_EXCEEDED, f"delivered {stored.delivery_count} times without being completed"
+            )
+            return
+        self._ready.appendleft(stored)
+        self.arrived.set()
+
+    def _to_dead_letter(self, stored: _Stored, reason: str, description: str) -> None:
+        dead = self._dead_letter_queue
+        if dead is None:
+            raise LockLost("a message in a dead-letter queue cannot be dead-lettered again")
+        dead.append(replace(stored, dead_letter_reason=reason, dead_letter_description=description))
+
+    def _lock(self, stored: _Stored) -> ReceivedMessage:
+        token = uuid.uuid4()
+        locked_until = self._clock.now() + self.spec.lock_duration
+        self._locked[token] = _Lock(stored, locked_until)
+        return ReceivedMessage(
+            body=stored.body,
+            message_id=stored.message_id,
+            application_properties=dict(stored.application_properties),
+            delivery_count=stored.delivery_count,
+            sequence_number=stored.sequence_number,
+            enqueued_time=stored.enqueued_time,
+            locked_until=locked_until,
+            dead_letter_reason=stored.dead_letter_reason,
+            dead_letter_description=stored.dead_letter_description,
+            handle=token,
+        )
+
+    def _held(self, message: ReceivedMessage) -> _Lock:
+        """The message's live lock; a lapsed one is released for redelivery (only this one: settling stays O(1))."""
+        token = message.handle
+        lock = self._locked.get(token) if isinstance(token, uuid.UUID) else None
+        if lock is not None and lock.locked_until <= self._clock.now():
+            del self._locked[token]  # type: ignore[arg-type]
+            self._give_back(lock.stored)
+            lock = None
+        if lock is None:
+            raise LockLost(f"the lock on message {message.message_id} has expired or was already settled")
+        return lock
+
+    def _settle(self, message: ReceivedMessage) -> _Stored:
+        lock = self._held(message)
+        del self._locked[message.handle]  # type: ignore[arg-type]
+        return lock.stored
 
 
 class MemoryBus:
@@ -77,9 +178,9 @@ class MemoryBus:
         self._queues: dict[tuple[str, str, bool], _Queue] = {}
         for topic in topology.topics:
             for sub in topic.subscriptions:
-                dead = _Queue(sub, dead_letter_queue=None)
+                dead = _Queue(sub, dead_letter_queue=None, clock=self._clock)
                 self._queues[(topic.name, sub.name, True)] = dead
-                self._queues[(topic.name, sub.name, False)] = _Queue(sub, dead_letter_queue=dead)
+                self._queues[(topic.name, sub.name, False)] = _Queue(sub, dead_letter_queue=dead, clock=self._clock)
 
     # -- the port -------------------------------------------------------------------------------------------
 
@@ -92,8 +193,7 @@ class MemoryBus:
             for sub in spec.subscriptions:
                 if sub.accepts(message.application_properties):
                     self._sequence += 1
-                    queue = self._queues[(topic, sub.name, False)]
-                    queue.ready.append(
+                    self._queues[(topic, sub.name, False)].append(
                         _Stored(
                             body=message.body,
                             message_id=message.message_id,
@@ -103,7 +203,6 @@ class MemoryBus:
                             expires_at=now + min(spec.message_ttl, sub.message_ttl),
                         )
                     )
-                    queue.arrived.set()
 
     def receiver(
         self, topic: str, subscription: str, *, dead_letter: bool = False, prefetch: int = 0
@@ -111,7 +210,7 @@ class MemoryBus:
         key = (topic, subscription, dead_letter)
         if key not in self._queues:
             raise EntityNotFound(f"no subscription {topic}/{subscription} in the topology")
-        return MemoryReceiver(self, self._queues[key])
+        return MemoryReceiver(self._queues[key], self._clock)
 
     async def check(self) -> None:
         return None
@@ -125,9 +224,7 @@ class MemoryBus:
     # -- inspection, for tests and the demo -----------------------------------------------------------------
 
     def depth(self, topic: str, subscription: str, *, dead_letter: bool = False) -> int:
-        queue = self._queues[(topic, subscription, dead_letter)]
-        self._expire(queue)
-        return queue.depth
+        return self._queues[(topic, subscription, dead_letter)].depth
 
     # -- internals ------------------------------------------------------------------------------------------
 
@@ -149,121 +246,39 @@ class MemoryBus:
         seen[message_id] = now
         return False
 
-    def _expire(self, queue: _Queue) -> None:
-        """Lapsed locks go back for redelivery (count + 1)."""
-        now = self._clock.now()
-        for token, lock in list(queue.locked.items()):
-            if lock.locked_until <= now:
-                del queue.locked[token]
-                self._return(queue, lock.stored)
-
-    def _take(self, queue: _Queue) -> _Stored | None:
-        """The next live message; those past their TTL are dead-lettered on the way."""
-        now = self._clock.now()
-        while queue.ready:
-            stored = queue.ready.popleft()
-            if queue.is_dead_letter or stored.expires_at > now:
-                return stored
-            self._to_dead_letter(queue, stored, TTL_EXPIRED, "the message expired before it was completed")
-        return None
-
-    def _return(self, queue: _Queue, stored: _Stored) -> None:
-        stored.delivery_count += 1
-        if not queue.is_dead_letter and stored.delivery_count >= queue.spec.max_delivery_count:
-            self._to_dead_letter(
-                queue,
-                stored,
-                MAX_DELIVERY_COUNT_EXCEEDED,
-                f"delivered {stored.delivery_count} times without being completed",
-            )
-            return
-        queue.ready.appendleft(stored)
-        queue.arrived.set()
-
-    def _to_dead_letter(self, queue: _Queue, stored: _Stored, reason: str, description: str) -> None:
-        dead = queue.dead_letter_queue
-        if dead is None:
-            raise LockLost("a message in a dead-letter queue cannot be dead-lettered again")
-        dead.ready.append(replace(stored, dead_letter_reason=reason, dead_letter_description=description))
-        dead.arrived.set()
-
-    def _next_lock_expiry(self, queue: _Queue) -> datetime | None:
-        return min((lock.locked_until for lock in queue.locked.values()), default=None)
-
-    def _lock(self, queue: _Queue, stored: _Stored) -> ReceivedMessage:
-        token = uuid.uuid4()
-        locked_until = self._clock.now() + queue.spec.lock_duration
-        queue.locked[token] = _Lock(stored, locked_until)
-        return ReceivedMessage(
-            body=stored.body,
-            message_id=stored.message_id,
-            application_properties=dict(stored.application_properties),
-            delivery_count=stored.delivery_count,
-            sequence_number=stored.sequence_number,
-            enqueued_time=stored.enqueued_time,
-            locked_until=locked_until,
-            dead_letter_reason=stored.dead_letter_reason,
-            dead_letter_description=stored.dead_letter_description,
-            handle=token,
-        )
-
 
 class MemoryReceiver(ClosesOnExit):
-    def __init__(self, bus: MemoryBus, queue: _Queue) -> None:
-        self._bus = bus
+    def __init__(self, queue: _Queue, clock: Clock) -> None:
         self._queue = queue
+        self._clock = clock
 
     async def receive(self, max_messages: int, max_wait: float) -> list[ReceivedMessage]:
-        clock = self._bus._clock
-        deadline = clock.monotonic() + max_wait
+        deadline = self._clock.monotonic() + max_wait
         while True:
-            self._bus._expire(self._queue)
-            batch: list[ReceivedMessage] = []
-            while len(batch) < max_messages and (stored := self._bus._take(self._queue)) is not None:
-                batch.append(self._bus._lock(self._queue, stored))
+            batch = self._queue.lock_next(max_messages)
             if batch:
                 return batch
-            remaining = deadline - clock.monotonic()
+            remaining = deadline - self._clock.monotonic()
             if remaining <= 0:
                 return []
-            next_expiry = self._bus._next_lock_expiry(self._queue)
-            if next_expiry is not None:
-                remaining = min(remaining, max(0.0, (next_expiry - clock.now()).total_seconds()) + 0.001)
+            to_expiry = self._queue.seconds_to_next_lock_expiry()
+            if to_expiry is not None:
+                remaining = min(remaining, to_expiry + 0.001)
             self._queue.arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._queue.arrived.wait(), timeout=remaining)
 
     async def complete(self, message: ReceivedMessage) -> None:
-        self._settle(message)
+        self._queue.complete(message)
 
     async def abandon(self, message: ReceivedMessage) -> None:
-        self._bus._return(self._queue, self._settle(message))
+        self._queue.abandon(message)
 
     async def dead_letter(self, message: ReceivedMessage, reason: str, description: str) -> None:
-        self._bus._to_dead_letter(self._queue, self._settle(message), reason, description)
+        self._queue.dead_letter(message, reason, description)
 
     async def renew_lock(self, message: ReceivedMessage) -> datetime:
-        lock = self._held(message)
-        lock.locked_until = self._bus._clock.now() + self._queue.spec.lock_duration
-        message.locked_until = lock.locked_until
-        return lock.locked_until
+        return self._queue.renew(message)
 
     async def close(self) -> None:
         return None
-
-    def _held(self, message: ReceivedMessage) -> _Lock:
-        """The message's live lock; a lapsed one is released for redelivery (only this one: settling stays O(1))."""
-        token = message.handle
-        lock = self._queue.locked.get(token) if isinstance(token, uuid.UUID) else None
-        if lock is not None and lock.locked_until <= self._bus._clock.now():
-            del self._queue.locked[token]  # type: ignore[arg-type]
-            self._bus._return(self._queue, lock.stored)
-            lock = None
-        if lock is None:
-            raise LockLost(f"the lock on message {message.message_id} has expired or was already settled")
-        return lock
-
-    def _settle(self, message: ReceivedMessage) -> _Stored:
-        lock = self._held(message)
-        del self._queue.locked[message.handle]  # type: ignore[arg-type]
-        return lock.stored

@@ -13,8 +13,6 @@ from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self
 
-from tibridge.common.contracts import Envelope, application_properties, encode
-
 PropertyValue = str | int | float | bool
 
 
@@ -24,14 +22,6 @@ class OutgoingMessage:
     message_id: str
     application_properties: Mapping[str, PropertyValue] = field(default_factory=dict)
     content_type: str = "application/json"
-
-    @classmethod
-    def from_envelope(cls, envelope: Envelope) -> OutgoingMessage:
-        return cls(
-            body=encode(envelope),
-            message_id=envelope.message_id,
-            application_properties=application_properties(envelope),
-        )
 
 
 @dataclass

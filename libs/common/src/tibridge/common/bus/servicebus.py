@@ -22,12 +22,16 @@ from azure.servicebus.amqp import AmqpMessageBodyType
 from azure.servicebus.exceptions import (
     MessageAlreadySettled,
     MessageLockLostError,
+    MessageNotFoundError,
     MessageSizeExceededError,
+    MessagingEntityAlreadyExistsError,
     MessagingEntityNotFoundError,
     OperationTimeoutError,
     ServiceBusAuthenticationError,
     ServiceBusAuthorizationError,
     ServiceBusError,
+    ServiceBusQuotaExceededError,
+    SessionLockLostError,
 )
 from pydantic import SecretStr
 
@@ -52,6 +56,15 @@ RETRY_TOTAL = 3
 RETRY_BACKOFF_MAX = 10.0
 # The service puts the dead-letter reason among the application properties; the port has fields for them.
 _DEAD_LETTER_PROPERTIES = frozenset({"DeadLetterReason", "DeadLetterErrorDescription"})
+# Failures that trying again cannot fix; every other Service Bus error (connection, timeout, busy, an AMQP
+# condition the SDK has no class for) may pass by itself, so it reads as the bus being unavailable.
+_PERMANENT_ERRORS = (
+    MessageSizeExceededError,
+    MessageNotFoundError,
+    MessagingEntityAlreadyExistsError,
+    ServiceBusQuotaExceededError,
+    SessionLockLostError,
+)
 
 
 class ServiceBusBus:
@@ -276,10 +289,10 @@ def _translated(operation: str) -> Iterator[None]:
         ) from None
     except MessageAlreadySettled:
         raise BusError(f"{operation}: the message was already settled") from None
+    except _PERMANENT_ERRORS as error:
+        raise BusError(f"{operation}: {type(error).__name__}: {error.message}") from None
     except ServiceBusError as error:
-        # The SDK marks transient failures (connection, timeout, busy) as retryable.
-        kind = BusUnavailable if error._retryable else BusError
-        raise kind(f"{operation}: {type(error).__name__}: {error.message}") from None
+        raise BusUnavailable(f"{operation}: {type(error).__name__}: {error.message}") from None
     except TimeoutError:
         raise BusUnavailable(f"{operation}: Service Bus did not answer in time") from None
 

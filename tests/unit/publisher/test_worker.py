@@ -11,8 +11,10 @@ from pathlib import Path
 from tests.fixtures.publisher import (
     FakeGateway,
     depth,
+    fast_consumer,
     observable,
     publish_scored,
+    publisher_settings,
     rejecting,
     request_values,
     running,
@@ -21,19 +23,15 @@ from tests.fixtures.publisher import (
 from tests.fixtures.runtime import eventually
 from tibridge.common.bus.memory import MemoryBus
 from tibridge.common.clock import SystemClock
-from tibridge.common.consumer import ConsumerOptions
 from tibridge.common.contracts import ObservableType, Verdict
 from tibridge.common.runtime import Service
+from tibridge.common.settings import load_settings
 from tibridge.common.topology import PUBLISHER_SUBSCRIPTION, SCORED_TOPIC
 from tibridge.publisher.app import assemble, build
 from tibridge.publisher.payloads import IMPORT_PATH, UPSERT_PATH, ThreatStreamRequest
-from tibridge.publisher.service import REJECTED_REASON, PublisherOptions
 from tibridge.publisher.settings import PublisherSettings, PublishMode
 from tibridge.publisher.threatstream import Answer, Outcome
-
-FAST_CONSUMER = ConsumerOptions(
-    max_in_flight=2000, receive_batch=100, receive_wait_seconds=0.05, probe_interval_seconds=0.05
-)
+from tibridge.publisher.worker import REJECTED_REASON, PublisherCounts
 
 
 def a_service(
@@ -44,10 +42,17 @@ def a_service(
     batch_size: int = 10,
     batch_age_seconds: float = 60.0,
 ) -> Service:
-    options = PublisherOptions(
-        mode=mode, batch_size=batch_size, batch_age_seconds=batch_age_seconds, probe_interval_seconds=0.05
+    settings = publisher_settings(
+        publisher_mode=mode,
+        publisher_batch_size=batch_size,
+        publisher_batch_age_seconds=batch_age_seconds,
+        threatstream_probe_interval_seconds=0.05,
     )
-    return assemble(bus, gateway, options, FAST_CONSUMER, SystemClock())
+    return assemble(settings, bus, SystemClock(), fast_consumer(settings), gateway=gateway)
+
+
+def counts_of(service: Service) -> PublisherCounts:
+    return service.snapshot(PublisherCounts)
 
 
 async def test_full_batches_go_out_as_one_request_each_and_the_rest_on_stop() -> None:
@@ -59,8 +64,8 @@ async def test_full_batches_go_out_as_one_request_each_and_the_rest_on_stop() ->
     assert [request.objects for request in gateway.requests] == [10, 10, 5]
     assert {request.path for request in gateway.requests} == {UPSERT_PATH}
     assert depth(bus) == 0
-    counts = service.counts()
-    assert (counts["batches"], counts["completed"], counts["objects_sent"]) == (3, 25, {"publish": 25})
+    counts = counts_of(service)
+    assert (counts.batches, counts.completed, counts.objects_sent) == (3, 25, {"publish": 25})
 
 
 async def test_messages_are_completed_only_after_threatstream_answers() -> None:
@@ -113,7 +118,7 @@ async def test_one_poison_item_in_a_thousand_is_isolated_and_dead_lettered() -> 
     assert message.dead_letter_reason == REJECTED_REASON
     assert message.dead_letter_description is not None
     assert poison.observable.value in message.dead_letter_description
-    assert service.counts()["dead_lettered"] == 1
+    assert counts_of(service).dead_lettered == 1
 
 
 async def test_an_unavailable_threatstream_gets_the_messages_redelivered() -> None:
@@ -124,7 +129,7 @@ async def test_an_unavailable_threatstream_gets_the_messages_redelivered() -> No
     async with running(service):
         await eventually(lambda: len(gateway.requests) == 2 and depth(bus) == 0)
     assert sorted(request_values(gateway.requests[0])) == sorted(request_values(gateway.requests[1]))
-    assert (service.counts()["abandoned"], service.counts()["completed"]) == (10, 10)
+    assert (counts_of(service).abandoned, counts_of(service).completed) == (10, 10)
 
 
 async def test_a_refusal_pauses_the_consumer_keeps_the_batch_and_retries_it() -> None:
@@ -139,7 +144,7 @@ async def test_a_refusal_pauses_the_consumer_keeps_the_batch_and_retries_it() ->
         await eventually(lambda: depth(bus) == 0)
     assert len(gateway.requests) == 3
     assert request_values(gateway.requests[0]) == request_values(gateway.requests[2])
-    assert service.counts()["abandoned"] == 0
+    assert counts_of(service).abandoned == 0
     assert await service.readiness[0]() is None
 
 
@@ -163,7 +168,7 @@ async def test_messages_about_one_observable_become_one_object() -> None:
     (request,) = gateway.requests
     assert request.json_body is not None
     assert [obj["confidence"] for obj in request.json_body["objects"]] == [9]
-    assert (service.counts()["completed"], service.counts()["coalesced"]) == (3, 2)
+    assert (counts_of(service).completed, counts_of(service).coalesced) == (3, 2)
 
 
 async def test_expiries_and_publications_never_share_a_request() -> None:
@@ -197,12 +202,13 @@ async def test_approval_mode_sends_one_import_session_for_observables_of_every_k
 
 async def test_a_dry_run_writes_the_requests_and_completes_the_messages(tmp_path: Path) -> None:
     bus, target = MemoryBus(), tmp_path / "dry-run.jsonl"
-    settings = PublisherSettings(
+    settings = load_settings(
+        PublisherSettings,
         bus="memory",
-        threatstream_dry_run_file=target,
-        threatstream_batch_size=5,
-        threatstream_batch_age_seconds=0.05,
-        max_in_flight=10,
+        publisher_dry_run_file=target,
+        publisher_batch_size=5,
+        publisher_batch_age_seconds=0.05,
+        publisher_max_in_flight=10,
     )
     await publish_scored(bus, (scored_indicator(n) for n in range(7)))
     async with contextlib.AsyncExitStack() as resources:
@@ -212,4 +218,4 @@ async def test_a_dry_run_writes_the_requests_and_completes_the_messages(tmp_path
     lines = [json.loads(line) for line in target.read_text().splitlines()]
     assert sum(len(line["body"]["datatext"].split("\n")) for line in lines) == 7
     assert {line["path"] for line in lines} == {IMPORT_PATH}
-    assert service.counts()["requests"] == len(lines)
+    assert counts_of(service).requests == len(lines)

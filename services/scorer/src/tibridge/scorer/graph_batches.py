@@ -20,11 +20,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from tibridge.common.clock import Clock
-from tibridge.common.consumer import DependencyUnavailable, PermanentFailure
+from tibridge.common.consumer import DependencyUnavailable, PermanentFailure, TryLater
 from tibridge.common.contracts import Reputation
 from tibridge.common.http import RateLimiter, RetryPolicy
-from tibridge.scorer.counts import ScorerCounts
-from tibridge.scorer.reputation import MAX_BATCH_ITEMS, Found, GraphReputationClient, Outcome, Refused, Rejected, Retry
+from tibridge.scorer.reputation import (
+    MAX_BATCH_ITEMS,
+    Found,
+    GraphCounts,
+    GraphReputationClient,
+    ItemAnswer,
+    Refused,
+    Retry,
+    Unanswerable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +41,7 @@ GRAPH_REJECTED_HOST = "GraphRejectedHost"
 PROBE_HOST = "microsoft.com"
 
 
-class LookupFailed(Exception):
+class LookupFailed(TryLater):
     """A lookup did not complete within its attempts; its message goes back to the bus for later."""
 
 
@@ -45,7 +53,9 @@ class _Lookup:
     attempts: int = 0
 
 
-class LookupBatcher:
+class GraphBatcher:
+    """The scorer's reputation source: lookups of concurrent messages share Graph `$batch` requests."""
+
     def __init__(
         self,
         client: GraphReputationClient,
@@ -53,10 +63,9 @@ class LookupBatcher:
         policy: RetryPolicy,
         *,
         clock: Clock,
-        counts: ScorerCounts,
         linger_seconds: float,
-        batch_size: int = MAX_BATCH_ITEMS,
-        parallel_requests: int = 1,
+        batch_size: int,
+        parallel_requests: int,
         rng: random.Random | None = None,
     ) -> None:
         if not 1 <= batch_size <= MAX_BATCH_ITEMS:
@@ -65,7 +74,7 @@ class LookupBatcher:
         self._limiter = limiter
         self._policy = policy
         self._clock = clock
-        self._counts = counts
+        self._metrics = client.metrics
         self._linger = linger_seconds
         self._batch_size = batch_size
         self._slots = asyncio.Semaphore(parallel_requests)
@@ -89,8 +98,11 @@ class LookupBatcher:
 
     async def probe(self) -> bool:
         """One lookup outside any batch: True once Graph accepts our token again."""
-        [outcome] = await self._client.lookup_batch([PROBE_HOST])
-        return isinstance(outcome, Found | Rejected)
+        [answer] = await self._client.lookup_batch([PROBE_HOST])
+        return isinstance(answer, Found | Unanswerable)
+
+    def counts(self) -> GraphCounts:
+        return self._metrics.counts()
 
     async def close(self) -> None:
         tasks = [*self._tasks, *([self._dispatcher] if self._dispatcher else [])]
@@ -146,13 +158,13 @@ class LookupBatcher:
     async def _send(self, batch: list[_Lookup]) -> None:
         try:
             try:
-                outcomes = await self._client.lookup_batch([lookup.host for lookup in batch])
+                answers = await self._client.lookup_batch([lookup.host for lookup in batch])
             except Exception as error:
                 log.exception("a Graph $batch failed unexpectedly; its lookups will be retried")
-                outcomes = [Retry(type(error).__name__)] * len(batch)
+                answers = [Retry(type(error).__name__)] * len(batch)
             # Settled before the slot is freed: a 429 pauses the limiter before the next batch may leave.
-            for lookup, outcome in zip(batch, outcomes, strict=True):
-                self._settle(lookup, outcome)
+            for lookup, answer in zip(batch, answers, strict=True):
+                self._settle(lookup, answer)
         except asyncio.CancelledError:
             for lookup in batch:
                 _fail(lookup, _stopping())
@@ -160,31 +172,31 @@ class LookupBatcher:
         finally:
             self._slots.release()
 
-    def _settle(self, lookup: _Lookup, outcome: Outcome) -> None:
-        match outcome:
+    def _settle(self, lookup: _Lookup, answer: ItemAnswer) -> None:
+        match answer:
             case Found(reputation):
                 if not lookup.future.done():
                     lookup.future.set_result(reputation)
             case Refused(reason):
                 _fail(lookup, DependencyUnavailable(reason))
-            case Rejected(status, message):
+            case Unanswerable(status, message):
                 _fail(
                     lookup,
                     PermanentFailure(GRAPH_REJECTED_HOST, f"Graph answered HTTP {status} for this host: {message}"),
                 )
             case Retry():
-                self._retry(lookup, outcome)
+                self._retry(lookup, answer)
 
     def _retry(self, lookup: _Lookup, retry: Retry) -> None:
         lookup.attempts += 1
         delay = retry.retry_after if retry.retry_after is not None else self._policy.backoff(lookup.attempts, self._rng)
         if retry.throttled:
-            self._counts.throttled()
+            self._metrics.throttled.add()
             self._limiter.pause(delay)
         if lookup.attempts >= self._policy.max_attempts or delay > self._policy.max_retry_after_seconds:
             _fail(lookup, LookupFailed(f"Graph lookups kept failing ({retry.cause}) after {lookup.attempts} attempts"))
             return
-        self._counts.retried(retry.cause)
+        self._metrics.retries.add(cause=retry.cause)
         if retry.throttled:
             # The paused limiter holds the next batch until the window ends.
             self._requeue(lookup)

@@ -1,8 +1,9 @@
-"""The publisher's handler: hold scored messages in batches, send each batch, settle by ThreatStream's answer.
+"""The publisher's worker, which is also its consumer's handler: hold scored messages in batches, send each
+batch, settle by ThreatStream's answer.
 
-`handle` only adds a message to the batcher; a delivery loop sends the batches that are full or old enough,
-one request at a time, and settles their messages by the answer (the consumer renews their locks
-meanwhile):
+It opts into manual settlement (a `ManualHandler`): `hold` only adds a message to the batcher; a delivery loop
+sends the batches that are full or old enough, one request at a time, and settles their messages by the answer
+(the consumer renews their locks meanwhile):
 * accepted → complete every message the request stands for;
 * rejected (400 and other content errors) → split the request in halves and send them, recursively, until
   the offending items stand alone; an offending single item is dead-lettered with ThreatStream's message;
@@ -15,18 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter, deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
-
-from opentelemetry import metrics
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from tibridge.common.aio import first_of
 from tibridge.common.bus.port import BusError
 from tibridge.common.clock import Clock
-from tibridge.common.consumer import DependencyUnavailable, InFlight
+from tibridge.common.consumer import DependencyUnavailable, InFlight, Settlement
 from tibridge.common.contracts import IndicatorScored, Verdict
+from tibridge.common.metrics import Distribution, Snapshot, Tally
 from tibridge.publisher.batching import Batch, Batcher, Entry, chunked, import_groups
 from tibridge.publisher.mapping import IntelObject, MappingPolicy, intel_objects
 from tibridge.publisher.payloads import ThreatStreamRequest, WireOptions, import_request, upsert_request
@@ -34,10 +33,6 @@ from tibridge.publisher.settings import PublishMode
 from tibridge.publisher.threatstream import Answer, Gateway, Outcome
 
 log = logging.getLogger(__name__)
-_meter = metrics.get_meter("tibridge.publisher")
-_objects = _meter.create_counter("tibridge.publisher.objects", description="Objects ThreatStream took, by verdict")
-_batch_sizes = _meter.create_histogram("tibridge.publisher.batch.size", description="Messages per batch")
-_requests = _meter.create_counter("tibridge.publisher.requests", description="ThreatStream requests by outcome")
 
 REJECTED_REASON = "ThreatStreamRejected"
 SETTLE_CONCURRENCY = 128
@@ -49,13 +44,13 @@ _Batch = Batch[Verdict, IndicatorScored, Message]
 
 @dataclass(frozen=True)
 class PublisherOptions:
-    mode: PublishMode = PublishMode.APPROVAL
-    batch_size: int = 1000
-    batch_age_seconds: float = 5.0
-    mapping: MappingPolicy = field(default_factory=MappingPolicy)
-    wire: WireOptions = field(default_factory=WireOptions)
-    probe_interval_seconds: float = 30.0
-    session_expiry_days: int = 7
+    mode: PublishMode
+    batch_size: int
+    batch_age_seconds: float
+    mapping: MappingPolicy
+    wire: WireOptions
+    probe_interval_seconds: float
+    session_expiry_days: int
 
 
 @dataclass(frozen=True)
@@ -76,18 +71,33 @@ class _Settlement:
     abandon: bool = False
 
 
-@dataclass
-class PublisherCounts:
-    batches: int = 0
-    batched_messages: int = 0
-    largest_batch: int = 0
-    coalesced: int = 0
-    split_requests: int = 0
-    objects_sent: Counter[str] = field(default_factory=Counter)
-    completed: int = 0
-    abandoned: int = 0
-    dead_lettered: int = 0
-    skipped_drop_verdicts: int = 0
+@dataclass(frozen=True)
+class PublisherCounts(Snapshot):
+    requests: int  # HTTP requests to ThreatStream, retries included
+    retries: int
+    split_requests: int
+    objects_sent: Mapping[str, int]  # by verdict
+    batches: int
+    mean_batch_size: float
+    largest_batch: int
+    coalesced: int  # messages that shared an observable's entry with another
+    completed: int
+    abandoned: int
+    dead_lettered: int
+    lock_lost: int  # settled too late: the lock had lapsed, so the bus delivers the message again
+    skipped_drop_verdicts: int
+    held: int  # in batches or requests not yet answered
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.batches = Distribution("tibridge.publisher.batch.size", "Messages per batch")
+        self.coalesced = Tally("tibridge.publisher.coalesced", "Messages coalesced into another's entry")
+        self.requests = Tally("tibridge.publisher.requests", "ThreatStream requests by outcome")
+        self.split_requests = Tally("tibridge.publisher.split_requests", "Requests made by splitting rejected ones")
+        self.objects = Tally("tibridge.publisher.objects", "Objects ThreatStream took, by verdict")
+        self.settled = Tally("tibridge.publisher.settled", "Messages settled by ThreatStream's answer, by outcome")
+        self.skipped = Tally("tibridge.publisher.skipped", "Drop verdicts that slipped past the subscription rule")
 
 
 class Publisher:
@@ -105,17 +115,17 @@ class Publisher:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self.blocked: str | None = None
-        self.counts = PublisherCounts()
+        self._metrics = _Metrics()
 
-    # -- the Handler protocol -------------------------------------------------------------------------------
+    # -- the ManualHandler protocol -------------------------------------------------------------------------
 
-    async def handle(self, item: Message) -> None:
+    async def hold(self, item: Message) -> None:
         if self.blocked is not None:
             raise DependencyUnavailable(self.blocked)
         scored = item.payload
         if scored.verdict is Verdict.DROP:
             # The subscription's rule keeps drops away; one that slips through has nothing to publish.
-            self.counts.skipped_drop_verdicts += 1
+            self._metrics.skipped.add()
             await item.complete()
             return
         due_before = self._batcher.next_due()
@@ -172,32 +182,31 @@ class Publisher:
     async def readiness(self) -> str | None:
         return self.blocked
 
-    def count_summary(self) -> dict[str, Any]:
-        counts = self.counts
-        return {
-            "requests": self._gateway.counts.requests,
-            "retries": self._gateway.counts.retries,
-            "split_requests": counts.split_requests,
-            "objects_sent": dict(counts.objects_sent),
-            "batches": counts.batches,
-            "mean_batch_size": round(counts.batched_messages / counts.batches, 1) if counts.batches else 0,
-            "largest_batch": counts.largest_batch,
-            "coalesced": counts.coalesced,
-            "completed": counts.completed,
-            "abandoned": counts.abandoned,
-            "dead_lettered": counts.dead_lettered,
-            "skipped_drop_verdicts": counts.skipped_drop_verdicts,
-            "held": self._batcher.held + sum(len(s.items) for s in self._outbox),
-        }
+    def counts(self) -> PublisherCounts:
+        metrics = self._metrics
+        gateway = self._gateway.counts()
+        return PublisherCounts(
+            requests=gateway.requests,
+            retries=gateway.retries,
+            split_requests=metrics.split_requests.total(),
+            objects_sent=metrics.objects.by("verdict"),
+            batches=metrics.batches.count,
+            mean_batch_size=round(metrics.batches.mean, 1),
+            largest_batch=round(metrics.batches.largest),
+            coalesced=metrics.coalesced.total(),
+            completed=metrics.settled.total(outcome=Settlement.COMPLETED),
+            abandoned=metrics.settled.total(outcome=Settlement.ABANDONED),
+            dead_lettered=metrics.settled.total(outcome=Settlement.DEAD_LETTERED),
+            lock_lost=metrics.settled.total(outcome=Settlement.LOCK_LOST),
+            skipped_drop_verdicts=metrics.skipped.total(),
+            held=self._batcher.held + sum(len(s.items) for s in self._outbox),
+        )
 
     def _enqueue(self, batches: Sequence[_Batch]) -> None:
         for batch in batches:
             size = len(batch.messages)
-            self.counts.batches += 1
-            self.counts.batched_messages += size
-            self.counts.largest_batch = max(self.counts.largest_batch, size)
-            self.counts.coalesced += size - len(batch.entries)
-            _batch_sizes.record(size, {"verdict": str(batch.lane)})
+            self._metrics.batches.record(size, verdict=str(batch.lane))
+            self._metrics.coalesced.add(size - len(batch.entries))
             now = self._clock.now()
             items: list[Item] = []
             for entry in batch.entries:
@@ -231,7 +240,7 @@ class Publisher:
             # The delivery loop must outlive any surprise; the bus gets the messages back.
             log.exception("sending a ThreatStream request failed unexpectedly")
             answer = Answer(Outcome.UNAVAILABLE, f"unexpected {type(error).__name__}")
-        _requests.add(1, {"outcome": str(answer.outcome)})
+        self._metrics.requests.add(outcome=str(answer.outcome))
         if answer.outcome is Outcome.REFUSED:
             if self.blocked is None:
                 log.error("ThreatStream refuses us; holding %d objects: %s", len(shipment.items), answer.detail)
@@ -241,8 +250,7 @@ class Publisher:
         self._outbox.popleft()
         if answer.outcome is Outcome.ACCEPTED:
             log.info("ThreatStream accepted %d %s objects", len(shipment.items), shipment.lane)
-            self.counts.objects_sent[str(shipment.lane)] += len(shipment.items)
-            _objects.add(len(shipment.items), {"verdict": str(shipment.lane)})
+            self._metrics.objects.add(len(shipment.items), verdict=str(shipment.lane))
             await self._resolve(shipment, _mark_delivered)
         elif answer.outcome is Outcome.REJECTED:
             await self._rejected(shipment, answer)
@@ -269,7 +277,7 @@ class Publisher:
             len(shipment.items),
             answer.detail,
         )
-        self.counts.split_requests += len(halves)
+        self._metrics.split_requests.add(len(halves))
         self._outbox.extendleft(reversed(halves))
 
     async def _abandon_outbox(self) -> None:
@@ -297,14 +305,13 @@ class Publisher:
     async def _settle(self, message: Message, state: _Settlement) -> None:
         try:
             if state.dead_letter is not None:
-                await message.dead_letter(REJECTED_REASON, state.dead_letter)
-                self.counts.dead_lettered += 1
+                outcome = await message.dead_letter(REJECTED_REASON, state.dead_letter)
             elif state.abandon:
-                await message.abandon()
-                self.counts.abandoned += 1
+                outcome = await message.abandon()
             else:
-                await message.complete()
-                self.counts.completed += 1
+                outcome = await message.complete()
+            if outcome is not None:
+                self._metrics.settled.add(outcome=outcome)
         except BusError as error:
             # The lock lapses and the bus redelivers; ThreatStream updates rather than duplicates.
             log.warning("settling message %s failed: %s", message.message.message_id, error)

@@ -8,7 +8,7 @@ import pytest
 
 from tests.fixtures.scorer import FAST_RETRIES, MALICIOUS, Answer, GraphRig, until
 from tibridge.common.consumer import DependencyUnavailable, PermanentFailure
-from tibridge.scorer.batcher import GRAPH_REJECTED_HOST, LookupFailed
+from tibridge.scorer.graph_batches import GRAPH_REJECTED_HOST, LookupFailed
 
 
 async def test_concurrent_lookups_share_batches_of_twenty(graph_rig: GraphRig) -> None:
@@ -55,8 +55,8 @@ async def test_a_throttled_item_waits_out_its_retry_after_and_holds_every_lookup
         await batcher.close()
     throttled_at, *later = graph_rig.graph.sent_at
     assert all(moment >= throttled_at + 5 for moment in later)
-    graph_counts = graph_rig.counts.snapshot()["graph"]
-    assert (graph_counts["throttled"], graph_counts["retries"]) == (1, 1)
+    graph_counts = graph_rig.client.metrics.counts()
+    assert (graph_counts.throttled, graph_counts.retries) == (1, 1)
 
 
 async def test_server_errors_are_retried_with_backoff(graph_rig: GraphRig) -> None:
@@ -69,7 +69,7 @@ async def test_server_errors_are_retried_with_backoff(graph_rig: GraphRig) -> No
         await batcher.close()
     assert len(graph_rig.graph.batches) == 3
     assert graph_rig.graph.sent_at[1] > graph_rig.graph.sent_at[0]
-    assert graph_rig.counts.snapshot()["graph"]["retries"] == 2
+    assert graph_rig.client.metrics.counts().retries == 2
 
 
 async def test_a_lookup_that_keeps_failing_gives_up_after_its_attempts(graph_rig: GraphRig) -> None:

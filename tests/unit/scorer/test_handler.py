@@ -1,10 +1,12 @@
-"""The scorer's handler inside the real consumer loop, on the in-memory bus."""
+"""The scorer as `assemble` composes it (handler, cache, consumer) over a fake reputation source, on the in-memory
+bus."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import pytest
 
@@ -12,7 +14,7 @@ from tests.fixtures.scorer import MALICIOUS, SEE_EVERYTHING, SUSPICIOUS, drain_s
 from tibridge.common.bus.memory import MemoryBus
 from tibridge.common.bus.port import OutgoingMessage
 from tibridge.common.clock import SystemClock
-from tibridge.common.consumer import Consumer, ConsumerOptions, DependencyUnavailable, PermanentFailure
+from tibridge.common.consumer import Consumer, DependencyUnavailable, PermanentFailure
 from tibridge.common.contracts import (
     InactiveReason,
     IndicatorCollected,
@@ -20,19 +22,20 @@ from tibridge.common.contracts import (
     ObservableType,
     Reputation,
     Verdict,
-    envelope_for,
 )
+from tibridge.common.producer import Producer
+from tibridge.common.settings import load_settings
 from tibridge.common.topology import (
     INDICATORS_TOPIC,
     SCORED_TOPIC,
     SCORER_SUBSCRIPTION,
     Topology,
 )
-from tibridge.scorer.batcher import LookupFailed
-from tibridge.scorer.cache import SingleFlightCache
-from tibridge.scorer.counts import ScorerCounts
-from tibridge.scorer.policy import Policy
-from tibridge.scorer.service import ScorerHandler
+from tibridge.scorer.app import assemble, consumer_options
+from tibridge.scorer.graph_batches import LookupFailed
+from tibridge.scorer.handler import ScorerCounts
+from tibridge.scorer.reputation import GraphCounts
+from tibridge.scorer.settings import ScorerSettings
 
 
 class FakeReputations:
@@ -50,6 +53,9 @@ class FakeReputations:
 
     async def probe(self) -> bool:
         return self.failure is None
+
+    def counts(self) -> GraphCounts:
+        return GraphCounts(batch_requests=0, items=0, throttled=0, retries=0)
 
 
 class GatedBus(MemoryBus):
@@ -69,23 +75,25 @@ class Rig:
     def __init__(self, reputations: FakeReputations, bus: MemoryBus) -> None:
         self.bus = bus
         self.reputations = reputations
-        self.counts = ScorerCounts()
-        cache: SingleFlightCache[Reputation | None] = SingleFlightCache(
-            max_entries=100, ttl_seconds=60, clock=SystemClock(), counts=self.counts
+        settings = load_settings(
+            ScorerSettings,
+            bus="memory",
+            scorer_cache_max_entries=100,
+            scorer_cache_ttl_seconds=60,
+            graph_probe_interval_seconds=0.05,
+            shutdown_grace_seconds=1,
         )
-        handler = ScorerHandler(bus, Policy(), cache, reputations, SystemClock(), self.counts)
-        self.consumer = Consumer(
-            bus,
-            INDICATORS_TOPIC,
-            SCORER_SUBSCRIPTION,
-            handler,
-            ConsumerOptions(receive_wait_seconds=0.05, probe_interval_seconds=0.05, shutdown_grace_seconds=1),
-        )
+        consumer = replace(consumer_options(settings), receive_wait_seconds=0.05)
+        self.service = assemble(settings, bus, SystemClock(), consumer, reputations=reputations)
+        [worker] = self.service.workers
+        assert isinstance(worker, Consumer)
+        self.consumer = worker
+
+    def counts(self) -> ScorerCounts:
+        return self.service.snapshot(ScorerCounts)
 
     async def send(self, *indicators: IndicatorCollected) -> None:
-        await self.bus.publish(
-            INDICATORS_TOPIC, [OutgoingMessage.from_envelope(envelope_for(item)) for item in indicators]
-        )
+        await Producer(self.bus, SystemClock()).send(INDICATORS_TOPIC, indicators)
 
     async def scored(self) -> list[IndicatorScored]:
         return await drain_scored(self.bus)
@@ -115,7 +123,7 @@ async def test_every_indicator_gets_its_verdict_and_its_input_is_settled() -> No
             indicator("https://evil.example/x", ObservableType.URL),
             indicator("gone.example", inactive=InactiveReason.REVOKED),
         )
-        await until(lambda: sum(rig.counts.verdicts.values()) == 5)
+        await until(lambda: rig.counts().verdicts.scored == 5)
         await until(lambda: rig.depth() == 0)
     verdicts = {item.observable.value: (item.verdict, item.reason) for item in await rig.scored()}
     assert verdicts == {
@@ -127,7 +135,7 @@ async def test_every_indicator_gets_its_verdict_and_its_input_is_settled() -> No
     }
     # Only active IPs and domains were looked up.
     assert sorted(rig.reputations.asked) == ["203.0.113.9", "evil.example", "nobody.example"]
-    assert rig.counts.snapshot()["classifications"] == {"malicious": 1, "suspicious": 1}
+    assert rig.counts().classifications == {"malicious": 1, "suspicious": 1}
 
 
 async def test_many_messages_for_one_observable_share_one_lookup() -> None:
@@ -136,9 +144,9 @@ async def test_many_messages_for_one_observable_share_one_lookup() -> None:
         await until(lambda: rig.depth() == 0)
     assert rig.reputations.asked == ["evil.example"]
     assert len(await rig.scored()) == 10
-    cache = rig.counts.snapshot()["cache"]
-    assert cache["misses"] == 1
-    assert cache["hits"] + cache["shared"] == 9
+    cache = rig.counts().cache
+    assert cache.misses == 1
+    assert cache.hits + cache.shared == 9
 
 
 async def test_the_input_is_settled_only_after_the_verdict_is_on_the_bus() -> None:
@@ -158,7 +166,7 @@ async def test_a_lookup_out_of_attempts_goes_back_to_the_bus() -> None:
     async with running({"evil.example": MALICIOUS}) as rig:
         rig.reputations.failure = LookupFailed("Graph kept failing")
         await rig.send(indicator("evil.example"))
-        await until(lambda: rig.counts.abandoned >= 1)
+        await until(lambda: rig.counts().settled.abandoned >= 1)
         rig.reputations.failure = None
         await until(lambda: rig.depth() == 0)
     assert [item.verdict for item in await rig.scored()] == [Verdict.PUBLISH]
