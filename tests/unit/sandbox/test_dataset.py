@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import itertools
 from collections import defaultdict
@@ -12,11 +13,14 @@ import pytest
 
 from tibridge.common.contracts import Classification, ObservableType, Reputation
 from tibridge.sandbox.dataset import (
+    HASH_KEYS,
     MDTI_SOURCE_SYSTEMS,
-    SUPPORTED_OBSERVABLE_KEYS,
     Dataset,
+    HashAlgorithm,
     dump_rows,
     generate,
+    hash_algorithm_of_key,
+    is_supported_key,
     load_rows,
 )
 from tibridge.sandbox.expected import ExpectedOutcomeUnavailable, Outcome, expected_outcome
@@ -173,5 +177,38 @@ def test_rows_round_trip_through_jsonl_and_serve_without_an_outcome(dataset: Dat
 def test_only_supported_keys_or_patterns_reach_the_scorer(dataset: Dataset) -> None:
     outcome = expected_outcome(dataset, ReputationModel(11))
     for indicator_id, row in dataset.newest.items():
-        if row.observable_key and row.observable_key not in SUPPORTED_OBSERVABLE_KEYS:
+        if row.observable_key and not is_supported_key(row.observable_key):
             assert outcome.indicators[indicator_id].outcome is Outcome.IGNORED
+
+
+def test_ids_are_shaped_like_the_real_table(dataset: Dataset) -> None:
+    """external-apis.md §1: `Id` is `<base64 of the source>---indicator--<uuid>`; Data.id stays the STIX id."""
+    for row in dataset.rows[:500]:
+        encoded, separator, stix_id = row.id.partition("---")
+        assert separator and stix_id.startswith("indicator--")
+        assert base64.b64decode(encoded).decode() == row.source
+        assert row.data["id"] == stix_id
+
+
+def test_hash_keys_come_in_every_producer_spelling_sha512_included(dataset: Dataset) -> None:
+    """external-apis.md §1: ObservableKey is whatever the producer wrote, e.g. `file:hashes.'SHA256'`."""
+    keys = {row.observable_key for row in dataset.rows if row.observable_key.startswith("file:hashes.")}
+    assert keys == {key for spellings in HASH_KEYS.values() for key in spellings}
+    assert {hash_algorithm_of_key(key) for key in keys} == set(HashAlgorithm)
+    sha512 = [t for t in (dataset.truths or {}).values() if t.hash_algorithm is HashAlgorithm.SHA512]
+    assert sha512 and all(len(str(t.canonical_value)) == 128 for t in sha512 if t.canonical_value)
+
+
+@pytest.mark.parametrize(
+    ("key", "algorithm"),
+    [
+        ("file:hashes.MD5", HashAlgorithm.MD5),
+        ("file:hashes.'SHA-256'", HashAlgorithm.SHA256),
+        ("file:hashes.SHA256", HashAlgorithm.SHA256),
+        ("file:hashes.'SHA512'", HashAlgorithm.SHA512),
+        ("file:hashes.'SSDEEP'", None),
+        ("url:value", None),
+    ],
+)
+def test_hash_keys_are_read_by_prefix_and_normalised(key: str, algorithm: HashAlgorithm | None) -> None:
+    assert hash_algorithm_of_key(key) is algorithm
