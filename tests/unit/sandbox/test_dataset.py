@@ -185,7 +185,8 @@ def test_ids_are_shaped_like_the_real_table(dataset: Dataset) -> None:
     """external-apis.md §1: `Id` is `<base64 of the source>---indicator--<uuid>`; Data.id stays the STIX id."""
     for row in dataset.rows[:500]:
         encoded, separator, stix_id = row.id.partition("---")
-        assert separator and stix_id.startswith("indicator--")
+        assert separator
+        assert stix_id.startswith("indicator--")
         assert base64.b64decode(encoded).decode() == row.source
         assert row.data["id"] == stix_id
 
@@ -196,7 +197,8 @@ def test_hash_keys_come_in_every_producer_spelling_sha512_included(dataset: Data
     assert keys == {key for spellings in HASH_KEYS.values() for key in spellings}
     assert {hash_algorithm_of_key(key) for key in keys} == set(HashAlgorithm)
     sha512 = [t for t in (dataset.truths or {}).values() if t.hash_algorithm is HashAlgorithm.SHA512]
-    assert sha512 and all(len(str(t.canonical_value)) == 128 for t in sha512 if t.canonical_value)
+    assert sha512
+    assert all(len(str(t.canonical_value)) == 128 for t in sha512 if t.canonical_value)
 
 
 @pytest.mark.parametrize(

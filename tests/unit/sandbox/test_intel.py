@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from tibridge.sandbox.intel import (
     IgnoredReason,
     IntelForbidden,
-    IntelKind,
     IntelRequestError,
     IntelStore,
     RejectedReason,
@@ -21,7 +21,7 @@ from tibridge.sandbox.intel import (
     parse_import,
 )
 from tibridge.sandbox.seeding import foreign_entries, whitelist
-from tibridge.sandbox.vocabulary import ITYPES, TlpVocabulary, ipv6_itype_for
+from tibridge.sandbox.vocabulary import ITYPES, IntelKind, TlpVocabulary, ipv6_itype_for
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -38,13 +38,12 @@ class Clock:
         self.now += timedelta(seconds=seconds)
 
 
-def rules(**overrides: object) -> StoreRules:
-    return StoreRules(
-        **{"itypes": ITYPES, "processing": timedelta(seconds=1), "max_objects_per_request": 100, **overrides}
-    )  # type: ignore[arg-type]
+def rules(**overrides: Any) -> StoreRules:
+    settings: dict[str, Any] = {"processing": timedelta(seconds=1), "max_objects_per_request": 100, **overrides}
+    return StoreRules(itypes=ITYPES, **settings)
 
 
-def store(clock: Clock | None = None, **overrides: object) -> IntelStore:
+def store(clock: Clock | None = None, **overrides: Any) -> IntelStore:
     return IntelStore(clock or Clock(), rules(**overrides))
 
 
@@ -302,9 +301,11 @@ def test_foreign_entries_are_seeded_per_value_and_any_change_to_one_is_seen() ->
     assert {obj.attributes.is_public for obj in seeded} == {True, False}
     assert {"active"} < {obj.status for obj in seeded}
     own_org = [obj for obj in seeded if obj.owner_organization_id == 4242]
-    assert own_org and not any(obj.itype.startswith(("mal_", "suspicious_")) for obj in own_org)
+    assert own_org
+    assert not any(obj.itype.startswith(("mal_", "suspicious_")) for obj in own_org)
     intel = IntelStore(Clock(), rules(), lambda: foreign_entries(values, 7, 0.3, rules(), START))
-    assert intel.foreign_changed() == [] and not list(intel.ours())
+    assert intel.foreign_changed() == []
+    assert not list(intel.ours())
     editable = next(obj for obj in intel.objects.values() if obj.editable)
     intel.patch(editable.id, {"confidence": 1})
     assert intel.foreign_changed() == [editable.id]
@@ -316,7 +317,8 @@ def test_the_whitelist_is_a_seeded_share_plus_the_named_values() -> None:
     values = [(f"198.51.100.{i}", IntelKind.IP) for i in range(250)]
     chosen = whitelist(values, 7, 0.1, ["extra.example"])
     assert chosen == whitelist(values, 7, 0.1, ["extra.example"])
-    assert "extra.example" in chosen and 10 < len(chosen) < 45
+    assert "extra.example" in chosen
+    assert 10 < len(chosen) < 45
 
 
 def test_search_filters_orders_by_update_id_and_pages() -> None:
