@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tibridge.common.contracts import Classification, ObservableType, Reputation
+from tibridge.common.contracts import SCORABLE_TYPES, Classification, ObservableType, Reputation
 from tibridge.sandbox.dataset import (
     HASH_KEYS,
     MDTI_SOURCE_SYSTEMS,
@@ -24,7 +24,9 @@ from tibridge.sandbox.dataset import (
     load_rows,
 )
 from tibridge.sandbox.expected import ExpectedOutcomeUnavailable, Outcome, expected_outcome
+from tibridge.sandbox.intel import StoreRules
 from tibridge.sandbox.reputation import ReputationModel
+from tibridge.sandbox.vocabulary import ITYPES, IntelKind
 
 ANCHOR = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -214,3 +216,39 @@ def test_hash_keys_come_in_every_producer_spelling_sha512_included(dataset: Data
 )
 def test_hash_keys_are_read_by_prefix_and_normalised(key: str, algorithm: HashAlgorithm | None) -> None:
     assert hash_algorithm_of_key(key) is algorithm
+
+
+def test_expected_itypes_follow_threatstreams_vocabulary(dataset: Dataset) -> None:
+    """external-apis.md §3: mal_ for malicious (or unscored), suspicious_ where the kind has it, IPv6 under _ipv6."""
+    model = ReputationModel(11)
+    outcome = expected_outcome(dataset, model, threshold=50, forward_unscorable=True)
+    assert outcome.itypes.keys() == outcome.active
+    kinds = {expectation.canonical_value: expectation for expectation in outcome.indicators.values()}
+    for value, itype in outcome.itypes.items():
+        expectation = kinds[value]
+        assert itype in ITYPES
+        reputation = model(value) if expectation.observable_type in SCORABLE_TYPES else None
+        graded_down = reputation is not None and reputation.classification != "malicious"
+        if expectation.observable_type is ObservableType.IPV6:
+            assert itype == "mal_ipv6"  # ThreatStream has no suspicious_ipv6
+        elif expectation.observable_type is ObservableType.FILE_HASH:
+            assert (itype, outcome.subtypes[value]) == (
+                "mal_md5",
+                {32: "MD5", 40: "SHA1", 64: "SHA256", 128: "SHA512"}[len(value)],
+            )
+        else:
+            assert itype.startswith("suspicious_" if graded_down else "mal_")
+    assert {itype.split("_", 1)[0] for itype in outcome.itypes.values()} == {"mal", "suspicious"}
+    extra = StoreRules(itypes={**ITYPES, "suspicious_ipv6": IntelKind.IPV6})
+    widened = expected_outcome(dataset, model, threshold=50, forward_unscorable=True, threatstream=extra)
+    assert "suspicious_ipv6" in widened.itypes.values()
+
+
+def test_whitelisted_values_are_expected_rejected_by_threatstream_not_active(dataset: Dataset) -> None:
+    plain = expected_outcome(dataset, ReputationModel(11))
+    chosen = sorted(plain.active)[:2]
+    rules = StoreRules(itypes=ITYPES, whitelist=frozenset(chosen))
+    outcome = expected_outcome(dataset, ReputationModel(11), threatstream=rules)
+    assert outcome.rejected == dict.fromkeys(chosen, "whitelisted")
+    assert outcome.active == plain.active - set(chosen)
+    assert not set(chosen) & outcome.not_active
