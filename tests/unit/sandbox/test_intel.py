@@ -340,3 +340,10 @@ def test_search_filters_orders_by_update_id_and_pages() -> None:
 def test_search_refuses_filters_it_does_not_offer(query: dict[str, str]) -> None:
     with pytest.raises(IntelRequestError):
         check_search(query)
+
+
+def test_foreign_entries_are_capped_so_a_big_dataset_starts_quickly() -> None:
+    values = [(f"198.51.{i // 250}.{i % 250}", IntelKind.IP) for i in range(2000)]
+    capped = list(foreign_entries(values, 7, 0.5, rules(), START, max_values=10))
+    assert len({obj.value for obj in capped}) == 10
+    assert capped == list(foreign_entries(values, 7, 0.5, rules(), START))[: len(capped)]

@@ -73,6 +73,9 @@ class SandboxConfig(BaseModel):
     threatstream_foreign_share: float = Field(
         0.2, ge=0, le=1, description="Share of the dataset's values with pre-existing foreign entries."
     )
+    threatstream_foreign_max_values: int | None = Field(
+        2000, ge=0, description="Values with foreign entries at most (None: no cap), so startup stays bounded."
+    )
     threatstream_whitelist_share: float = Field(
         0.01, ge=0, le=1, description="Share of the dataset's values on the organisation's whitelist."
     )

@@ -18,8 +18,8 @@ from datetime import datetime, timedelta
 
 from tibridge.common.contracts import ObservableType
 from tibridge.sandbox.dataset import Dataset
-from tibridge.sandbox.intel import Attributes, IntelObject, StoreRules, subtype_of
-from tibridge.sandbox.vocabulary import ITYPE_SUFFIXES, IntelKind
+from tibridge.sandbox.intel import Attributes, IntelObject, StoreRules
+from tibridge.sandbox.vocabulary import HASH_SUBTYPE_BY_LENGTH, ITYPE_SUFFIXES, IntelKind
 
 INTEL_KINDS: Mapping[ObservableType, IntelKind] = {
     ObservableType.IPV4: IntelKind.IP,
@@ -59,25 +59,43 @@ def whitelist(values: Iterable[tuple[str, IntelKind]], seed: int, share: float, 
 
 
 def foreign_entries(
-    values: Sequence[tuple[str, IntelKind]], seed: int, share: float, rules: StoreRules, now: datetime
+    values: Sequence[tuple[str, IntelKind]],
+    seed: int,
+    share: float,
+    rules: StoreRules,
+    now: datetime,
+    max_values: int | None = None,
 ) -> Iterator[IntelObject]:
-    next_id = 1
+    """Foreign entries for `share` of `values`, for the first `max_values` chosen at most (so a big dataset
+    does not make a big ThreatStream: a few thousand values prove ownership as well as a million)."""
+    other_itypes = {
+        kind: sorted(name for name, k in rules.itypes.items() if k is kind and not name.startswith(PUBLISHED_PREFIXES))
+        for kind in IntelKind
+    }
+    next_id, chosen = 1, 0
     for value, kind in values:
-        if _draw(seed, "foreign", value) >= share:
+        if (max_values is not None and chosen >= max_values) or _draw(seed, "foreign", value) >= share:
             continue
+        chosen += 1
         rng = random.Random(f"{seed}:foreign:{value}")
         for shape in rng.sample(SHAPES, rng.randint(1, len(SHAPES))):
-            yield _entry(next_id, value, kind, shape, rng, rules, now)
+            yield _entry(next_id, value, kind, shape, rng, rules, now, other_itypes[kind])
             next_id += 1
 
 
 def _entry(
-    object_id: int, value: str, kind: IntelKind, shape: str, rng: random.Random, rules: StoreRules, now: datetime
+    object_id: int,
+    value: str,
+    kind: IntelKind,
+    shape: str,
+    rng: random.Random,
+    rules: StoreRules,
+    now: datetime,
+    other_itypes: Sequence[str],
 ) -> IntelObject:
     ours = shape != "other_org"
     if ours:
-        itypes = [name for name, k in rules.itypes.items() if k is kind and not name.startswith(PUBLISHED_PREFIXES)]
-        itype = rng.choice(sorted(itypes))
+        itype = rng.choice(other_itypes)
         source, organization = rng.choice(OTHER_SOURCES), rules.organization_id
         tags = [{"name": rng.choice(("soc-triage", "blocklist", "watch")), "tlp": "amber"}]
     else:
@@ -92,7 +110,7 @@ def _entry(
         id=object_id,
         value=value,
         kind=kind,
-        subtype=subtype_of(value),
+        subtype=HASH_SUBTYPE_BY_LENGTH.get(len(value)) if kind is IntelKind.HASH else None,
         itype=itype,
         status=rng.choice(("inactive", "falsepos")) if retired else "active",
         attributes=Attributes(

@@ -58,7 +58,12 @@ class SandboxState:
             clock.now,
             self.intel_rules,
             lambda: foreign_entries(
-                values, config.seed, config.threatstream_foreign_share, self.intel_rules, clock.now()
+                values,
+                config.seed,
+                config.threatstream_foreign_share,
+                self.intel_rules,
+                clock.now(),
+                config.threatstream_foreign_max_values,
             ),
         )
 
