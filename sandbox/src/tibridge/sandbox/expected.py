@@ -35,7 +35,6 @@ from tibridge.common.contracts import (
 from tibridge.sandbox.dataset import (
     MDTI_SOURCE_SYSTEMS,
     Dataset,
-    HashAlgorithm,
     IndicatorRow,
     ObservableTruth,
     is_supported_key,
@@ -71,7 +70,8 @@ class IndicatorExpectation:
     reason: str
     observable_type: ObservableType | None
     canonical_value: str | None
-    hash_algorithm: HashAlgorithm | None = None
+    # The algorithm's name as the message contracts spell it (md5, sha1, sha256, sha512), compared with theirs.
+    hash_algorithm: str | None = None
     itype: str | None = None  # the ThreatStream itype of a publish outcome
 
 
@@ -111,7 +111,7 @@ class ExpectedOutcome:
                     "outcome": str(expectation.outcome),
                     "reason": expectation.reason,
                     "observable_type": expectation.observable_type and str(expectation.observable_type),
-                    "hash_algorithm": expectation.hash_algorithm and str(expectation.hash_algorithm),
+                    "hash_algorithm": expectation.hash_algorithm,
                     "value": expectation.canonical_value,
                     "itype": expectation.itype,
                 }
@@ -194,7 +194,12 @@ class _Policy:
     def judge(self, row: IndicatorRow, truth: ObservableTruth, dataset: Dataset) -> IndicatorExpectation:
         def expect(outcome: Outcome, reason: str) -> IndicatorExpectation:
             return IndicatorExpectation(
-                row.id, outcome, reason, truth.observable_type, truth.canonical_value, truth.hash_algorithm
+                row.id,
+                outcome,
+                reason,
+                truth.observable_type,
+                truth.canonical_value,
+                str(truth.hash_algorithm) if truth.hash_algorithm else None,
             )
 
         if row.source_system not in MDTI_SOURCE_SYSTEMS:
