@@ -71,15 +71,57 @@ async def test_without_the_bearer_token_401(sandbox: SandboxServer) -> None:
     assert (response.status_code, response.json()["error"]["code"]) == (401, "InvalidAuthenticationToken")
 
 
-async def test_a_tenant_without_mdti_gets_403_everywhere(sandbox_factory: SandboxFactory) -> None:
+@pytest.mark.parametrize(
+    ("refusal", "status", "code", "words"),
+    [
+        ("forbidden", 403, "Forbidden", "does not contain valid permissions"),
+        ("security_reader", 403, "Forbidden", "Security Reader"),
+        ("tenant_unverified", 403, "Forbidden", "Verification state"),
+        # Before the 2026 merge a tenant without the licence got this for every host (external-apis.md §2).
+        ("licence_500", 500, "generalException", "Error retrieving reputation"),
+    ],
+)
+async def test_a_refusing_tenant_gets_graphs_error_body_on_single_gets_and_every_batch_item(
+    sandbox_factory: SandboxFactory, refusal: str, status: int, code: str, words: str
+) -> None:
     async with (
-        sandbox_factory(graph_forbidden=True) as server,
+        sandbox_factory(graph_refusal=refusal, indicators=0) as server,
         httpx.AsyncClient(base_url=server.endpoints.graph, headers=BEARER_HEADERS) as client,
     ):
         single = await client.get(reputation_url(KNOWN))
-        batched = await client.post("/$batch", json=batch([KNOWN, NEVER_SEEN]))
-    assert (single.status_code, single.json()["error"]["code"]) == (403, "Authorization_RequestDenied")
-    assert {item["status"] for item in batched.json()["responses"]} == {403}
+        keyed = await client.get(f"/security/threatIntelligence/hosts('{NEVER_SEEN}')/reputation")
+        batched = await client.post("/$batch", json=batch([KNOWN, NEVER_SEEN, "198.51.100.7"]))
+    for answer in (single, keyed):
+        error = answer.json()["error"]
+        assert (answer.status_code, error["code"]) == (status, code)
+        assert words in error["message"]
+        assert {"request-id", "date"} <= error["innerError"].keys()
+    assert batched.status_code == 200
+    assert {(item["status"], item["body"]["error"]["code"]) for item in batched.json()["responses"]} == {(status, code)}
+
+
+async def test_graph_forbidden_is_the_older_spelling_of_the_forbidden_refusal(sandbox_factory: SandboxFactory) -> None:
+    async with sandbox_factory(graph_forbidden=True, indicators=0) as server:
+        assert server.config.graph_refusal == "forbidden"
+
+
+async def test_unknown_future_value_reaches_the_wire_in_classifications_and_rule_severities(
+    sandbox_factory: SandboxFactory,
+) -> None:
+    """external-apis.md §2: `unknownFutureValue` is documented for classification and rule severity."""
+    hosts = [f"future{i}.example.com" for i in range(3000)]
+    future_class = next(h for h in hosts if (r := reputation_for(h, SEED)) and r.classification == "unknownFutureValue")
+    future_rule = next(
+        h for h in hosts if (r := reputation_for(h, SEED)) and any(x.severity == "unknownFutureValue" for x in r.rules)
+    )
+    async with (
+        sandbox_factory(indicators=0) as server,
+        httpx.AsyncClient(base_url=server.endpoints.graph, headers=BEARER_HEADERS) as client,
+    ):
+        single = (await client.get(reputation_url(future_class))).json()
+        batched = (await client.post("/$batch", json=batch([future_rule]))).json()["responses"][0]["body"]
+    assert single["classification"] == "unknownFutureValue"
+    assert "unknownFutureValue" in {rule["severity"] for rule in batched["rules"]}
 
 
 async def test_a_batch_answers_every_item_by_id_in_shuffled_order(

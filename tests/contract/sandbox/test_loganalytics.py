@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -12,7 +14,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.monitor.query import LogsQueryPartialResult, LogsQueryResult
 from azure.monitor.query.aio import LogsQueryClient
 
-from tests.fixtures.sandbox import SANDBOX_ANCHOR, SandboxFactory
+from tests.fixtures.sandbox import SANDBOX_ANCHOR, ManualClock, SandboxFactory
 from tibridge.common.identity import StaticTokenCredential
 from tibridge.sandbox import SandboxServer
 from tibridge.sandbox.dataset import MDTI_SOURCE_SYSTEMS
@@ -187,3 +189,170 @@ async def test_unknown_workspace_is_404_and_no_token_is_401(sandbox: SandboxServ
         )
     assert (unauthorised.status_code, unauthorised.json()["error"]["code"]) == (401, "AuthorizationRequiredError")
     assert (missing.status_code, missing.json()["error"]["code"]) == (404, "PathNotFoundError")
+
+
+def count_kql(start: datetime, end: datetime, tail: str) -> str:
+    return kql(start, end).rsplit("\n| summarize", 1)[0] + "\n" + tail
+
+
+def raw_rows(server: SandboxServer, start: datetime, end: datetime) -> list[datetime]:
+    return [
+        row.time_generated
+        for row in server.dataset.rows
+        if start <= row.time_generated < end
+        and row.source_system in MDTI_SOURCE_SYSTEMS
+        and (not row.observable_key or row.observable_key in KEYS)
+    ]
+
+
+async def test_a_planner_can_count_rows_per_bin_with_the_same_filters(
+    sandbox: SandboxServer, logs_client: LogsQueryClient
+) -> None:
+    """external-apis.md §1 limits make a cheap count per span worth it: `summarize ... count() by bin(...)`."""
+    times = raw_rows(sandbox, WEEK_START, SANDBOX_ANCHOR)
+    result = await logs_client.query_workspace(
+        sandbox.endpoints.workspace_id,
+        count_kql(WEEK_START, SANDBOX_ANCHOR, "| summarize Rows = count() by bin(TimeGenerated, 6h)"),
+        timespan=None,
+        enforce_https=False,
+    )
+    assert isinstance(result, LogsQueryResult)
+    table = result.tables[0]
+    assert list(table.columns) == ["TimeGenerated", "Rows"]
+    assert list(table.columns_types) == ["datetime", "long"]
+    bins = {row[0]: row[1] for row in table.rows}
+    assert sum(bins.values()) == len(times)
+    assert all(start.hour % 6 == 0 and start.minute == 0 for start in bins)
+    ordered = await logs_client.query_workspace(
+        sandbox.endpoints.workspace_id,
+        count_kql(
+            WEEK_START,
+            SANDBOX_ANCHOR,
+            "| summarize N = count() by bin(TimeGenerated, 1d)\n| order by TimeGenerated asc",
+        ),
+        timespan=None,
+        enforce_https=False,
+    )
+    assert isinstance(ordered, LogsQueryResult)
+    starts = [row[0] for row in ordered.tables[0].rows]
+    assert starts == sorted(starts)
+    assert sum(row[1] for row in ordered.tables[0].rows) == len(times)
+    total = await logs_client.query_workspace(
+        sandbox.endpoints.workspace_id,
+        count_kql(WEEK_START, SANDBOX_ANCHOR, "| count"),
+        timespan=None,
+        enforce_https=False,
+    )
+    assert isinstance(total, LogsQueryResult)
+    assert (list(total.tables[0].columns), total.tables[0].rows[0][0]) == (["Count"], len(times))
+    assert sandbox.stats()["loganalytics"]["count_queries"] == 3
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        "| summarize count() by bin(TimeGenerated, 6h)",
+        "| summarize Rows = count() by bin(TimeGenerated, 6 hours)",
+        "| summarize Rows = count() by bin(Created, 6h)",
+        "| summarize Rows = dcount(Id) by bin(TimeGenerated, 6h)",
+        "| summarize Id = count() by bin(TimeGenerated, 6h)",
+        "| count by Id",
+        "| take 10",
+    ],
+)
+async def test_counts_outside_the_grammar_are_400_bad_argument(sandbox: SandboxServer, tail: str) -> None:
+    url = f"{sandbox.endpoints.loganalytics}/v1/workspaces/{sandbox.endpoints.workspace_id}/query"
+    async with httpx.AsyncClient(timeout=10, headers={"Authorization": "Bearer tibridge-sandbox-token"}) as client:
+        response = await client.post(url, json={"query": count_kql(WEEK_START, SANDBOX_ANCHOR, tail)})
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "BadArgumentError")
+
+
+async def test_an_empty_workspace_answers_204_or_200_as_configured(sandbox_factory: SandboxFactory) -> None:
+    """external-apis.md §1: a workspace with no data at all answers 204 No Content (documented)."""
+    for setting, status in (("204", 204), ("200", 200)):
+        async with sandbox_factory(indicators=0, loganalytics_no_data=setting) as server:
+            url = f"{server.endpoints.loganalytics}/v1/workspaces/{server.endpoints.workspace_id}/query"
+            async with httpx.AsyncClient(
+                timeout=10, headers={"Authorization": "Bearer tibridge-sandbox-token"}
+            ) as client:
+                response = await client.post(url, json={"query": kql(WEEK_START, SANDBOX_ANCHOR)})
+                bad = await client.post(url, json={"query": "ThreatIntelIndicators | take 1"})
+            assert response.status_code == status
+            assert bad.status_code == 400  # still parsed strictly
+            if status == 204:
+                assert response.content == b""
+                assert server.stats()["loganalytics"]["no_content"] == 1
+
+
+async def test_a_sixth_concurrent_query_is_429(sandbox_factory: SandboxFactory) -> None:
+    """external-apis.md §1: 5 concurrent queries per identity."""
+    clock = ManualClock()
+    release = asyncio.Event()
+
+    async def slow_sleep(seconds: float) -> None:
+        await release.wait()
+
+    clock.sleep = slow_sleep  # type: ignore[method-assign]  # every injected latency waits for the test
+    async with sandbox_factory(clock=clock, indicators=20, faults={"loganalytics": {"latency_ms": 1}}) as server:
+        url = f"{server.endpoints.loganalytics}/v1/workspaces/{server.endpoints.workspace_id}/query"
+        async with httpx.AsyncClient(timeout=10, headers={"Authorization": "Bearer tibridge-sandbox-token"}) as client:
+            body = {"query": kql(WEEK_START, SANDBOX_ANCHOR)}
+            running = [asyncio.create_task(client.post(url, json=body)) for _ in range(5)]
+            await until_in_flight(server, 5)
+            sixth = await client.post(url, json=body)
+            release.set()
+            answers = await asyncio.gather(*running)
+    assert (sixth.status_code, sixth.json()["error"]["code"]) == (429, "ThrottledError")
+    assert "concurrent" in sixth.json()["error"]["message"]
+    assert sixth.headers["Retry-After"] == "1"
+    assert [answer.status_code for answer in answers] == [200] * 5
+    assert server.state.loganalytics_limits.peak == 5
+
+
+async def until_in_flight(server: SandboxServer, count: int) -> None:
+    for _ in range(500):
+        if server.state.loganalytics_limits.in_flight >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never {count} queries in flight")
+
+
+async def test_more_than_the_window_allows_is_429_with_retry_after(sandbox_factory: SandboxFactory) -> None:
+    """external-apis.md §1: 200 requests per 30 s per identity (here 3 per 30 s), then 429 with Retry-After."""
+    clock = ManualClock()
+    settings = {"clock": clock, "indicators": 20, "loganalytics_requests_per_window": 3}
+    async with sandbox_factory(**settings) as server:
+        url = f"{server.endpoints.loganalytics}/v1/workspaces/{server.endpoints.workspace_id}/query"
+        async with httpx.AsyncClient(timeout=10, headers={"Authorization": "Bearer tibridge-sandbox-token"}) as client:
+            body = {"query": kql(WEEK_START, SANDBOX_ANCHOR)}
+            statuses = [(await client.post(url, json=body)).status_code for _ in range(3)]
+            clock.advance(10)
+            limited = await client.post(url, json=body)
+            clock.advance(20)
+            again = await client.post(url, json=body)
+    assert statuses == [200, 200, 200]
+    assert (limited.status_code, limited.headers["Retry-After"]) == (429, "20")
+    assert again.status_code == 200
+
+
+async def test_the_table_carries_real_shaped_ids_and_producer_hash_key_spellings(
+    sandbox_factory: SandboxFactory,
+) -> None:
+    """external-apis.md §1: `Id` is `<base64 of the source>---indicator--<uuid>`; hash keys vary by producer."""
+    keys = [f"file:hashes.{spelling}" for spelling in ("MD5", "'MD5'", "'SHA-1'", "'SHA1'", "SHA1", "'SHA-256'",
+            "'SHA256'", "SHA256", "'SHA-512'", "'SHA512'", "SHA512")]  # fmt: skip
+    async with sandbox_factory(indicators=1500) as server:
+        url = f"{server.endpoints.loganalytics}/v1/workspaces/{server.endpoints.workspace_id}/query"
+        query = kql(SANDBOX_ANCHOR - timedelta(days=15), SANDBOX_ANCHOR).replace(
+            ", ".join(json.dumps(k) for k in KEYS), ", ".join(json.dumps(k) for k in keys)
+        )
+        async with httpx.AsyncClient(timeout=30, headers={"Authorization": "Bearer tibridge-sandbox-token"}) as client:
+            table = (await client.post(url, json={"query": query})).json()["tables"][0]
+    names = [column["name"] for column in table["columns"]]
+    rows = [dict(zip(names, row, strict=True)) for row in table["rows"] if row[names.index("ObservableKey")]]
+    assert {row["ObservableKey"] for row in rows} == set(keys)
+    for row in rows:
+        encoded, _, stix_id = row["Id"].partition("---")
+        assert base64.b64decode(encoded).decode() == row["Source"]
+        assert stix_id.startswith("indicator--")
+    assert any(len(row["ObservableValue"]) == 128 for row in rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import itertools
 from collections import defaultdict
@@ -10,17 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from tibridge.common.contracts import Classification, ObservableType, Reputation
+from tibridge.common.contracts import SCORABLE_TYPES, Classification, ObservableType, Reputation
 from tibridge.sandbox.dataset import (
+    HASH_KEYS,
     MDTI_SOURCE_SYSTEMS,
-    SUPPORTED_OBSERVABLE_KEYS,
     Dataset,
+    HashAlgorithm,
     dump_rows,
     generate,
+    hash_algorithm_of_key,
+    is_supported_key,
     load_rows,
 )
 from tibridge.sandbox.expected import ExpectedOutcomeUnavailable, Outcome, expected_outcome
+from tibridge.sandbox.intel import StoreRules
 from tibridge.sandbox.reputation import ReputationModel
+from tibridge.sandbox.vocabulary import ITYPES, IntelKind
 
 ANCHOR = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -173,5 +179,76 @@ def test_rows_round_trip_through_jsonl_and_serve_without_an_outcome(dataset: Dat
 def test_only_supported_keys_or_patterns_reach_the_scorer(dataset: Dataset) -> None:
     outcome = expected_outcome(dataset, ReputationModel(11))
     for indicator_id, row in dataset.newest.items():
-        if row.observable_key and row.observable_key not in SUPPORTED_OBSERVABLE_KEYS:
+        if row.observable_key and not is_supported_key(row.observable_key):
             assert outcome.indicators[indicator_id].outcome is Outcome.IGNORED
+
+
+def test_ids_are_shaped_like_the_real_table(dataset: Dataset) -> None:
+    """external-apis.md §1: `Id` is `<base64 of the source>---indicator--<uuid>`; Data.id stays the STIX id."""
+    for row in dataset.rows[:500]:
+        encoded, separator, stix_id = row.id.partition("---")
+        assert separator
+        assert stix_id.startswith("indicator--")
+        assert base64.b64decode(encoded).decode() == row.source
+        assert row.data["id"] == stix_id
+
+
+def test_hash_keys_come_in_every_producer_spelling_sha512_included(dataset: Dataset) -> None:
+    """external-apis.md §1: ObservableKey is whatever the producer wrote, e.g. `file:hashes.'SHA256'`."""
+    keys = {row.observable_key for row in dataset.rows if row.observable_key.startswith("file:hashes.")}
+    assert keys == {key for spellings in HASH_KEYS.values() for key in spellings}
+    assert {hash_algorithm_of_key(key) for key in keys} == set(HashAlgorithm)
+    sha512 = [t for t in (dataset.truths or {}).values() if t.hash_algorithm is HashAlgorithm.SHA512]
+    assert sha512
+    assert all(len(str(t.canonical_value)) == 128 for t in sha512 if t.canonical_value)
+
+
+@pytest.mark.parametrize(
+    ("key", "algorithm"),
+    [
+        ("file:hashes.MD5", HashAlgorithm.MD5),
+        ("file:hashes.'SHA-256'", HashAlgorithm.SHA256),
+        ("file:hashes.SHA256", HashAlgorithm.SHA256),
+        ("file:hashes.'SHA512'", HashAlgorithm.SHA512),
+        ("file:hashes.'SSDEEP'", None),
+        ("url:value", None),
+    ],
+)
+def test_hash_keys_are_read_by_prefix_and_normalised(key: str, algorithm: HashAlgorithm | None) -> None:
+    assert hash_algorithm_of_key(key) is algorithm
+
+
+def test_expected_itypes_follow_threatstreams_vocabulary(dataset: Dataset) -> None:
+    """external-apis.md §3: mal_ for malicious (or unscored), suspicious_ where the kind has it, IPv6 under _ipv6."""
+    model = ReputationModel(11)
+    outcome = expected_outcome(dataset, model, threshold=50, forward_unscorable=True)
+    assert outcome.itypes.keys() == outcome.active
+    kinds = {expectation.canonical_value: expectation for expectation in outcome.indicators.values()}
+    for value, itype in outcome.itypes.items():
+        expectation = kinds[value]
+        assert itype in ITYPES
+        reputation = model(value) if expectation.observable_type in SCORABLE_TYPES else None
+        graded_down = reputation is not None and reputation.classification != "malicious"
+        if expectation.observable_type is ObservableType.IPV6:
+            assert itype == "mal_ipv6"  # ThreatStream has no suspicious_ipv6
+        elif expectation.observable_type is ObservableType.FILE_HASH:
+            assert (itype, outcome.subtypes[value]) == (
+                "mal_md5",
+                {32: "MD5", 40: "SHA1", 64: "SHA256", 128: "SHA512"}[len(value)],
+            )
+        else:
+            assert itype.startswith("suspicious_" if graded_down else "mal_")
+    assert {itype.split("_", 1)[0] for itype in outcome.itypes.values()} == {"mal", "suspicious"}
+    extra = StoreRules(itypes={**ITYPES, "suspicious_ipv6": IntelKind.IPV6})
+    widened = expected_outcome(dataset, model, threshold=50, forward_unscorable=True, threatstream=extra)
+    assert "suspicious_ipv6" in widened.itypes.values()
+
+
+def test_whitelisted_values_are_expected_rejected_by_threatstream_not_active(dataset: Dataset) -> None:
+    plain = expected_outcome(dataset, ReputationModel(11))
+    chosen = sorted(plain.active)[:2]
+    rules = StoreRules(itypes=ITYPES, whitelist=frozenset(chosen))
+    outcome = expected_outcome(dataset, ReputationModel(11), threatstream=rules)
+    assert outcome.rejected == dict.fromkeys(chosen, "whitelisted")
+    assert outcome.active == plain.active - set(chosen)
+    assert not set(chosen) & outcome.not_active

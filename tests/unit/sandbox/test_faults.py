@@ -10,6 +10,7 @@ from tibridge.sandbox.faults import (
     FaultKind,
     FaultSpec,
     FaultSpecError,
+    RequestLimits,
     RetryAfterLedger,
     TokenBucket,
     merge_faults,
@@ -112,3 +113,31 @@ def test_cli_flags_become_a_patch() -> None:
     assert merge_faults({}, patch)["graph"].retry_after_seconds == 2
     with pytest.raises(FaultSpecError):
         parse_fault_flags(["graph-p429"])
+
+
+def test_request_limits_refuse_the_sixth_concurrent_and_past_the_window() -> None:
+    """external-apis.md §1: 5 concurrent queries and 200 requests per 30 s per identity."""
+    now = [0.0]
+    limits = RequestLimits(5, 7, 30.0, lambda: now[0])
+    assert [limits.admit() for _ in range(5)] == [None] * 5
+    sixth = limits.admit()
+    assert sixth is not None
+    assert "concurrent" in sixth.message
+    for _ in range(5):
+        limits.release()
+    assert limits.admit() is None
+    assert limits.admit() is None
+    limits.release()
+    limits.release()
+    now[0] = 12.0
+    refused = limits.admit()
+    assert refused is not None
+    assert (refused.retry_after, "7 requests per 30 s" in refused.message) == (18, True)
+    now[0] = 30.0
+    assert limits.admit() is None  # the first seven arrivals left the window
+    assert limits.peak == 5
+
+
+def test_request_limits_can_be_switched_off() -> None:
+    limits = RequestLimits(None, None, 30.0, lambda: 0.0)
+    assert all(limits.admit() is None for _ in range(1000))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tibridge.sandbox.dataset import COLUMNS
-from tibridge.sandbox.kql import KqlError, parse
+from tibridge.sandbox.kql import KqlError, Shape, parse
 from tibridge.sandbox.tables import LEGACY_COLUMNS, LEGACY_TABLE, THREAT_INTEL_INDICATORS
 
 TABLES = {
@@ -137,3 +137,53 @@ def test_anything_outside_the_grammar_is_refused(text: str, syntax: bool) -> Non
     with pytest.raises(KqlError) as refused:
         parse(text, TABLES, IDS)
     assert refused.value.syntax is syntax
+
+
+FILTERS = COLLECTOR_QUERY.rsplit("| summarize", 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("tail", "span", "name", "ordered"),
+    [
+        ("| summarize Rows = count() by bin(TimeGenerated, 6h)", timedelta(hours=6), "Rows", False),
+        (
+            "| summarize N = count() by bin(TimeGenerated, 1.5d)\n| order by TimeGenerated asc",
+            timedelta(days=1.5),
+            "N",
+            True,
+        ),
+        ("| summarize Rows = count() by bin(TimeGenerated, 30m)", timedelta(minutes=30), "Rows", False),
+        ("| summarize Rows = count() by bin(TimeGenerated, 100ms)", timedelta(milliseconds=100), "Rows", False),
+    ],
+)
+def test_a_count_per_bin_parses_with_the_collectors_filters(
+    tail: str, span: timedelta, name: str, ordered: bool
+) -> None:
+    query = parse(FILTERS + tail, TABLES, IDS)
+    assert (query.shape, query.bin_size, query.count_column, query.ordered) == (Shape.COUNT_BY_BIN, span, name, ordered)
+    assert len(query.filters) == 2
+    assert query.time_range is not None
+
+
+def test_a_plain_count_parses() -> None:
+    query = parse(FILTERS + "| count", TABLES, IDS)
+    assert (query.shape, query.group_by) == (Shape.COUNT, None)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        "| summarize count() by bin(TimeGenerated, 6h)",
+        "| summarize Rows = count() by bin(TimeGenerated, 6)",
+        "| summarize Rows = count() by bin(TimeGenerated, 6x)",
+        "| summarize Rows = count() by bin(TimeGenerated, 0h)",
+        "| summarize Rows = count() by bin(Modified, 6h)",
+        "| summarize Rows = count() by TimeGenerated",
+        "| summarize Source = count() by bin(TimeGenerated, 6h)",
+        "| summarize Rows = count() by bin(TimeGenerated, 6h) | order by Rows desc",
+        "| count | take 1",
+    ],
+)
+def test_counts_outside_the_grammar_are_refused(tail: str) -> None:
+    with pytest.raises(KqlError):
+        parse(FILTERS + tail, TABLES, IDS)

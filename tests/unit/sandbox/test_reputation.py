@@ -8,6 +8,9 @@ import pytest
 
 from tibridge.common.contracts import Classification, Reputation
 from tibridge.sandbox.reputation import (
+    UNKNOWN_FUTURE_VALUE,
+    HostReputation,
+    HostRule,
     PinnedReputationsError,
     ReputationModel,
     graph_body,
@@ -34,7 +37,8 @@ def test_scores_sit_in_mdti_bands_and_the_spread_is_realistic() -> None:
     reputations = [reputation_for(h, 7) for h in HOSTS]
     shares = Counter(r.classification if r else "never seen" for r in reputations)
     for reputation in filter(None, reputations):
-        assert reputation.score in BANDS[reputation.classification]
+        if reputation.classification != UNKNOWN_FUTURE_VALUE:
+            assert reputation.score in BANDS[Classification(reputation.classification)]
         for rule in reputation.rules:
             assert rule.name
             assert rule.description
@@ -43,7 +47,34 @@ def test_scores_sit_in_mdti_bands_and_the_spread_is_realistic() -> None:
     assert 0.17 < shares[Classification.NEUTRAL] / len(HOSTS) < 0.23
     assert 0.08 < shares[Classification.SUSPICIOUS] / len(HOSTS) < 0.12
     assert 0.08 < shares[Classification.MALICIOUS] / len(HOSTS) < 0.12
-    assert all(r.rules for r in reputations if r and r.classification is Classification.MALICIOUS)
+    assert all(r.rules for r in reputations if r and r.classification == Classification.MALICIOUS)
+
+
+def test_unknown_future_value_is_seeded_in_classifications_and_rule_severities() -> None:
+    """external-apis.md §2: Graph documents `unknownFutureValue` for both enums; a client must not fail on it."""
+    reputations = [r for r in (reputation_for(h, 7) for h in HOSTS) if r]
+    future = [r for r in reputations if r.classification == UNKNOWN_FUTURE_VALUE]
+    assert 0.01 < len(future) / len(reputations) < 0.04
+    assert all(r.score > 0 for r in future)
+    rules = [rule for r in reputations for rule in r.rules]
+    assert 0.02 < sum(rule.severity == UNKNOWN_FUTURE_VALUE for rule in rules) / len(rules) < 0.09
+    served = graph_body("h.example", future[0])
+    assert served["classification"] == UNKNOWN_FUTURE_VALUE
+
+
+def test_pinned_reputations_take_unknown_future_value_where_graph_documents_it() -> None:
+    pinned = parse_pinned(
+        {
+            "x.example": {
+                "score": 80,
+                "classification": "unknownFutureValue",
+                "rules": [{"name": "R", "severity": "unknownFutureValue"}],
+            }
+        }
+    )
+    assert pinned["x.example"] == HostReputation(80, "unknownFutureValue", (HostRule("R", "", "unknownFutureValue"),))
+    with pytest.raises(PinnedReputationsError, match="severity"):
+        parse_pinned({"x.example": {"score": 80, "classification": "malicious", "rules": [{"severity": "critical"}]}})
 
 
 def test_unknown_with_score_zero_and_no_rules_counts_as_no_reputation() -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tibridge.sandbox.dataset import Dataset, generate
-from tibridge.sandbox.kql import InFilter, Query, TimeRange
+from tibridge.sandbox.kql import InFilter, Query, Shape, TimeRange
 from tibridge.sandbox.tables import LEGACY_TABLE, THREAT_INTEL_INDICATORS, build_tables, parse_timespan
 
 ANCHOR = datetime(2026, 11, 1, tzinfo=UTC)
@@ -95,3 +95,30 @@ def test_timespans_in_every_iso_form(text: str | None, expected: TimeRange | Non
 def test_bad_timespans_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="timespan"):
         parse_timespan(text, NOW)
+
+
+def test_counts_per_bin_start_on_kusto_span_boundaries_and_add_up_to_the_rows(dataset: Dataset) -> None:
+    table = build_tables(dataset)[THREAT_INTEL_INDICATORS]
+    mdti = InFilter("SourceSystem", frozenset({"Microsoft Defender Threat Intelligence"}), allow_empty=False)
+    matching = [row for row in dataset.rows if row.source_system == "Microsoft Defender Threat Intelligence"]
+    for span in (timedelta(hours=6), timedelta(days=7)):
+        query = Query(THREAT_INTEL_INDICATORS, None, (mdti,), None, Shape.COUNT_BY_BIN, span, "Rows", ordered=True)
+        result = table.query(query, None, row_cap=10)  # the row cap limits rows of data, not count bins
+        bins = [json.loads(fragment) for fragment in result.fragments]
+        assert [name for name, _ in result.columns] == ["TimeGenerated", "Rows"]
+        assert sum(n for _, n in bins) == len(matching)
+        starts = [datetime.fromisoformat(start) for start, _ in bins]
+        assert starts == sorted(starts)
+        # bin() counts spans from 0001-01-01, Kusto's epoch: a 7-day bin starts on a Monday.
+        assert all((start - datetime(1, 1, 1, tzinfo=UTC)) % span == timedelta(0) for start in starts)
+    hourly = timedelta(hours=1)
+    unordered = Query(THREAT_INTEL_INDICATORS, None, (mdti,), None, Shape.COUNT_BY_BIN, hourly, "Rows", ordered=False)
+    shuffled = [json.loads(fragment)[0] for fragment in table.query(unordered, None, 10).fragments]
+    assert shuffled != sorted(shuffled)  # summarize promises no order
+
+
+def test_a_plain_count_counts_every_matching_row_not_only_the_newest(dataset: Dataset) -> None:
+    table = build_tables(dataset)[THREAT_INTEL_INDICATORS]
+    window = TimeRange(ANCHOR - timedelta(days=3), ANCHOR)
+    result = table.query(Query(THREAT_INTEL_INDICATORS, window, (), None, Shape.COUNT), None, row_cap=10)
+    assert json.loads(result.fragments[0]) == [sum(1 for row in dataset.rows if window.start <= row.time_generated)]

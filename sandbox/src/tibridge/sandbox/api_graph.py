@@ -1,4 +1,9 @@
-"""Microsoft Graph: MDTI host reputation, single and through JSON batching."""
+"""Microsoft Graph: Microsoft Threat Intelligence (formerly MDTI) host reputation, single GETs and JSON batching.
+
+`graph_refusal` makes every lookup answer as a tenant that may not use the API does (external-apis.md §2):
+403s with Graph's error bodies, or the pre-2026 missing-licence shape, a 500 `generalException` for every
+host. Each item of a `$batch` carries the same answer; the batch itself stays 200.
+"""
 
 from __future__ import annotations
 
@@ -61,6 +66,29 @@ def _error(status: int, message: str | None = None, retry_after: int | None = No
     return GraphAnswer(status, _error_body(code, message or default), headers)
 
 
+# Status, code and message per refusal. The 403 message for missing permissions is Graph's security-API text;
+# tenant verification and Security Reader have no documented status or wording (assumed 403, text ours).
+REFUSALS: dict[str, tuple[int, str, str]] = {
+    "forbidden": (
+        403,
+        "Forbidden",
+        "The authentication token does not contain valid permissions or the user does not have valid roles.",
+    ),
+    "security_reader": (
+        403,
+        "Forbidden",
+        "The user does not have the Security Reader role (or higher) that Microsoft Threat Intelligence requires.",
+    ),
+    "tenant_unverified": (
+        403,
+        "Forbidden",
+        "This tenant is blocked from Microsoft Threat Intelligence until it is verified. Verification state: "
+        "PendingVerification.",
+    ),
+    "licence_500": (500, "generalException", "Error retrieving reputation"),
+}
+
+
 def resolve(state: SandboxState, method: str, url: str) -> GraphAnswer:
     """One Graph request (a whole GET, or one item of a batch) against the reputation model."""
     if method.upper() != "GET":
@@ -70,8 +98,10 @@ def resolve(state: SandboxState, method: str, url: str) -> GraphAnswer:
     if match is None:
         return _error(400, f"Resource not found for the segment '{path.strip('/').split('/')[0]}'.")
     host = match.group("plain") or match.group("quoted").replace("''", "'")
-    if state.config.graph_forbidden:
-        return _error(403, "This tenant has no Microsoft Defender Threat Intelligence entitlement.")
+    refusal = state.config.graph_refusal
+    if refusal is not None:
+        status, code, message = REFUSALS[refusal]
+        return GraphAnswer(status, _error_body(code, message))
     state.stats.graph.lookups += 1
     reputation = state.reputations.lookup(host)
     if reputation is not None:

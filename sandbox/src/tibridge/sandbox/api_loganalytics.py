@@ -1,4 +1,9 @@
-"""Log Analytics query API: POST {endpoint}/v1/workspaces/{id}/query, as the real service answers it."""
+"""Log Analytics query API: POST {endpoint}/v1/workspaces/{id}/query, as the real service answers it.
+
+Per identity (the sandbox has one) at most `loganalytics_max_concurrent` queries run at once and
+`loganalytics_requests_per_window` requests pass per `loganalytics_window_seconds`; beyond either, 429
+ThrottledError with Retry-After. A workspace that holds no rows at all answers 204 No Content.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from tibridge.sandbox.httpkit import STATE_KEY, ApiErrors, bearer_middleware, fault_middleware, json_response
-from tibridge.sandbox.kql import KqlError, parse
+from tibridge.sandbox.kql import KqlError, Shape, parse
 from tibridge.sandbox.state import SandboxState
 from tibridge.sandbox.tables import parse_timespan
 
@@ -99,10 +104,16 @@ async def _query(request: web.Request) -> web.Response:
         )
     except KqlError as error:
         return _kql_error(error)
-    result = tables[query.table].query(query, timespan, state.config.row_cap)
     stats = state.stats.loganalytics
     stats.queries += 1
-    stats.rows_returned += len(result.fragments)
+    stats.count_queries += query.shape is not Shape.NEWEST_PER_ID
+    stats.peak_concurrent = max(stats.peak_concurrent, state.loganalytics_limits.in_flight)
+    if not state.dataset.rows and state.config.loganalytics_no_data == "204":
+        stats.no_content += 1
+        return web.Response(status=204)
+    result = tables[query.table].query(query, timespan, state.config.row_cap)
+    if query.shape is Shape.NEWEST_PER_ID:
+        stats.rows_returned += len(result.fragments)
     columns = json.dumps([{"name": name, "type": str(kind)} for name, kind in result.columns])
     text = '{"tables":[{"name":"PrimaryResult","columns":' + columns + ',"rows":[' + ",".join(result.fragments) + "]}]"
     if result.truncated:
@@ -114,7 +125,7 @@ async def _query(request: web.Request) -> web.Response:
 def create_app(state: SandboxState) -> web.Application:
     app = web.Application(
         middlewares=[
-            fault_middleware("loganalytics", state, ERRORS, lambda request: True),
+            fault_middleware("loganalytics", state, ERRORS, lambda request: True, state.loganalytics_limits),
             bearer_middleware(state, ERRORS, "AuthorizationRequiredError"),
         ]
     )

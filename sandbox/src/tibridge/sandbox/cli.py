@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from tibridge.sandbox.config import SandboxConfig
+from tibridge.sandbox.config import SandboxConfig, parse_settings
 from tibridge.sandbox.dataset import RowsFileError, load_rows
 from tibridge.sandbox.expected import ExpectedOutcomeUnavailable
 from tibridge.sandbox.faults import FaultSpecError, merge_faults, parse_fault_flags
@@ -49,10 +49,20 @@ def sandbox(
     never_seen: Annotated[
         NeverSeen, typer.Option(help="How Graph answers hosts MDTI never saw.")
     ] = NeverSeen.NOT_FOUND,
-    graph_forbidden: Annotated[bool, typer.Option(help="Answer 403 as for a tenant without MDTI.")] = False,
+    graph_forbidden: Annotated[
+        bool, typer.Option(help="Answer 403 as for a tenant without the permission (= --set graph_refusal=forbidden).")
+    ] = False,
     fault: Annotated[
         list[str] | None,
         typer.Option(help="API.FIELD=VALUE, repeatable, e.g. graph.p429=0.1 threatstream.latency_ms=50."),
+    ] = None,
+    setting: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="SETTING=VALUE (JSON or plain text), repeatable: any SandboxConfig field, e.g. "
+            "threatstream_tlp=tlp1, graph_refusal=licence_500, 'threatstream_permissions=[\"import\"]'.",
+        ),
     ] = None,
 ) -> None:
     try:
@@ -66,9 +76,10 @@ def sandbox(
             faults=merge_faults({}, parse_fault_flags(fault or [])),
             row_cap=row_cap,
             never_seen=never_seen.value,
-            graph_forbidden=graph_forbidden,
+            graph_refusal="forbidden" if graph_forbidden else None,
+            **parse_settings(setting or []),
         )
-    except (RowsFileError, PinnedReputationsError, FaultSpecError, OSError) as error:
+    except (RowsFileError, PinnedReputationsError, FaultSpecError, OSError, ValueError) as error:
         typer.echo(f"tibridge sandbox: {error}", err=True)
         raise typer.Exit(2) from None
     try:

@@ -7,6 +7,7 @@ expected outcome (`tibridge.sandbox.expected`) is computed from that truth.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import random
@@ -20,19 +21,38 @@ from typing import Any
 
 import idna
 
-from tibridge.common.contracts import HashAlgorithm, ObservableType, RejectionReason
+from tibridge.common.contracts import ObservableType, RejectionReason
 from tibridge.common.sentinel import MDTI_SOURCE_SYSTEMS as MDTI_SOURCE_SYSTEMS
 
 OTHER_SOURCE_SYSTEMS = ("Microsoft Sentinel", "AlienVault OTX", "abuse.ch URLhaus", "Recorded Future")
 
-HASH_KEYS: Mapping[HashAlgorithm, str] = {
-    HashAlgorithm.MD5: "file:hashes.MD5",
-    HashAlgorithm.SHA1: "file:hashes.'SHA-1'",
-    HashAlgorithm.SHA256: "file:hashes.'SHA-256'",
+
+class HashAlgorithm(StrEnum):
+    """The hash kinds the generator makes (the same spellings as the message contracts, plus SHA-512)."""
+
+    MD5 = "md5"
+    SHA1 = "sha1"
+    SHA256 = "sha256"
+    SHA512 = "sha512"
+
+
+# `ObservableKey` is whatever the producer wrote left of the pattern's `=` (external-apis.md §1): Microsoft's
+# spelling first, then spellings other producers use.
+HASH_KEYS: Mapping[HashAlgorithm, tuple[str, ...]] = {
+    HashAlgorithm.MD5: ("file:hashes.MD5", "file:hashes.'MD5'"),
+    HashAlgorithm.SHA1: ("file:hashes.'SHA-1'", "file:hashes.'SHA1'", "file:hashes.SHA1"),
+    HashAlgorithm.SHA256: ("file:hashes.'SHA-256'", "file:hashes.'SHA256'", "file:hashes.SHA256"),
+    HashAlgorithm.SHA512: ("file:hashes.'SHA-512'", "file:hashes.'SHA512'", "file:hashes.SHA512"),
 }
-HASH_LENGTHS: Mapping[HashAlgorithm, int] = {HashAlgorithm.MD5: 32, HashAlgorithm.SHA1: 40, HashAlgorithm.SHA256: 64}
+HASH_LENGTHS: Mapping[HashAlgorithm, int] = {
+    HashAlgorithm.MD5: 32,
+    HashAlgorithm.SHA1: 40,
+    HashAlgorithm.SHA256: 64,
+    HashAlgorithm.SHA512: 128,
+}
+HASH_KEY_PREFIX = "file:hashes."
 NETWORK_TRAFFIC_KEYS = ("network-traffic:src_ref.value", "network-traffic:dst_ref.value")
-# The ObservableKeys a collector asks for; anything else is filtered out by its query.
+# The ObservableKeys a correct collector reads besides every `file:hashes.` key.
 SUPPORTED_OBSERVABLE_KEYS = (
     "ipv4-addr:value",
     "ipv6-addr:value",
@@ -40,8 +60,24 @@ SUPPORTED_OBSERVABLE_KEYS = (
     "domain-name:value",
     "url:value",
     "email-addr:value",
-    *HASH_KEYS.values(),
 )
+
+
+def hash_algorithm_of_key(key: str) -> HashAlgorithm | None:
+    """`file:hashes.'SHA-256'`, `file:hashes.SHA256`... → sha256; None for other keys and unknown algorithms."""
+    if not key.startswith(HASH_KEY_PREFIX):
+        return None
+    name = key.removeprefix(HASH_KEY_PREFIX).strip("'").replace("-", "").lower()
+    try:
+        return HashAlgorithm(name)
+    except ValueError:
+        return None
+
+
+def is_supported_key(key: str) -> bool:
+    return key in SUPPORTED_OBSERVABLE_KEYS or hash_algorithm_of_key(key) is not None
+
+
 UNSUPPORTED_OBSERVABLE_KEYS = (
     "mac-addr:value",
     "windows-registry-key:key",
@@ -64,6 +100,7 @@ REPUBLISH_INTERVAL = timedelta(days=7)
 class ColumnType(StrEnum):
     STRING = "string"
     INT = "int"
+    LONG = "long"
     REAL = "real"
     BOOL = "bool"
     DATETIME = "datetime"
@@ -298,7 +335,7 @@ class _Generator:
 
     def indicator(self) -> tuple[str, list[IndicatorRow], ObservableTruth]:
         rng = self.rng
-        indicator_id = f"indicator--{uuid.UUID(int=rng.getrandbits(128), version=4)}"
+        stix_id = f"indicator--{uuid.UUID(int=rng.getrandbits(128), version=4)}"
         source_system = rng.choice(MDTI_SOURCE_SYSTEMS)
         pattern_only = False
         if self.repeatable and rng.random() < self.repeat_ratio:
@@ -322,9 +359,11 @@ class _Generator:
                 observable = self._valid()
                 if source_system in MDTI_SOURCE_SYSTEMS:
                     self.repeatable.append((observable, lifecycle))
+        source = source_of(source_system)
+        indicator_id = table_id(source, stix_id)
         return (
             indicator_id,
-            self._rows(indicator_id, source_system, observable, lifecycle, pattern_only),
+            self._rows(indicator_id, stix_id, source, source_system, observable, lifecycle, pattern_only),
             observable.truth,
         )
 
@@ -439,7 +478,9 @@ class _Generator:
         canonical = f"{rng.getrandbits(HASH_LENGTHS[algorithm] * 4):0{HASH_LENGTHS[algorithm]}x}"
         value = canonical.upper() if rng.random() < 0.2 else canonical
         truth = ObservableTruth(ObservableType.FILE_HASH, canonical, hash_algorithm=algorithm)
-        return _Observable(HASH_KEYS[algorithm], value, truth)
+        spellings = HASH_KEYS[algorithm]
+        key = spellings[0] if rng.random() < 0.7 else rng.choice(spellings[1:])
+        return _Observable(key, value, truth)
 
     def _email(self) -> _Observable:
         rng = self.rng
@@ -498,7 +539,7 @@ class _Generator:
             length = HASH_LENGTHS[algorithm]
             value = rng.choice((f"{rng.getrandbits(4 * length):0{length}x}"[:-1], "z" * length))
             return _Observable(
-                HASH_KEYS[algorithm],
+                HASH_KEYS[algorithm][0],
                 value,
                 ObservableTruth(ObservableType.FILE_HASH, None, algorithm, RejectionReason.INVALID_VALUE),
             )
@@ -540,7 +581,14 @@ class _Generator:
         )
 
     def _rows(
-        self, indicator_id: str, source_system: str, observable: _Observable, lifecycle: _Lifecycle, pattern_only: bool
+        self,
+        indicator_id: str,
+        stix_id: str,
+        source: str,
+        source_system: str,
+        observable: _Observable,
+        lifecycle: _Lifecycle,
+        pattern_only: bool,
     ) -> list[IndicatorRow]:
         rng, below = self.rng, self._below
         window_us = self.days * 86_400_000_000
@@ -571,12 +619,12 @@ class _Generator:
             escaped = observable.value.replace("\\", "\\\\").replace("'", "\\'")
             pattern, key, value = f"[{observable.key} = '{escaped}']", observable.key, observable.value
         stix: dict[str, Any] = {
-            "id": indicator_id,
+            "id": stix_id,
             "type": "indicator",
             "spec_version": "2.1",
             "pattern": pattern,
             "pattern_type": "stix",
-            "name": f"{description} ({indicator_id[-8:]})",
+            "name": f"{description} ({stix_id[-8:]})",
             "description": description,
             "indicator_types": [rng.choice(_INDICATOR_TYPES)],
             "labels": list(tags),
@@ -588,7 +636,6 @@ class _Generator:
         if valid_until is not None:
             stix["valid_until"] = format_datetime(valid_until)
         additional_fields = {"TLPLevel": tlp}
-        source = source_system if mdti else f"{source_system} feed"
         update_method = "MicrosoftDefenderThreatIntelligence" if mdti else "TAXII"
         rows = []
         for copy, time_generated in enumerate(times):
@@ -618,6 +665,15 @@ class _Generator:
                 )
             )
         return rows
+
+
+def source_of(source_system: str) -> str:
+    return source_system if source_system in MDTI_SOURCE_SYSTEMS else f"{source_system} feed"
+
+
+def table_id(source: str, stix_id: str) -> str:
+    """The table's `Id`: `<base64 of the source>---indicator--<uuid>` (external-apis.md §1)."""
+    return f"{base64.b64encode(source.encode()).decode()}---{stix_id}"
 
 
 def generate(indicators: int, seed: int, anchor: datetime, days: int = 14, repeat_ratio: float = 0.3) -> Dataset:

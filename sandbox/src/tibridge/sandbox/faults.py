@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -208,3 +209,52 @@ class RetryAfterLedger:
     def clear(self) -> None:
         for windows in self._windows.values():
             windows.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request turned away by a documented limit: 429 with this message and Retry-After."""
+
+    message: str
+    retry_after: int
+
+
+class RequestLimits:
+    """Log Analytics' documented limits per identity: `max_concurrent` queries at once, `per_window` requests
+    per `window_seconds`. Only requests let through count against the window."""
+
+    def __init__(
+        self,
+        max_concurrent: int | None,
+        per_window: int | None,
+        window_seconds: float,
+        monotonic: Callable[[], float],
+    ) -> None:
+        self.max_concurrent = max_concurrent
+        self.per_window = per_window
+        self.window_seconds = window_seconds
+        self._monotonic = monotonic
+        self._arrivals: deque[float] = deque()
+        self.in_flight = 0
+        self.peak = 0
+
+    def admit(self) -> Refusal | None:
+        """Takes a place, or says why not; every place taken must be given back with `release`."""
+        now = self._monotonic()
+        while self._arrivals and self._arrivals[0] <= now - self.window_seconds:
+            self._arrivals.popleft()
+        if self.max_concurrent is not None and self.in_flight >= self.max_concurrent:
+            return Refusal(f"Too many concurrent queries: at most {self.max_concurrent} run at once per identity.", 1)
+        if self.per_window is not None and len(self._arrivals) >= self.per_window:
+            wait = self._arrivals[0] + self.window_seconds - now
+            return Refusal(
+                f"Rate limit exceeded: at most {self.per_window} requests per {self.window_seconds:g} s per identity.",
+                max(1, math.ceil(wait)),
+            )
+        self._arrivals.append(now)
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        return None
+
+    def release(self) -> None:
+        self.in_flight -= 1

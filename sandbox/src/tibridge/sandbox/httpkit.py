@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from tibridge.sandbox.faults import Api, FaultKind
+from tibridge.sandbox.faults import Api, FaultKind, RequestLimits
 from tibridge.sandbox.state import SandboxState
 
 MALFORMED_BODY = b'{"value": [{"truncated": tr'
@@ -51,16 +51,35 @@ _STATUS_OF = {
 
 
 def fault_middleware(
-    api: Api, state: SandboxState, errors: ApiErrors, counts_against_ceiling: Callable[[web.Request], bool]
+    api: Api,
+    state: SandboxState,
+    errors: ApiErrors,
+    counts_against_ceiling: Callable[[web.Request], bool],
+    limits: RequestLimits | None = None,
 ) -> Any:
-    """Counts every request of `api`, notes arrivals inside an announced Retry-After window, and injects
-    the configured faults before the request reaches its handler."""
+    """Counts every request of `api`, notes arrivals inside an announced Retry-After window, turns away what
+    the API's documented `limits` refuse (a place is held from arrival to answer, injected latency included),
+    and injects the configured faults before the request reaches its handler."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         clock = state.clock
         if state.ledger.inside(api, clock.monotonic()):
             state.stats.inside_retry_after[api] += 1
+        refusal = limits.admit() if limits is not None else None
+        if refusal is not None:
+            response = errors.response(429, message=refusal.message, retry_after=refusal.retry_after)
+            state.announce_retry_after(api, refusal.retry_after)
+            state.stats.record_status(api, 429)
+            return response
+        try:
+            return await _faulted(request, handler)
+        finally:
+            if limits is not None:
+                limits.release()
+
+    async def _faulted(request: web.Request, handler: Handler) -> web.StreamResponse:
+        clock = state.clock
         decision = state.faults.decide(api, ceiling=counts_against_ceiling(request))
         if decision.delay_seconds:
             await clock.sleep(decision.delay_seconds)

@@ -7,8 +7,14 @@
     | summarize arg_max(TimeGenerated, *) by <IdColumn>
     | order by TimeGenerated asc
 
-Each `where` is optional (in-filters may repeat); anything else is a `KqlError`, which the Log Analytics
-stand-in answers with 400 BadArgumentError as the real service does.
+and the cheap counts a query planner sends first, with the same where-clauses:
+
+    ... | summarize <Name> = count() by bin(TimeGenerated, <timespan literal>) [| order by TimeGenerated asc]
+    ... | count
+
+Each `where` is optional (in-filters may repeat); a timespan literal is a number and one of KQL's units
+(`d`, `h`, `m`, `s`, `ms`, `microsecond`, `tick`: `6h`, `1.5d`, `30m`). Anything else is a `KqlError`, which
+the Log Analytics stand-in answers with 400 BadArgumentError as the real service does.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 
 from tibridge.sandbox.dataset import ColumnType
 
@@ -44,21 +51,43 @@ class InFilter:
     allow_empty: bool  # the `isempty(C) or C in (...)` form
 
 
+class Shape(StrEnum):
+    NEWEST_PER_ID = "newest_per_id"  # summarize arg_max(TimeGenerated, *) by <Id> | order by TimeGenerated asc
+    COUNT_BY_BIN = "count_by_bin"  # summarize <Name> = count() by bin(TimeGenerated, <span>)
+    COUNT = "count"  # count
+
+
 @dataclass(frozen=True, slots=True)
 class Query:
     table: str
     time_range: TimeRange | None
     filters: tuple[InFilter, ...]
-    group_by: str
+    group_by: str | None
+    shape: Shape = Shape.NEWEST_PER_ID
+    bin_size: timedelta | None = None
+    count_column: str = "Count"
+    ordered: bool = True  # whether the result rows are in TimeGenerated order (KQL's summarize has none)
+
+
+_TIMESPAN_UNITS = {
+    "d": timedelta(days=1),
+    "h": timedelta(hours=1),
+    "m": timedelta(minutes=1),
+    "s": timedelta(seconds=1),
+    "ms": timedelta(milliseconds=1),
+    "microsecond": timedelta(microseconds=1),
+    "tick": timedelta(microseconds=0.1),
+}
 
 
 _TOKEN = re.compile(
     r"""
     (?P<space>\s+)
   | (?P<datetime>datetime\(\s*(?P<instant>[^()\s]*)\s*\))
+  | (?P<timespan>(?P<amount>[0-9]+(?:\.[0-9]+)?)(?P<unit>microsecond|tick|ms|d|h|m|s)(?![A-Za-z0-9_]))
   | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<symbol>>=|[<(),*|])
+  | (?P<symbol>>=|[<(),*|=])
     """,
     re.VERBOSE,
 )
@@ -67,9 +96,9 @@ _ESCAPES = {"\\": "\\", '"': '"', "'": "'", "n": "\n", "r": "\r", "t": "\t"}
 
 @dataclass(frozen=True, slots=True)
 class _Token:
-    kind: str  # datetime | string | name | symbol | end
+    kind: str  # datetime | timespan | string | name | symbol | end
     text: str
-    value: str | datetime
+    value: str | datetime | timedelta
     position: int
 
 
@@ -88,6 +117,9 @@ def _tokens(text: str) -> list[_Token]:
         kind = str(match.lastgroup)
         if kind == "datetime":
             tokens.append(_Token(kind, match.group(), _instant(match.group("instant"), position), position))
+        elif kind == "timespan":
+            span = float(match.group("amount")) * _TIMESPAN_UNITS[match.group("unit")]
+            tokens.append(_Token(kind, match.group(), span, position))
         elif kind == "string":
             tokens.append(_Token(kind, match.group(), _unquote(match.group(), position), position))
         elif kind in ("name", "symbol"):
@@ -200,14 +232,52 @@ class _Parser:
                 else:
                     filters.append(InFilter(column, self.in_list(column), allow_empty=False))
             self.take("symbol", "|")
-        group_by = self.summarize(self.id_columns[table_token.text])
+        table, where = table_token.text, tuple(filters)
+        if self.at("count"):
+            self.index += 1
+            self.take("end")
+            return Query(table, time_range, where, None, Shape.COUNT)
+        self.take("name", "summarize")
+        if self.at("arg_max"):
+            group_by = self.newest_per_id(self.id_columns[table])
+            self.order_by_time()
+            self.take("end")
+            return Query(table, time_range, where, group_by)
+        name, span = self.count_by_bin()
+        ordered = not self.at_end()
+        if ordered:
+            self.order_by_time()
+        self.take("end")
+        return Query(table, time_range, where, None, Shape.COUNT_BY_BIN, span, name, ordered)
+
+    def at_end(self) -> bool:
+        return self.current.kind == "end"
+
+    def order_by_time(self) -> None:
         self.take("symbol", "|")
         self.take("name", "order")
         self.take("name", "by")
         self.expect_time_generated()
         self.take("name", "asc")
-        self.take("end")
-        return Query(table_token.text, time_range, tuple(filters), group_by)
+
+    def count_by_bin(self) -> tuple[str, timedelta]:
+        name = self.take("name").text
+        if name in self.columns:
+            raise KqlError(f"'{name}' is already a column of the table; name the count otherwise", syntax=False)
+        self.take("symbol", "=")
+        self.take("name", "count")
+        self.take("symbol", "(")
+        self.take("symbol", ")")
+        self.take("name", "by")
+        self.take("name", "bin")
+        self.take("symbol", "(")
+        self.expect_time_generated()
+        self.take("symbol", ",")
+        token = self.take("timespan")
+        if not isinstance(token.value, timedelta) or token.value <= timedelta(0):
+            raise KqlError(f"bin size '{token.text}' must be a positive timespan", syntax=False)
+        self.take("symbol", ")")
+        return name, token.value
 
     def expect_time_generated(self) -> None:
         if self.column(ColumnType.DATETIME) != "TimeGenerated":
@@ -254,8 +324,7 @@ class _Parser:
             raise self.fail(f"the same column '{column}' on both sides of 'or'")
         return InFilter(column, self.in_list(column), allow_empty=True)
 
-    def summarize(self, id_column: str) -> str:
-        self.take("name", "summarize")
+    def newest_per_id(self, id_column: str) -> str:
         self.take("name", "arg_max")
         self.take("symbol", "(")
         self.expect_time_generated()

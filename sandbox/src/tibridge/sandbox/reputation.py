@@ -2,7 +2,10 @@
 
 Every host gets a stable score, classification and rules derived from sha256(seed, host): roughly 60 %
 unknown (a third of those never seen at all), 20 % neutral, 10 % suspicious and 10 % malicious, with the
-classification always inside MDTI's own score bands.
+classification always inside MDTI's own score bands. Graph documents `unknownFutureValue` for both the
+classification and a rule's severity: about 2 % of seen hosts carry it as their classification (score
+unchanged) and about 5 % of rules as their severity, so a client that cannot read an unknown enum value fails
+here first. The model's own types are wire-level (plain strings) for that reason.
 """
 
 from __future__ import annotations
@@ -10,12 +13,48 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from tibridge.common.contracts import Classification, Reputation, RuleSeverity
 
-from tibridge.common.contracts import Classification, Reputation, ReputationRule, RuleSeverity
+UNKNOWN_FUTURE_VALUE = "unknownFutureValue"
+CLASSIFICATIONS = (*(str(c) for c in Classification if c != UNKNOWN_FUTURE_VALUE), UNKNOWN_FUTURE_VALUE)
+RULE_SEVERITIES = (*(str(s) for s in RuleSeverity), UNKNOWN_FUTURE_VALUE)
+_FUTURE_CLASSIFICATION_BELOW = 0.02
+_FUTURE_SEVERITY_BELOW = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class HostRule:
+    name: str
+    description: str = ""
+    severity: str = "unknown"
+    related_details_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HostReputation:
+    """A Graph `hostReputation` as the sandbox serves it."""
+
+    score: int
+    classification: str
+    rules: tuple[HostRule, ...] = ()
+
+    @classmethod
+    def of(cls, reputation: HostReputation | Reputation) -> HostReputation:
+        if isinstance(reputation, HostReputation):
+            return reputation
+        return cls(
+            reputation.score,
+            str(reputation.classification),
+            tuple(
+                HostRule(rule.name, rule.description, str(rule.severity), rule.related_details_url)
+                for rule in reputation.rules
+            ),
+        )
+
 
 # (name, description, severity, relatedDetailsUrl) per classification.
 _RULES: Mapping[Classification, tuple[tuple[str, str, RuleSeverity, str | None], ...]] = {
@@ -81,7 +120,7 @@ def _band(classification: Classification) -> tuple[int, int]:
     }[classification]
 
 
-def reputation_for(value: str, seed: int) -> Reputation | None:
+def reputation_for(value: str, seed: int) -> HostReputation | None:
     """The seeded reputation of a host; None when MDTI never saw it."""
     digest = hashlib.sha256(f"{seed}\x1f{value.lower()}".encode()).digest()
     draw = int.from_bytes(digest[:4], "big") / 2**32
@@ -104,27 +143,39 @@ def reputation_for(value: str, seed: int) -> Reputation | None:
     catalogue = _RULES[classification]
     first = digest[7] % len(catalogue)
     rules = tuple(
-        ReputationRule(name=name, description=description, severity=severity, related_details_url=url)
-        for name, description, severity, url in (catalogue[(first + i) % len(catalogue)] for i in range(count))
+        HostRule(
+            name,
+            description,
+            UNKNOWN_FUTURE_VALUE if digest[10 + i] / 256 < _FUTURE_SEVERITY_BELOW else str(severity),
+            url,
+        )
+        for i, (name, description, severity, url) in enumerate(
+            catalogue[(first + i) % len(catalogue)] for i in range(count)
+        )
     )
-    return Reputation(score=score, classification=classification, rules=rules)
+    future = score > 0 and int.from_bytes(digest[8:10], "big") / 2**16 < _FUTURE_CLASSIFICATION_BELOW
+    return HostReputation(score, UNKNOWN_FUTURE_VALUE if future else str(classification), rules)
 
 
-def has_reputation(reputation: Reputation | None) -> bool:
+def has_reputation(reputation: HostReputation | Reputation | None) -> bool:
     """Both ways MDTI says "never seen" (404, or 200 unknown/score 0/no rules) mean no reputation."""
     if reputation is None:
         return False
-    return not (reputation.classification is Classification.UNKNOWN and reputation.score == 0 and not reputation.rules)
+    reputation = HostReputation.of(reputation)
+    return not (reputation.classification == "unknown" and reputation.score == 0 and not reputation.rules)
 
 
 class ReputationModel:
     """The seeded model with pinned values on top (a pinned None means "never seen")."""
 
-    def __init__(self, seed: int, pinned: Mapping[str, Reputation | None] | None = None) -> None:
+    def __init__(self, seed: int, pinned: Mapping[str, HostReputation | Reputation | None] | None = None) -> None:
         self.seed = seed
-        self._pinned = {host.lower(): reputation for host, reputation in (pinned or {}).items()}
+        self._pinned = {
+            host.lower(): HostReputation.of(reputation) if reputation is not None else None
+            for host, reputation in (pinned or {}).items()
+        }
 
-    def lookup(self, host: str) -> Reputation | None:
+    def lookup(self, host: str) -> HostReputation | None:
         key = host.lower()
         if key in self._pinned:
             return self._pinned[key]
@@ -133,21 +184,22 @@ class ReputationModel:
     __call__ = lookup
 
 
-def graph_body(host: str, reputation: Reputation) -> dict[str, Any]:
+def graph_body(host: str, reputation: HostReputation | Reputation) -> dict[str, Any]:
     """The Graph `hostReputation` resource."""
+    reputation = HostReputation.of(reputation)
     return {
         "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#security/threatIntelligence/hosts('"
         + host.replace("'", "''")
         + "')/reputation/$entity",
         "@odata.type": "#microsoft.graph.security.hostReputation",
         "id": hashlib.sha256(host.lower().encode()).hexdigest()[:32],
-        "classification": str(reputation.classification),
+        "classification": reputation.classification,
         "score": reputation.score,
         "rules": [
             {
                 "name": rule.name,
                 "description": rule.description,
-                "severity": str(rule.severity),
+                "severity": rule.severity,
                 "relatedDetailsUrl": rule.related_details_url,
             }
             for rule in reputation.rules
@@ -159,35 +211,42 @@ class PinnedReputationsError(ValueError):
     pass
 
 
-def parse_pinned(raw: Any) -> dict[str, Reputation | None]:
+def _pinned_one(host: str, entry: Any) -> HostReputation:
+    def fail(problem: str) -> PinnedReputationsError:
+        return PinnedReputationsError(
+            f"pinned reputation for {host!r} is invalid ({problem}); give score 0-100, classification and rules"
+        )
+
+    if not isinstance(entry, dict):
+        raise fail("not an object")
+    score, classification = entry.get("score"), entry.get("classification")
+    if not isinstance(score, int) or isinstance(score, bool) or not 0 <= score <= 100:
+        raise fail(f"score {score!r}")
+    if classification not in CLASSIFICATIONS:
+        raise fail(f"classification {classification!r} is not one of {', '.join(CLASSIFICATIONS)}")
+    rules = entry.get("rules", [])
+    if not isinstance(rules, list) or not all(isinstance(rule, dict) for rule in rules):
+        raise fail("rules must be a list of objects")
+    parsed = []
+    for rule in rules:
+        severity = rule.get("severity", "unknown")
+        if severity not in RULE_SEVERITIES:
+            raise fail(f"rule severity {severity!r} is not one of {', '.join(RULE_SEVERITIES)}")
+        url = rule.get("relatedDetailsUrl", rule.get("related_details_url"))
+        parsed.append(HostRule(str(rule.get("name", "")), str(rule.get("description", "")), severity, url))
+    return HostReputation(score, classification, tuple(parsed))
+
+
+def parse_pinned(raw: Any) -> dict[str, HostReputation | None]:
     """`{"host": {"score": .., "classification": .., "rules": [{name, description, severity,
-    relatedDetailsUrl}]}}`; `null` pins a host as never seen."""
+    relatedDetailsUrl}]}}`; `null` pins a host as never seen. `unknownFutureValue` is accepted wherever Graph
+    documents it."""
     if not isinstance(raw, dict):
         raise PinnedReputationsError("pinned reputations must be a JSON object of host → reputation")
-    pinned: dict[str, Reputation | None] = {}
-    for host, entry in raw.items():
-        if entry is None:
-            pinned[host] = None
-            continue
-        try:
-            rules = [
-                {
-                    "name": rule.get("name", ""),
-                    "description": rule.get("description", ""),
-                    "severity": rule.get("severity", "unknown"),
-                    "related_details_url": rule.get("relatedDetailsUrl", rule.get("related_details_url")),
-                }
-                for rule in entry.get("rules", [])
-            ]
-            pinned[host] = Reputation.model_validate({**entry, "rules": rules})
-        except (AttributeError, ValidationError) as error:
-            raise PinnedReputationsError(
-                f"pinned reputation for {host!r} is invalid; give score 0-100, classification and rules: {error}"
-            ) from None
-    return pinned
+    return {host: None if entry is None else _pinned_one(host, entry) for host, entry in raw.items()}
 
 
-def load_pinned(path: Path) -> dict[str, Reputation | None]:
+def load_pinned(path: Path) -> dict[str, HostReputation | None]:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:

@@ -28,6 +28,7 @@ from tibridge.sandbox.dataset import Dataset
 from tibridge.sandbox.expected import ExpectedOutcome, ExpectedOutcomeUnavailable
 from tibridge.sandbox.faults import FaultSpecError, merge_faults
 from tibridge.sandbox.httpkit import STATE_KEY, json_response
+from tibridge.sandbox.reconcile import reconcile
 from tibridge.sandbox.state import SandboxState
 
 CONTROL_PREFIX = "/_sandbox"
@@ -74,27 +75,64 @@ def _flag(request: web.Request, name: str) -> bool:
     return request.query.get(name, "false").lower() in ("1", "true", "yes")
 
 
-async def _expected(request: web.Request) -> web.Response:
+def _expected_of(request: web.Request) -> ExpectedOutcome:
     """Query parameters mirror `SandboxServer.expected`: threshold, forward_unscorable,
     allowed_classifications (comma-separated), drop_non_global."""
-    state = request.app[STATE_KEY]
     query = request.query
+    allowed = query.get("allowed_classifications")
+    return request.app[STATE_KEY].expected(
+        threshold=int(query.get("threshold", 75)),
+        forward_unscorable=_flag(request, "forward_unscorable"),
+        allowed_classifications=[Classification(c) for c in allowed.split(",")] if allowed else None,
+        drop_non_global=query.get("drop_non_global", "true").lower() != "false",
+    )
+
+
+def _unavailable(error: ValueError) -> web.Response:
+    return json_response({"message": str(error)}, 404 if isinstance(error, ExpectedOutcomeUnavailable) else 400)
+
+
+async def _expected(request: web.Request) -> web.Response:
     try:
-        allowed = query.get("allowed_classifications")
-        outcome = state.expected(
-            threshold=int(query.get("threshold", 75)),
-            forward_unscorable=_flag(request, "forward_unscorable"),
-            allowed_classifications=[Classification(c) for c in allowed.split(",")] if allowed else None,
-            drop_non_global=query.get("drop_non_global", "true").lower() != "false",
-        )
+        return json_response(_expected_of(request).to_json())
     except ValueError as error:  # also ExpectedOutcomeUnavailable
-        return json_response({"message": str(error)}, 404 if isinstance(error, ExpectedOutcomeUnavailable) else 400)
-    return json_response(outcome.to_json())
+        return _unavailable(error)
+
+
+async def _reconcile(request: web.Request) -> web.Response:
+    """What `reconcile` finds for the expected outcome of the same query parameters as /_sandbox/expected."""
+    try:
+        problems = reconcile(_expected_of(request), request.app[STATE_KEY].intel)
+    except ValueError as error:
+        return _unavailable(error)
+    return json_response({"ok": not problems, "problems": problems})
 
 
 async def _threatstream_objects(request: web.Request) -> web.Response:
+    """`?include=ours` (default: what tibridge wrote), `foreign` (seeded before the run) or `all`; each object
+    as the API shows it, plus `foreign` with `include=all`."""
     intel = request.app[STATE_KEY].intel
-    return json_response({"objects": [obj.to_json() for obj in intel.objects.values()]})
+    include = request.query.get("include", "ours")
+    if include not in ("ours", "foreign", "all"):
+        return json_response({"message": "include must be ours, foreign or all"}, 400)
+    intel.advance()
+    objects = [
+        obj.to_json() | ({"foreign": obj.foreign} if include == "all" else {})
+        for obj in intel.objects.values()
+        if include == "all" or obj.foreign == (include == "foreign")
+    ]
+    return json_response({"objects": objects})
+
+
+async def _threatstream_session(request: web.Request) -> web.Response:
+    """Which observables a session accepted and rejected, and why: the sandbox's record, not a real API."""
+    intel = request.app[STATE_KEY].intel
+    text = request.match_info["session_id"]
+    session = intel.sessions.get(int(text)) if text.isdigit() else None
+    if session is None:
+        return json_response({"message": f"No import session {text}."}, 404)
+    intel.advance()
+    return json_response(session.details())
 
 
 def build_app(state: SandboxState) -> web.Application:
@@ -105,7 +143,9 @@ def build_app(state: SandboxState) -> web.Application:
     app.router.add_get(f"{CONTROL_PREFIX}/faults", _get_faults)
     app.router.add_post(f"{CONTROL_PREFIX}/faults", _set_faults)
     app.router.add_get(f"{CONTROL_PREFIX}/expected", _expected)
+    app.router.add_get(f"{CONTROL_PREFIX}/reconcile", _reconcile)
     app.router.add_get(f"{CONTROL_PREFIX}/threatstream/objects", _threatstream_objects)
+    app.router.add_get(f"{CONTROL_PREFIX}/threatstream/sessions/{{session_id}}", _threatstream_session)
     app.add_subapp(api_loganalytics.PREFIX, api_loganalytics.create_app(state))
     app.add_subapp(api_graph.PREFIX, api_graph.create_app(state))
     app.add_subapp(api_threatstream.PREFIX, api_threatstream.create_app(state))
@@ -182,3 +222,7 @@ class SandboxServer(WebServer):
 
     def stats(self) -> dict[str, Any]:
         return self.state.stats.to_json(self.state.intel)
+
+    def reconcile(self, expected: ExpectedOutcome | None = None) -> list[str]:
+        """What /_sandbox/reconcile answers, for `expected` (default: the default expected outcome)."""
+        return reconcile(expected or self.expected(), self.state.intel)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from datetime import timedelta
 
 from tibridge.common.clock import Clock
 from tibridge.common.contracts import Classification
 from tibridge.sandbox.config import SandboxConfig
 from tibridge.sandbox.dataset import Dataset, generate
 from tibridge.sandbox.expected import ExpectedOutcome, expected_outcome
-from tibridge.sandbox.faults import Api, FaultInjector, RetryAfterLedger
-from tibridge.sandbox.intel import IntelStore
+from tibridge.sandbox.faults import Api, FaultInjector, RequestLimits, RetryAfterLedger
+from tibridge.sandbox.intel import IntelStore, StoreRules
 from tibridge.sandbox.reputation import ReputationModel
+from tibridge.sandbox.seeding import dataset_values, foreign_entries, whitelist
 from tibridge.sandbox.stats import Stats
 from tibridge.sandbox.tables import Table, build_tables
+from tibridge.sandbox.vocabulary import ITYPES
 
 
 class SandboxState:
@@ -31,8 +34,38 @@ class SandboxState:
         self.reputations = ReputationModel(config.seed, config.reputations)
         self.faults = FaultInjector(config.seed, config.faults, clock.monotonic)
         self.ledger = RetryAfterLedger(config.retry_after_grace_seconds)
+        self.loganalytics_limits = RequestLimits(
+            config.loganalytics_max_concurrent,
+            config.loganalytics_requests_per_window,
+            config.loganalytics_window_seconds,
+            clock.monotonic,
+        )
         self.stats = Stats()
-        self.intel = IntelStore(clock.now, config.max_objects_per_request)
+        values = dataset_values(self.dataset)
+        self.intel_rules = StoreRules(
+            itypes={**ITYPES, **config.threatstream_extra_itypes},
+            tlp=config.threatstream_tlp,
+            tlp_refusal=config.threatstream_tlp_refusal,
+            whitelist=whitelist(
+                values, config.seed, config.threatstream_whitelist_share, config.threatstream_whitelist
+            ),
+            processing=timedelta(seconds=config.threatstream_processing_seconds),
+            max_objects_per_request=config.max_objects_per_request,
+            username=config.threatstream_username,
+            organization_id=config.threatstream_organization_id,
+        )
+        self.intel = IntelStore(
+            clock.now,
+            self.intel_rules,
+            lambda: foreign_entries(
+                values,
+                config.seed,
+                config.threatstream_foreign_share,
+                self.intel_rules,
+                clock.now(),
+                config.threatstream_foreign_max_values,
+            ),
+        )
 
     def announce_retry_after(self, api: Api, seconds: float) -> None:
         self.ledger.announce(api, self.clock.monotonic(), seconds)
@@ -57,4 +90,5 @@ class SandboxState:
             forward_unscorable=forward_unscorable,
             allowed_classifications=allowed_classifications,
             drop_non_global=drop_non_global,
+            threatstream=self.intel_rules,
         )

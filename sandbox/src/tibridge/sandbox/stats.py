@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tibridge.sandbox.faults import APIS, Api
@@ -13,8 +13,11 @@ from tibridge.sandbox.intel import IntelStore
 @dataclass
 class LogAnalyticsStats:
     queries: int = 0
+    count_queries: int = 0
     rows_returned: int = 0
     partial_results: int = 0
+    no_content: int = 0
+    peak_concurrent: int = 0  # queries in flight at once, at most (the limit refuses beyond it)
 
 
 @dataclass
@@ -47,11 +50,7 @@ class Stats:
         return {
             "requests": {api: dict(sorted(counts.items())) for api, counts in self.requests.items()},
             "inside_retry_after": {api: self.inside_retry_after[api] for api in APIS},
-            "loganalytics": {
-                "queries": self.loganalytics.queries,
-                "rows_returned": self.loganalytics.rows_returned,
-                "partial_results": self.loganalytics.partial_results,
-            },
+            "loganalytics": asdict(self.loganalytics),
             "graph": {
                 "http_requests": self.graph.http_requests,
                 "batch_requests": self.graph.batch_requests,
@@ -59,17 +58,39 @@ class Stats:
                 "lookups": self.graph.lookups,
                 "items_429": self.graph.items_429,
             },
-            "threatstream": {
-                "requests": dict(sorted(self.threatstream.requests.items())),
-                "objects": len(intel.objects),
-                "active": intel.active,
-                "inactive": len(intel.objects) - intel.active,
-                "created": intel.created,
-                "updated": intel.updated,
-                "duplicates_created": intel.duplicates_created,
-                "ignored": intel.ignored,
-                "import_sessions": len(intel.sessions),
-                "pending_approval": intel.pending_approval,
-                "batch_sizes": {str(size): n for size, n in sorted(self.threatstream.batch_sizes.items())},
+            "threatstream": self._threatstream(intel),
+        }
+
+    def _threatstream(self, intel: IntelStore) -> dict[str, Any]:
+        """`objects`, `active`, `inactive` and the write counts are about what tibridge wrote; `foreign` proves
+        the entries seeded before the run unchanged."""
+        ours = list(intel.ours())
+        active = sum(1 for obj in ours if obj.status == "active")
+        counts = intel.counts
+        sessions = intel.sessions.values()
+        changed = intel.foreign_changed()
+        return {
+            "requests": dict(sorted(self.threatstream.requests.items())),
+            "objects": len(ours),
+            "active": active,
+            "inactive": len(ours) - active,
+            "created": counts.created,
+            "updated": counts.updated,
+            "duplicates_created": counts.duplicates_created,
+            "created_inactive": sum(1 for obj in ours if not obj.was_active),
+            "ignored": sum(counts.ignored.values()),
+            "ignored_reasons": {str(reason): n for reason, n in sorted(counts.ignored.items())},
+            "import_sessions": len(intel.sessions),
+            "sessions_by_status": dict(sorted(Counter(str(s.status) for s in sessions).items())),
+            "session_observables_accepted": sum(len(s.accepted) for s in sessions),
+            "session_observables_rejected": sum(len(s.rejected) for s in sessions),
+            "pending_approval": intel.pending_approval,
+            "foreign": {
+                "seeded": len(intel.foreign_fingerprints),
+                "unchanged": len(intel.foreign_fingerprints) - len(changed),
+                "changed": changed,
+                "written_by_tibridge": counts.foreign_written,
             },
+            "whitelist": len(intel.rules.whitelist),
+            "batch_sizes": {str(size): n for size, n in sorted(self.threatstream.batch_sizes.items())},
         }

@@ -8,10 +8,12 @@ query is a bisect plus a scan of the window.
 from __future__ import annotations
 
 import json
+import random
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import isodate  # type: ignore[import-untyped]  # ships no type information
@@ -25,9 +27,11 @@ from tibridge.sandbox.dataset import (
     format_datetime,
     row_to_columns,
 )
-from tibridge.sandbox.kql import Query, TimeRange
+from tibridge.sandbox.kql import Query, Shape, TimeRange
 
 THREAT_INTEL_INDICATORS = "ThreatIntelIndicators"
+# Kusto's datetimes count from 0001-01-01, so that is where `bin(TimeGenerated, span)` starts counting spans.
+_KUSTO_EPOCH = datetime(1, 1, 1, tzinfo=UTC)
 LEGACY_TABLE = "ThreatIntelligenceIndicator"
 
 LEGACY_COLUMNS: tuple[tuple[str, ColumnType], ...] = (
@@ -59,7 +63,7 @@ _LEGACY_VALUE_COLUMN = {
     "url:value": "Url",
     "email-addr:value": "EmailSenderAddress",
 }
-_LEGACY_HASH_TYPES = {key: str(algorithm).upper() for algorithm, key in HASH_KEYS.items()}
+_LEGACY_HASH_TYPES = {key: str(algorithm).upper() for algorithm, keys in HASH_KEYS.items() for key in keys}
 
 
 def _legacy_columns(row: IndicatorRow) -> dict[str, Any]:
@@ -144,24 +148,47 @@ class Table:
             self._fragments[index] = _ENCODER.encode([values[name] for name, _ in self.result_columns])
         return strings
 
-    def query(self, query: Query, timespan: TimeRange | None, row_cap: int) -> QueryResult:
+    def _matching(self, query: Query, timespan: TimeRange | None) -> list[int]:
+        """The indices of the rows the query's time range, the body's timespan and its filters let through."""
         start, end = 0, len(self.times)
         for bounds in (query.time_range, timespan):
             if bounds is not None:
                 start = max(start, bisect_left(self.times, bounds.start))
                 end = min(end, bisect_left(self.times, bounds.end))
+        return [
+            index
+            for index in range(start, end)
+            if all(_passes(self._filter_values(index)[f.column], f.values, f.allow_empty) for f in query.filters)
+        ]
+
+    def query(self, query: Query, timespan: TimeRange | None, row_cap: int) -> QueryResult:
+        matching = self._matching(query, timespan)
+        if query.shape is Shape.COUNT:
+            return QueryResult((("Count", ColumnType.LONG),), [f"[{len(matching)}]"], truncated=False)
+        if query.shape is Shape.COUNT_BY_BIN:
+            return self._count_by_bin(query, matching)
         newest: dict[str, int] = {}
-        for index in range(start, end):
-            values = self._filter_values(index)
-            if all(_passes(values[f.column], f.values, f.allow_empty) for f in query.filters):
-                newest.pop(values[self.id_column], None)  # re-insert so dict order stays TimeGenerated order
-                newest[values[self.id_column]] = index
+        for index in matching:
+            key = self._filter_values(index)[self.id_column]
+            newest.pop(key, None)  # re-insert so dict order stays TimeGenerated order
+            newest[key] = index
         selected = list(newest.values())
         return QueryResult(
             columns=self.result_columns,
             fragments=[self._fragments[index] for index in selected[:row_cap]],
             truncated=len(selected) > row_cap,
         )
+
+    def _count_by_bin(self, query: Query, matching: Sequence[int]) -> QueryResult:
+        assert query.bin_size is not None
+        size = query.bin_size
+        bins = Counter(_KUSTO_EPOCH + ((self.times[index] - _KUSTO_EPOCH) // size) * size for index in matching)
+        rows = [_ENCODER.encode([format_datetime(start), n]) for start, n in sorted(bins.items())]
+        if not query.ordered:
+            # KQL's summarize promises no order; a seeded shuffle keeps a client from relying on one.
+            random.Random(len(rows)).shuffle(rows)
+        columns = (("TimeGenerated", ColumnType.DATETIME), (query.count_column, ColumnType.LONG))
+        return QueryResult(columns, rows, truncated=False)
 
 
 def _passes(value: str, allowed: frozenset[str], allow_empty: bool) -> bool:
