@@ -114,7 +114,9 @@ class Stack:
         self.engine.run("start", self.container(service))
 
     def exec(self, service: str, *command: str, input: str | None = None, timeout: float = 60) -> str:
-        return self.engine.run("exec", "--interactive", self.container(service), *command, input=input, timeout=timeout).stdout
+        return self.engine.run(
+            "exec", "--interactive", self.container(service), *command, input=input, timeout=timeout
+        ).stdout
 
     def logs(self, service: str) -> str:
         completed = self.engine.run("logs", "--tail", "40", self.container(service), check=False)

@@ -73,7 +73,9 @@ def test_image_runs_unprivileged_without_build_tools(engine: Engine, name: str) 
     ).split()
     assert found == [IMAGE_UID], f"{name}: runs as {found[0]}, finds build tools {found[1:]}"
     # The environment itself has no installer either.
-    no_pip = engine.run_once(image(name), "-c", "import importlib.util as u; print(u.find_spec('pip'))", entrypoint="python")
+    no_pip = engine.run_once(
+        image(name), "-c", "import importlib.util as u; print(u.find_spec('pip'))", entrypoint="python"
+    )
     assert no_pip.strip() == "None"
 
 
@@ -83,4 +85,3 @@ def test_service_image_exposes_and_checks_its_health_port(engine: Engine, name: 
     assert "8080/tcp" in config["ExposedPorts"]
     assert "/healthz" in " ".join(engine.image_healthcheck(image(name)))
     assert config["Entrypoint"] == ["python", "-m", f"tibridge.{name}"]
-

@@ -77,7 +77,8 @@ def _threatstream_requests(stack: Stack) -> int:
             "sandbox",
             "python",
             "-c",
-            f"import urllib.request as u; print(u.urlopen('{_sandbox_url(stack)}/_sandbox/stats', timeout=10).read().decode())",
+            "import sys, urllib.request as u; print(u.urlopen(sys.argv[1], timeout=10).read().decode())",
+            f"{_sandbox_url(stack)}/_sandbox/stats",
         )
     )
     return sum(stats["requests"].get("threatstream", {}).values())

@@ -65,7 +65,7 @@ COLLECTOR_TIMEOUT_SECONDS = 290
 # Longer than each consumer's lock and its shutdown grace plus the runtime's settle allowance.
 TERMINATION_GRACE_SECONDS = {"scorer": 75, "publisher": 90}
 SHUTDOWN_GRACE_SECONDS = {"publisher": 60}
-THREATSTREAM_SECRET = "threatstream-api-key"
+THREATSTREAM_SECRET = "threatstream-api-key"  # noqa: S105 - the secret's name in the app, not its value
 
 
 def setting(service: str, field: str) -> str:
@@ -108,6 +108,11 @@ def _expr(body: str) -> str:
 
 def _identity_id(service: str) -> str:
     return _identity_of(f"identity_{service}")
+
+
+def _identity_property(variable: str, name: str) -> str:
+    """An identity's principalId or clientId, known once it exists."""
+    return f"reference({_identity_of(variable)}, '{API['Microsoft.ManagedIdentity']}').{name}"
 
 
 def _namespace_id() -> str:
@@ -344,14 +349,19 @@ def grants() -> list[Grant]:
         # Reading a subscription's message count (what KEDA scales on) takes the Manage right, which only
         # Data Owner grants: a separate identity that only the scale rules use, on the two scaled topics.
         *(
-            Grant("scalerIdentity", "Azure Service Bus Data Owner", "Microsoft.ServiceBus/namespaces/topics", _topic_id(s.topic))
+            Grant(
+                "scalerIdentity",
+                "Azure Service Bus Data Owner",
+                "Microsoft.ServiceBus/namespaces/topics",
+                _topic_id(s.topic),
+            )
             for s in SCALING.values()
         ),
     ]
 
 
 def _role_assignment(grant: Grant) -> dict[str, Any]:
-    principal = f"reference({_identity_of(grant.identity)}, '{API['Microsoft.ManagedIdentity']}').principalId"
+    principal = _identity_property(grant.identity, "principalId")
     role = f"subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '{ROLES[grant.role]}')"
     return {
         "type": "Microsoft.Authorization/roleAssignments",
@@ -359,7 +369,11 @@ def _role_assignment(grant: Grant) -> dict[str, Any]:
         "name": _expr(f"guid({grant.scope_id}, {_v(grant.identity)}, '{ROLES[grant.role]}')"),
         "scope": _expr(grant.scope_id),
         "dependsOn": [_expr(grant.scope_id), _expr(_identity_of(grant.identity))],
-        "properties": {"roleDefinitionId": _expr(role), "principalId": _expr(principal), "principalType": "ServicePrincipal"},
+        "properties": {
+            "roleDefinitionId": _expr(role),
+            "principalId": _expr(principal),
+            "principalType": "ServicePrincipal",
+        },
     }
 
 
@@ -372,7 +386,7 @@ def _workspace_reader() -> dict[str, Any]:
     deployment into that group."""
     workspace = _p("sentinelWorkspaceResourceId")
     role = ROLES["Log Analytics Reader"]
-    principal = f"reference({_identity_id('collector')}, '{API['Microsoft.ManagedIdentity']}').principalId"
+    principal = _identity_property("identity_collector", "principalId")
     return {
         "type": "Microsoft.Resources/deployments",
         "apiVersion": API["Microsoft.Resources"],
@@ -454,7 +468,7 @@ def _common_env(service: str) -> dict[str, str]:
 
 
 def _container(service: str, env: list[dict[str, str]], probes: bool) -> dict[str, Any]:
-    client_id = f"reference({_identity_id(service)}, '{API['Microsoft.ManagedIdentity']}').clientId"
+    client_id = _identity_property(f"identity_{service}", "clientId")
     container: dict[str, Any] = {
         "name": service,
         "image": _expr(_p(f"{service}Image")),
@@ -471,7 +485,7 @@ def _container(service: str, env: list[dict[str, str]], probes: bool) -> dict[st
 
 
 def _identity_block(service: str) -> dict[str, Any]:
-    identities = {_expr(_identity_id(service)): {}}
+    identities: dict[str, dict[str, Any]] = {_expr(_identity_id(service)): {}}
     if SCALING.get(service) is not None:
         identities[_expr(_identity_of("scalerIdentity"))] = {}
     return {"type": "UserAssigned", "userAssignedIdentities": identities}
@@ -517,7 +531,11 @@ def _collector_job() -> dict[str, Any]:
             "workloadProfileName": "Consumption",
             "configuration": {
                 "triggerType": "Schedule",
-                "scheduleTriggerConfig": {"cronExpression": COLLECTOR_SCHEDULE, "parallelism": 1, "replicaCompletionCount": 1},
+                "scheduleTriggerConfig": {
+                    "cronExpression": COLLECTOR_SCHEDULE,
+                    "parallelism": 1,
+                    "replicaCompletionCount": 1,
+                },
                 "replicaTimeout": COLLECTOR_TIMEOUT_SECONDS,
                 "replicaRetryLimit": 1,
                 "registries": _registries("collector"),
@@ -573,7 +591,11 @@ def _app(service: str) -> dict[str, Any]:
         "identity": _identity_block(service),
         "dependsOn": [
             _expr(f"resourceId('Microsoft.App/managedEnvironments', {_v('environment')})"),
-            *(_expr(_role_id(grant)) for grant in grants() if grant.identity in (f"identity_{service}", "scalerIdentity")),
+            *(
+                _expr(_role_id(grant))
+                for grant in grants()
+                if grant.identity in (f"identity_{service}", "scalerIdentity")
+            ),
         ],
         "properties": {
             "environmentId": _expr(f"resourceId('Microsoft.App/managedEnvironments', {_v('environment')})"),
@@ -622,7 +644,7 @@ def template(topology: Topology = TOPOLOGY) -> dict[str, Any]:
             **{
                 f"{service}ClientId": {
                     "type": "string",
-                    "value": _expr(f"reference({_identity_id(service)}, '{API['Microsoft.ManagedIdentity']}').clientId"),
+                    "value": _expr(_identity_property(f"identity_{service}", "clientId")),
                 }
                 for service in SERVICES
             },
