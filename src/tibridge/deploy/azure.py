@@ -182,6 +182,14 @@ def _parameters() -> dict[str, Any]:
             "defaultValue": PublisherSettings.model_fields["threatstream_base_url"].default,
         },
         "threatstreamMode": {"type": "string", "defaultValue": "approval", "allowedValues": ["approval", "direct"]},
+        "deployApps": {
+            "type": "bool",
+            "defaultValue": True,
+            "metadata": {
+                "description": "false: everything but the job and the apps, so the identities can be granted AcrPull "
+                "on the registry before anything pulls an image."
+            },
+        },
     }
 
 
@@ -518,6 +526,7 @@ def _collector_job() -> dict[str, Any]:
     )
     return {
         "type": "Microsoft.App/jobs",
+        "condition": _expr(_p("deployApps")),
         "apiVersion": API["Microsoft.App"],
         "name": "tibridge-collector",
         "location": _expr(_p("location")),
@@ -585,6 +594,7 @@ def _app(service: str) -> dict[str, Any]:
     }
     return {
         "type": "Microsoft.App/containerApps",
+        "condition": _expr(_p("deployApps")),
         "apiVersion": API["Microsoft.App"],
         "name": f"tibridge-{service}",
         "location": _expr(_p("location")),
@@ -642,11 +652,12 @@ def template(topology: Topology = TOPOLOGY) -> dict[str, Any]:
                 "value": f"[format('{{0}}.servicebus.windows.net', {_p('serviceBusNamespaceName')})]",
             },
             **{
-                f"{service}ClientId": {
+                f"{service}{output[0].upper()}{output[1:]}": {
                     "type": "string",
-                    "value": _expr(_identity_property(f"identity_{service}", "clientId")),
+                    "value": _expr(_identity_property(f"identity_{service}", output)),
                 }
                 for service in SERVICES
+                for output in ("clientId", "principalId")
             },
         },
     }

@@ -52,7 +52,10 @@ def test_the_build_stage_makes_one_locked_environment_per_image_from_its_distrib
     assert "--no-install-workspace" in runs
     assert "--no-editable" in runs
     assert runs.count("--frozen --no-dev") == 2
-    assert "UV_PROJECT_ENVIRONMENT=/opt/tibridge-sbdouble /opt/uv/bin/uv sync --frozen --only-group sbdouble" in runs
+    assert (
+        "UV_PROJECT_ENVIRONMENT=/opt/tibridge-sbdouble /opt/uv/bin/uv sync --quiet --frozen --only-group sbdouble"
+        in (runs)
+    )
     assert "sbdouble" in pyproject()["dependency-groups"]
     members = {f"tibridge-{name}" for name in ("collector", "scorer", "publisher", "sandbox")}
     assert {pyproject(REPO / member / "pyproject.toml")["project"]["name"] for member in _members()} >= members
