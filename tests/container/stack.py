@@ -127,7 +127,9 @@ class Stack:
 
     def down(self) -> None:
         for service in reversed(self.started):
-            self.engine.run("rm", "--force", "--time", str(STOP_TIMEOUT_SECONDS), self.container(service), check=False)
+            # docker's `rm` has no stop timeout: stop first, then remove whatever state the container is in.
+            self.engine.run("stop", "--time", str(STOP_TIMEOUT_SECONDS), self.container(service), check=False)
+            self.engine.run("rm", "--force", self.container(service), check=False)
         for volume in self._volumes:
             self.engine.run("volume", "rm", "--force", volume, check=False)
 
