@@ -1,10 +1,10 @@
-"""Readers for the deployment files (Dockerfiles, docker-compose.yml, k8s/) and the settings they must match."""
+"""Readers for the deployment files (Dockerfiles, the compose files, k8s/, deploy/azure) and the settings they
+must match."""
 
 from __future__ import annotations
 
 import functools
 import json
-import re
 import shlex
 import tomllib
 import types
@@ -17,14 +17,17 @@ from typing import Any
 import yaml
 from pydantic import SecretStr
 
+from tests.container.compose import read_env_file, user_project
 from tibridge.collector.settings import CollectorSettings
 from tibridge.common.settings import ServiceSettings, setting_fields
 from tibridge.publisher.settings import PublisherSettings
 from tibridge.scorer.settings import ScorerSettings
 
 REPO = Path(__file__).resolve().parents[3]
-K8S = REPO / "k8s"
+K8S = REPO / "k8s" / "base"
+K8S_LOCAL = REPO / "k8s" / "local"
 COMPOSE_FILE = REPO / "docker-compose.yml"
+AZURE_TEMPLATE = REPO / "deploy" / "azure" / "main.json"
 
 SETTINGS: dict[str, type[ServiceSettings]] = {
     "collector": CollectorSettings,
@@ -32,11 +35,17 @@ SETTINGS: dict[str, type[ServiceSettings]] = {
     "publisher": PublisherSettings,
 }
 SERVICES = tuple(SETTINGS)
-IMAGES = (*SERVICES, "sandbox")
+IMAGES = (*SERVICES, "sandbox", "sbdouble")
+_DOCKERFILE_DIRECTORIES = {"sandbox": "sandbox", "sbdouble": "tests/sbdouble"}
 
 
 def dockerfile_path(image: str) -> Path:
-    return REPO / ("sandbox" if image == "sandbox" else f"services/{image}") / "Dockerfile"
+    return REPO / _DOCKERFILE_DIRECTORIES.get(image, f"services/{image}") / "Dockerfile"
+
+
+def all_env_names() -> set[str]:
+    """Every TIBRIDGE_* variable some service reads, from the settings classes themselves."""
+    return set().union(*(env_names(settings) for settings in SETTINGS.values()))
 
 
 def env_names(settings: type[ServiceSettings]) -> set[str]:
@@ -113,18 +122,9 @@ def compose_service(name: str) -> dict[str, Any]:
     return service
 
 
-_DEFAULTED = re.compile(r"\$\{(?P<name>[A-Z0-9_]+):-(?P<default>[^}]*)\}")
-
-
-def interpolate(value: str) -> str:
-    """What compose makes of `${NAME:-default}` with NAME unset."""
-    return _DEFAULTED.sub(lambda match: match["default"], value)
-
-
 def compose_environment(name: str) -> dict[str, str]:
-    environment = compose_service(name).get("environment", {})
-    assert isinstance(environment, dict), f"{name}: write `environment` as a mapping"
-    return {key: interpolate(str(value)) for key, value in environment.items()}
+    """What the service's process sees under `docker compose up`: its env_file, then its `environment`."""
+    return dict(user_project().services[name].environment)
 
 
 # --- k8s/ ----------------------------------------------------------------------------------------------------
@@ -163,16 +163,6 @@ def generated_config_maps() -> dict[str, dict[str, str]]:
             data.update(read_env_file(K8S / env_file))
         maps[generator["name"]] = data
     return maps
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            name, separator, value = line.partition("=")
-            assert separator, f"{path.name}: {line!r} is not NAME=value"
-            values[name.strip()] = value
-    return values
 
 
 def pod_template(workload: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Static checks of docker-compose.yml against the settings classes, the sandbox and the bus topology."""
+"""Static checks of the compose files (docker-compose.yml, its env file and the CI override) against the
+settings classes, the sandbox and the bus topology."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.container.compose import CI_OVERRIDE, COMPOSE_FILE, ci_project, user_project
 from tests.fixtures.sandbox import SandboxFactory
 from tests.unit.deploy.manifests import (
-    IMAGES,
     REPO,
     SERVICES,
     SETTINGS,
+    all_env_names,
     compose,
     compose_environment,
     compose_service,
@@ -84,19 +86,67 @@ def test_dependencies_name_existing_services() -> None:
         assert _depends_on(name) <= set(compose()["services"]), name
 
 
-@pytest.mark.parametrize("image", IMAGES)
+@pytest.mark.parametrize("image", [*SERVICES, "sandbox"])
 def test_each_image_builds_from_its_dockerfile_at_the_repository_root(image: str) -> None:
-    build = compose_service(image)["build"]
-    assert build["context"] == "."
-    assert REPO / build["dockerfile"] == dockerfile_path(image)
+    service = user_project().services[image]
+    assert service.build["context"] == "."
+    assert REPO / service.build["dockerfile"] == dockerfile_path(image)
+    assert service.image == f"tibridge-{image}:local"
+
+
+ENV_NAME = re.compile(r"\b" + ENV_PREFIX + r"[A-Z0-9_]*[A-Z0-9]")
+
+
+@pytest.mark.parametrize("path", [COMPOSE_FILE, CI_OVERRIDE, REPO / "docker-compose.env"], ids=lambda path: path.name)
+def test_every_tibridge_name_in_the_compose_files_is_a_setting(path: object) -> None:
+    assert isinstance(path, type(REPO))
+    unknown = set(ENV_NAME.findall(path.read_text(encoding="utf-8"))) - all_env_names()
+    assert not unknown, f"{path.name} names {sorted(unknown)}, which no settings class has"
+
+
+def test_ci_puts_the_double_in_the_emulators_place() -> None:
+    ci, user = ci_project(), user_project()
+    double = ci.services["servicebus"]
+    assert double.image == "tibridge-sbdouble:local"
+    assert REPO / double.build["dockerfile"] == dockerfile_path("sbdouble")
+    # The same mounted config.json as the emulator's, read from the same place.
+    assert double.volumes == user.services["servicebus"].volumes
+    assert double.depends_on == {}
+    assert double.environment == {}
+    assert set(ci.services) == set(user.services) - {"mssql"}, "CI starts everything but the emulator's database"
+    for service in SERVICES:
+        assert ci.services[service].depends_on == user.services[service].depends_on
+        changed = {
+            name
+            for name, value in ci.services[service].environment.items()
+            if user.services[service].environment.get(name) != value
+        }
+        assert changed <= {"TIBRIDGE_PUBLISHER_AUTO_APPROVE"}, f"{service}: CI changes {sorted(changed)}"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_ci_environment_is_valid_settings(service: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [name for name in os.environ if name.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+    for name, value in ci_project().services[service].environment.items():
+        monkeypatch.setenv(name, value)
+    load_settings(SETTINGS[service])
+
+
+@pytest.mark.parametrize("service", [*SERVICES, "sandbox"])
+def test_containers_run_with_a_read_only_root(service: str) -> None:
+    for project in (user_project(), ci_project()):
+        assert project.services[service].read_only
+        assert "/tmp" in project.services[service].tmpfs
 
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_service_environment_names_are_settings(service: str) -> None:
-    unknown = {name for name in compose_environment(service) if name.startswith(ENV_PREFIX)} - env_names(
-        SETTINGS[service]
-    )
-    assert not unknown, f"{service}: {sorted(unknown)} are not settings of {SETTINGS[service].__name__}"
+    # The env file is shared (each service reads only its own names); what a service sets itself is its own.
+    own = {name for name in compose_service(service).get("environment", {}) if name.startswith(ENV_PREFIX)}
+    assert not own - env_names(SETTINGS[service]), f"{service}: {sorted(own)} are not all its settings"
+    unknown = {name for name in compose_environment(service) if name.startswith(ENV_PREFIX)} - all_env_names()
+    assert not unknown, f"{service}: {sorted(unknown)} are no service's settings"
 
 
 @pytest.mark.parametrize("service", SERVICES)
