@@ -71,7 +71,7 @@ def test_a_full_row_becomes_an_indicator() -> None:
 def test_tlp_falls_back_to_the_stix_marking_and_understands_tlp_prefixes() -> None:
     marked = new_row("i", SEEN, Data=json.dumps({"object_marking_refs": ["x", AMBER_MARKING]}))
     assert read(marked).tlp is Tlp.AMBER
-    assert read(new_row("i", SEEN, AdditionalFields='{"TLPLevel": "TLP:CLEAR"}')).tlp is Tlp.WHITE
+    assert read(new_row("i", SEEN, AdditionalFields='{"TLPLevel": "TLP:CLEAR"}')).tlp is Tlp.CLEAR
     assert read(new_row("i", SEEN, AdditionalFields='{"TLPLevel": "purple"}')).tlp is None
 
 
@@ -226,5 +226,5 @@ def test_legacy_fields_and_lifecycle() -> None:
 
 def test_legacy_rows_without_an_observable_or_with_an_unknown_hash_are_unsupported() -> None:
     assert LEGACY.read(legacy_row(), ANCHOR) == RowRejected("legacy-1", RejectionReason.UNSUPPORTED_TYPE)
-    unknown_hash = legacy_row(FileHashType="SHA512", FileHashValue="ab" * 64)
+    unknown_hash = legacy_row(FileHashType="SHA3-256", FileHashValue="ab" * 32)
     assert LEGACY.read(unknown_hash, ANCHOR) == RowRejected("legacy-1", RejectionReason.UNSUPPORTED_TYPE)

@@ -72,7 +72,7 @@ def test_itype_for_every_kind_and_classification(
 
 @pytest.mark.parametrize("algorithm", list(HashAlgorithm))
 def test_every_hash_algorithm_is_filed_under_md5_itypes(algorithm: HashAlgorithm) -> None:
-    length = {HashAlgorithm.MD5: 32, HashAlgorithm.SHA1: 40, HashAlgorithm.SHA256: 64}[algorithm]
+    length = algorithm.hex_length
     digest = Observable(type=ObservableType.FILE_HASH, value="a" * length, hash_algorithm=algorithm)
     (obj,) = intel_objects(scored_indicator(digest, None), POLICY, NOW)
     assert (obj.itype, obj.kind.value_field, obj.kind.import_mapping_field) == ("mal_md5", "md5", "md5_mapping")

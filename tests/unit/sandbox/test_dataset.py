@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tibridge.common.contracts import SCORABLE_TYPES, Classification, ObservableType, Reputation
+from tibridge.common.contracts import SCORABLE_TYPES, Classification, HashAlgorithm, ObservableType, Reputation
 from tibridge.sandbox.dataset import (
     HASH_KEYS,
     MDTI_SOURCE_SYSTEMS,
     Dataset,
-    HashAlgorithm,
     dump_rows,
     generate,
     hash_algorithm_of_key,

@@ -21,19 +21,10 @@ from typing import Any
 
 import idna
 
-from tibridge.common.contracts import ObservableType, RejectionReason
+from tibridge.common.contracts import HashAlgorithm, ObservableType, RejectionReason
 from tibridge.common.sentinel import MDTI_SOURCE_SYSTEMS as MDTI_SOURCE_SYSTEMS
 
 OTHER_SOURCE_SYSTEMS = ("Microsoft Sentinel", "AlienVault OTX", "abuse.ch URLhaus", "Recorded Future")
-
-
-class HashAlgorithm(StrEnum):
-    """The hash kinds the generator makes (the same spellings as the message contracts, plus SHA-512)."""
-
-    MD5 = "md5"
-    SHA1 = "sha1"
-    SHA256 = "sha256"
-    SHA512 = "sha512"
 
 
 # `ObservableKey` is whatever the producer wrote left of the pattern's `=` (external-apis.md §1): Microsoft's
@@ -43,12 +34,6 @@ HASH_KEYS: Mapping[HashAlgorithm, tuple[str, ...]] = {
     HashAlgorithm.SHA1: ("file:hashes.'SHA-1'", "file:hashes.'SHA1'", "file:hashes.SHA1"),
     HashAlgorithm.SHA256: ("file:hashes.'SHA-256'", "file:hashes.'SHA256'", "file:hashes.SHA256"),
     HashAlgorithm.SHA512: ("file:hashes.'SHA-512'", "file:hashes.'SHA512'", "file:hashes.SHA512"),
-}
-HASH_LENGTHS: Mapping[HashAlgorithm, int] = {
-    HashAlgorithm.MD5: 32,
-    HashAlgorithm.SHA1: 40,
-    HashAlgorithm.SHA256: 64,
-    HashAlgorithm.SHA512: 128,
 }
 HASH_KEY_PREFIX = "file:hashes."
 NETWORK_TRAFFIC_KEYS = ("network-traffic:src_ref.value", "network-traffic:dst_ref.value")
@@ -475,7 +460,7 @@ class _Generator:
     def _file_hash(self) -> _Observable:
         rng = self.rng
         algorithm = rng.choice(tuple(HashAlgorithm))
-        canonical = f"{rng.getrandbits(HASH_LENGTHS[algorithm] * 4):0{HASH_LENGTHS[algorithm]}x}"
+        canonical = f"{rng.getrandbits(algorithm.hex_length * 4):0{algorithm.hex_length}x}"
         value = canonical.upper() if rng.random() < 0.2 else canonical
         truth = ObservableTruth(ObservableType.FILE_HASH, canonical, hash_algorithm=algorithm)
         spellings = HASH_KEYS[algorithm]
@@ -536,7 +521,7 @@ class _Generator:
         rng = self.rng
         if rng.random() < 0.2:
             algorithm = rng.choice(tuple(HashAlgorithm))
-            length = HASH_LENGTHS[algorithm]
+            length = algorithm.hex_length
             value = rng.choice((f"{rng.getrandbits(4 * length):0{length}x}"[:-1], "z" * length))
             return _Observable(
                 HASH_KEYS[algorithm][0],

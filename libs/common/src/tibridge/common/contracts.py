@@ -36,12 +36,24 @@ class HashAlgorithm(StrEnum):
     MD5 = "md5"
     SHA1 = "sha1"
     SHA256 = "sha256"
+    SHA512 = "sha512"
+
+    @property
+    def hex_length(self) -> int:
+        """Hex digits of a digest of this kind."""
+        return _HEX_LENGTHS[self]
+
+
+_HEX_LENGTHS = {HashAlgorithm.MD5: 32, HashAlgorithm.SHA1: 40, HashAlgorithm.SHA256: 64, HashAlgorithm.SHA512: 128}
 
 
 class Tlp(StrEnum):
-    WHITE = "white"
+    """TLP 2.0 levels (TLP 1.0's `white` is `clear`); how ThreatStream spells them is the publisher's setting."""
+
+    CLEAR = "clear"
     GREEN = "green"
     AMBER = "amber"
+    AMBER_STRICT = "amber+strict"
     RED = "red"
 
 
@@ -60,6 +72,8 @@ class RuleSeverity(StrEnum):
     LOW = "low"
     MEDIUM = "medium"
     HIGH = "high"
+    # Graph documents it for evolvable enums: a value newer than this reader must never fail a lookup.
+    UNKNOWN_FUTURE_VALUE = "unknownFutureValue"
 
 
 class Verdict(StrEnum):

@@ -28,7 +28,6 @@ _SIMPLE_KEYS: Mapping[str, ObservableType] = {
     "email-addr:value": ObservableType.EMAIL,
 }
 _HASH_KEY_PREFIX = "file:hashes."
-_HASH_LENGTHS: Mapping[HashAlgorithm, int] = {HashAlgorithm.MD5: 32, HashAlgorithm.SHA1: 40, HashAlgorithm.SHA256: 64}
 _HEX_DIGITS = frozenset(string.hexdigits.lower())
 _DEFAULT_PORTS: Mapping[str, int] = {"http": 80, "https": 443, "ftp": 21}
 
@@ -160,7 +159,7 @@ def _ip(value: str, reject_non_global: bool) -> Normalised:
 
 def _file_hash(value: str, algorithm: HashAlgorithm) -> Normalised:
     digest = value.lower()
-    if len(digest) != _HASH_LENGTHS[algorithm] or not set(digest) <= _HEX_DIGITS:
+    if len(digest) != algorithm.hex_length or not set(digest) <= _HEX_DIGITS:
         return RejectionReason.INVALID_VALUE
     return Observable(type=ObservableType.FILE_HASH, value=digest, hash_algorithm=algorithm)
 

@@ -28,7 +28,7 @@ Row = Mapping[str, Any]
 
 # The standard STIX 2.1 TLP marking definitions.
 TLP_MARKINGS: Mapping[str, Tlp] = {
-    "marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9": Tlp.WHITE,
+    "marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9": Tlp.CLEAR,
     "marking-definition--34098fce-860f-48ae-8e50-ebd3cc5e41da": Tlp.GREEN,
     "marking-definition--f88d31f6-486f-44da-b317-01333bde0b82": Tlp.AMBER,
     "marking-definition--5e57c739-391a-4eb3-b6be-7d15ca92d5ed": Tlp.RED,
@@ -227,10 +227,10 @@ def _confidence(value: Any) -> int | None:
 
 
 def _tlp_level(value: Any) -> Tlp | None:
-    """`Amber`, `TLP:AMBER`, `amber` → Tlp.AMBER; `clear` is TLP 2.0's name for white."""
+    """`Amber`, `TLP:AMBER`, `amber` → Tlp.AMBER; TLP 1.0's `white` is TLP 2.0's `clear`."""
     level = _text(value).lower().removeprefix("tlp:").strip()
-    if level == "clear":
-        return Tlp.WHITE
+    if level == "white":
+        return Tlp.CLEAR
     try:
         return Tlp(level)
     except ValueError:
