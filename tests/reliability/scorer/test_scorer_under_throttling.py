@@ -55,10 +55,25 @@ async def test_a_429_storm_delays_lookups_but_loses_none(sandbox_factory: Sandbo
     assert run.graph["http_requests"] <= math.ceil(run.unique_lookups / 20) + run.counts.graph.retries
 
 
+async def test_a_ceiling_nobody_told_us_is_found_and_honoured_with_default_settings(
+    sandbox_factory: SandboxFactory,
+) -> None:
+    """Graph takes 100 lookups/s (the sandbox's token bucket); the scorer starts at its default rate, doubles it
+    until 429s come, and then keeps below the ceiling it found: every indicator scored, no request inside a
+    Retry-After window. (The throughput it sustains is measured by `bench/graph_ceiling.py`, not asserted.)"""
+    faults = {"graph": {"rate_ceiling": 100}}
+    async with sandbox_factory(indicators=1500, faults=faults) as server:
+        run = await score_everything(server)
+    assert run.graph["items_429"] > 0
+    assert run.inside_retry_after == 0
+    assert run.counts.graph.peak_rate > 100
+    assert run.graph["http_requests"] <= math.ceil(run.unique_lookups / 20) + run.counts.graph.retries
+
+
 async def test_a_rate_ceiling_below_ours_is_honoured_through_its_retry_after(sandbox_factory: SandboxFactory) -> None:
     faults = {"graph": {"rate_ceiling": 20}}
     async with sandbox_factory(indicators=100, faults=faults) as server:
-        run = await score_everything(server, graph_lookups_per_second=40)
+        run = await score_everything(server, graph_max_lookups_per_second=40)
     assert run.graph["items_429"] > 0
     assert run.inside_retry_after == 0
 
@@ -66,7 +81,7 @@ async def test_a_rate_ceiling_below_ours_is_honoured_through_its_retry_after(san
 async def test_our_own_ceiling_keeps_graph_from_ever_throttling_us(sandbox_factory: SandboxFactory) -> None:
     faults = {"graph": {"rate_ceiling": 20}}
     async with sandbox_factory(indicators=100, faults=faults) as server:
-        run = await score_everything(server, graph_lookups_per_second=15)
+        run = await score_everything(server, graph_max_lookups_per_second=15)
     assert run.graph["items_429"] == 0
     assert run.graph["lookups"] == run.unique_lookups
 

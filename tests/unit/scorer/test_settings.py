@@ -6,8 +6,8 @@ import pytest
 
 from tibridge.common.contracts import Classification
 from tibridge.common.settings import SettingsError, load_settings, setting_fields
-from tibridge.scorer.app import batch_size_for
-from tibridge.scorer.settings import ScorerSettings, UnscorableHandling
+from tibridge.scorer.app import batch_size_for, pace_limits
+from tibridge.scorer.settings import GraphSettings, LookupMode, ScorerSettings, UnscorableHandling
 
 
 @pytest.fixture(autouse=True)
@@ -52,6 +52,23 @@ def test_every_setting_is_described() -> None:
     assert all(field.description for _, field in setting_fields(ScorerSettings))
 
 
-@pytest.mark.parametrize(("rate", "size"), [(50, 20), (20, 20), (7.5, 7), (0.2, 1)])
-def test_a_batch_never_holds_more_than_a_second_of_the_rate(rate: float, size: int) -> None:
-    assert batch_size_for(rate) == size
+def test_graph_is_paced_adaptively_unless_a_hard_cap_is_set() -> None:
+    graph = load_settings(ScorerSettings).graph
+    assert graph.lookup_mode is LookupMode.BATCH
+    assert graph.max_lookups_per_second is None
+    limits = pace_limits(graph)
+    assert (limits.adaptive, limits.max_rate, limits.initial_rate) == (True, None, 100)
+    capped = pace_limits(GraphSettings(max_lookups_per_second=30, max_parallel_requests=1))
+    assert (capped.initial_rate, capped.max_rate, capped.initial_parallel, capped.max_parallel) == (30, 30, 1, 1)
+
+
+def test_single_lookups_are_chosen_by_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIBRIDGE_GRAPH_LOOKUP_MODE", "single")
+    graph = load_settings(ScorerSettings).graph
+    assert graph.lookup_mode is LookupMode.SINGLE
+    assert batch_size_for(graph) == 1
+
+
+@pytest.mark.parametrize(("cap", "size"), [(None, 20), (50, 20), (20, 20), (7.5, 7), (0.2, 1)])
+def test_a_batch_never_holds_more_than_a_second_of_a_hard_cap(cap: float | None, size: int) -> None:
+    assert batch_size_for(GraphSettings(max_lookups_per_second=cap)) == size

@@ -1,38 +1,40 @@
-"""HTTP resilience shared by every API client: bounded retries that honour Retry-After, and a rate limiter
-that a 429 pauses for the announced time, so no request is sent inside a Retry-After window."""
+"""HTTP for the rate-and-retry engine (`tibridge.common.pacing`): what an HTTP answer means to it
+(`judge_response`, `parse_retry_after`), the httpx client every API client uses, and the older shapes
+`ResilientSender` and `RateLimiter`, now thin adapters over `Engine.call` and `Pacer`."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Protocol
 
 import httpx
 
 from tibridge.common.clock import Clock, SystemClock
-from tibridge.common.metrics import Tally
+from tibridge.common.pacing import Engine, PaceLimits, Pacer, RetriesExhausted, Retry, RetryPolicy, Signal
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "HTTP_TRANSIENT",
+    "RETRYABLE_STATUS",
+    "RateLimiter",
+    "ResilientSender",
+    "RetriesExhausted",
+    "RetryPolicy",
+    "async_client",
+    "judge_response",
+    "parse_retry_after",
+    "retry_of_status",
+]
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int
-    base_delay_seconds: float
-    max_delay_seconds: float = 30.0
-    # A Retry-After longer than this is treated as an outage: give up and let the bus redeliver later.
-    max_retry_after_seconds: float = 300.0
-
-    def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
-        """Exponential backoff with full jitter for attempt 1, 2, …"""
-        ceiling = min(self.max_delay_seconds, self.base_delay_seconds * 2 ** (attempt - 1))
-        return (rng or random).uniform(ceiling / 2, ceiling)
+# Answers that say the API has too much in flight (rather than one request failing): they cut concurrency.
+_OVERLOAD_STATUS = frozenset({503, 504})
+# Failures of the request itself (httpx's timeouts are TransportErrors), retried as overloads.
+HTTP_TRANSIENT: tuple[type[BaseException], ...] = (httpx.TransportError, TimeoutError)
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -41,9 +43,11 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         moment = parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -53,107 +57,83 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (moment - (now or datetime.now(UTC))).total_seconds())
 
 
-class RateLimiter:
-    """A token bucket (`rate` requests per second, `burst` at once) with a pause every caller honours.
+def retry_of_status(
+    status: int, retry_after: str | None, *, cause: str | None = None, detail: str = ""
+) -> Retry | None:
+    """The engine's reading of an HTTP status: None when the answer stands, else how to retry it."""
+    if status not in RETRYABLE_STATUS:
+        return None
+    if status == 429:
+        signal = Signal.THROTTLED
+    elif status in _OVERLOAD_STATUS:
+        signal = Signal.OVERLOADED
+    else:
+        signal = Signal.NEUTRAL
+    return Retry(cause or str(status), parse_retry_after(retry_after), signal, detail)
 
-    `pause(seconds)` — called on any 429 — holds every acquirer of this process until the window ends.
+
+class StatusAnswer(Protocol):
+    """What httpx's and azure-core's responses both offer."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+def judge_response(response: StatusAnswer) -> Retry | None:
+    """`Engine.call`'s judge for a plain HTTP request: 429 and 5xx are retried, any other answer stands."""
+    return retry_of_status(response.status_code, response.headers.get("Retry-After"))
+
+
+class RateLimiter(Pacer):
+    """A fixed ceiling: `rate` requests per second that never adapts (`burst` is ignored: bursts are the pacer's).
+
+    Kept for clients that still build one; new code gives `Pacer` adaptive `PaceLimits`.
     """
 
     def __init__(self, rate: float, burst: float | None = None, clock: Clock | None = None) -> None:
+        del burst
         if rate <= 0:
             raise ValueError("the rate must be positive")
-        self._rate = rate
-        self._burst = max(1.0, burst if burst is not None else rate)
-        self._clock = clock or SystemClock()
-        self._tokens = self._burst
-        self._updated = self._clock.monotonic()
-        self._paused_until = 0.0
-        self._lock = asyncio.Lock()
-
-    @property
-    def paused_for(self) -> float:
-        return max(0.0, self._paused_until - self._clock.monotonic())
-
-    def pause(self, seconds: float) -> None:
-        self._paused_until = max(self._paused_until, self._clock.monotonic() + seconds)
-
-    async def acquire(self, cost: float = 1.0) -> None:
-        cost = min(cost, self._burst)
-        async with self._lock:
-            while True:
-                now = self._clock.monotonic()
-                if now < self._paused_until:
-                    await self._clock.sleep(self._paused_until - now)
-                    continue
-                self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
-                self._updated = now
-                if self._tokens >= cost:
-                    self._tokens -= cost
-                    return
-                await self._clock.sleep((cost - self._tokens) / self._rate)
-
-
-class RetriesExhausted(Exception):
-    """A request kept failing with retryable errors; the caller abandons the work for later redelivery."""
+        super().__init__("api", PaceLimits.fixed(rate), clock or SystemClock())
 
 
 @dataclass
 class ResilientSender:
-    """Sends one logical request with bounded retries on 429/5xx/timeouts, honouring Retry-After.
+    """Sends one logical request with bounded retries on 429/5xx/timeouts, honouring Retry-After: `Engine.call`
+    under the shape callers already use.
 
-    Other 4xx answers are returned at once: they are the caller's to interpret. `limiter` (optional) is
-    acquired before every attempt with `cost` tokens and paused by every 429.
+    Other 4xx answers are returned at once: they are the caller's to interpret. A retryable answer on the last
+    attempt is returned too; a transport error on it, or a Retry-After beyond the policy, raises
+    `RetriesExhausted`. `limiter` (optional) paces every attempt with `cost` and is paused by every 429.
     """
 
     api: str
     policy: RetryPolicy
-    limiter: RateLimiter | None = None
+    limiter: Pacer | None = None
     clock: Clock | None = None
     rng: random.Random | None = None
-    retries: Tally = field(default_factory=lambda: Tally("tibridge.http.retries", "Retried requests, by API and cause"))
-    throttled_answers: Tally = field(
-        default_factory=lambda: Tally("tibridge.http.throttled", "429 answers honoured, by API")
-    )
+    _engine: Engine | None = field(default=None, init=False, repr=False)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            clock = self.clock or SystemClock()
+            pacer = self.limiter or Pacer(self.api, PaceLimits.fixed(math.inf), clock)
+            self._engine = Engine(self.api, pacer, self.policy, clock, transient=HTTP_TRANSIENT, rng=self.rng)
+        return self._engine
 
     async def send(
         self, attempt_request: Callable[[], Awaitable[httpx.Response]], *, cost: float = 1.0
     ) -> httpx.Response:
-        clock = self.clock or SystemClock()
-        cause = "none"
-        for attempt in range(1, self.policy.max_attempts + 1):
-            if self.limiter is not None:
-                await self.limiter.acquire(cost)
-            try:
-                response = await attempt_request()
-            except (httpx.TimeoutException, httpx.TransportError) as error:
-                cause = type(error).__name__
-                delay = self.policy.backoff(attempt, self.rng)
-            else:
-                if response.status_code not in RETRYABLE_STATUS:
-                    return response
-                cause = str(response.status_code)
-                delay = self.throttled(response.headers.get("Retry-After"), attempt, response.status_code == 429)
-                if attempt == self.policy.max_attempts:
-                    return response
-            if attempt == self.policy.max_attempts:
-                break
-            self.retries.add(api=self.api, cause=cause)
-            log.info("%s request failed (%s); retry %d in %.2fs", self.api, cause, attempt, delay)
-            await clock.sleep(delay)
-        raise RetriesExhausted(f"{self.api} kept failing ({cause}) after {self.policy.max_attempts} attempts")
-
-    def throttled(self, retry_after: str | None, attempt: int, is_429: bool) -> float:
-        """The wait before the next attempt; a 429 also pauses every caller sharing the limiter."""
-        announced = parse_retry_after(retry_after)
-        delay = announced if announced is not None else self.policy.backoff(attempt, self.rng)
-        if is_429:
-            self.throttled_answers.add(api=self.api)
-            # Paused even when we give up below: the work comes back, and must not arrive inside the window.
-            if self.limiter is not None:
-                self.limiter.pause(delay)
-        if announced is not None and announced > self.policy.max_retry_after_seconds:
-            raise RetriesExhausted(f"{self.api} asked us to wait {announced:.0f}s; giving the work back to the bus")
-        return delay
+        try:
+            return await self.engine.call(attempt_request, judge_response, cost=cost)
+        except RetriesExhausted as error:
+            if isinstance(error.last, httpx.Response) and error.budget_spent:
+                return error.last
+            raise
 
 
 def async_client(base_url: str, *, timeout_seconds: float, headers: dict[str, str] | None = None) -> httpx.AsyncClient:

@@ -1,11 +1,17 @@
-"""Gathers lookups from concurrent messages into Graph `$batch` requests and retries what Graph defers.
+"""Gathers lookups from concurrent messages into Graph requests, paced by the engine, and retries what Graph
+defers within each lookup's own budget.
 
-A batch leaves once a request slot is free and the rate limiter is not paused, when it holds `batch_size`
-lookups or its oldest lookup has lingered `linger_seconds` (counted from the slot freeing too), so lookups
-keep gathering while a batch is in flight or Graph makes us wait. Per item: a 429 pauses the process's
-limiter for its Retry-After and queues the item again; a 5xx or a malformed answer queues it again after a
-backoff with jitter; every lookup has a bounded number of attempts, after which its caller gets
-`LookupFailed` (the message goes back to the bus, never dropped).
+The dispatcher takes a permit from the process's Graph `Pacer` (no pause, a request slot free, tokens for a
+full batch), then lets lookups gather until the batch is full or its oldest lookup has lingered
+`linger_seconds` (counted from the permit too, so lookups that arrive while Graph makes us wait fill the next
+request), and sends it — several in flight when the pacer allows. A request is sent once; per lookup, a 429
+pauses every caller for its Retry-After and queues the lookup again, a 5xx or a malformed answer queues it
+again after a backoff with jitter, and each request that carries a lookup spends one of its attempts: after
+`max_attempts` its caller gets `LookupFailed` (the message goes back to the bus, never dropped).
+
+Graph refusing us — 401/403, or 500 for `refusal_after_server_errors` different hosts in a row (how a tenant
+without the API's licence was answered) — fails every waiting lookup with `DependencyUnavailable` until a
+probe or any answer shows Graph accepts us again.
 """
 
 from __future__ import annotations
@@ -13,31 +19,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tibridge.common.clock import Clock
 from tibridge.common.consumer import DependencyUnavailable, PermanentFailure, TryLater
 from tibridge.common.contracts import Reputation
-from tibridge.common.http import RateLimiter, RetryPolicy
+from tibridge.common.pacing import Attempts, Engine, Permit, Retry, Signal
 from tibridge.scorer.reputation import (
-    MAX_BATCH_ITEMS,
+    SERVER_ERROR,
     Found,
     GraphCounts,
     GraphReputationClient,
     ItemAnswer,
     Refused,
-    Retry,
     Unanswerable,
+    server_error_refusal,
 )
+from tibridge.scorer.settings import LookupMode
 
 log = logging.getLogger(__name__)
 
 GRAPH_REJECTED_HOST = "GraphRejectedHost"
-# Looked up while paused, to learn whether Graph accepts our token again.
+# Looked up while paused, to learn whether Graph accepts us again.
 PROBE_HOST = "microsoft.com"
 
 
@@ -50,93 +56,120 @@ class _Lookup:
     host: str
     future: asyncio.Future[Reputation | None]
     queued_at: float
-    attempts: int = 0
+    attempts: Attempts
 
 
 class GraphBatcher:
-    """The scorer's reputation source: lookups of concurrent messages share Graph `$batch` requests."""
+    """The scorer's reputation source: lookups of concurrent messages share Graph requests."""
 
     def __init__(
         self,
         client: GraphReputationClient,
-        limiter: RateLimiter,
-        policy: RetryPolicy,
+        engine: Engine,
         *,
         clock: Clock,
         linger_seconds: float,
         batch_size: int,
-        parallel_requests: int,
-        rng: random.Random | None = None,
+        refusal_after_server_errors: int,
     ) -> None:
-        if not 1 <= batch_size <= MAX_BATCH_ITEMS:
-            raise ValueError(f"batch_size must be 1 to {MAX_BATCH_ITEMS}")
+        if not 1 <= batch_size <= client.max_hosts:
+            raise ValueError(f"batch_size must be 1 to {client.max_hosts}")
         self._client = client
-        self._limiter = limiter
-        self._policy = policy
+        self._engine = engine
+        self._pacer = engine.pacer
         self._clock = clock
-        self._metrics = client.metrics
         self._linger = linger_seconds
         self._batch_size = batch_size
-        self._slots = asyncio.Semaphore(parallel_requests)
-        self._rng = rng
+        self._refusal_threshold = refusal_after_server_errors
         self._waiting: deque[_Lookup] = deque()
         self._changed = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._refusal: str | None = None
+        self._failing_hosts: set[str] = set()  # answered 500 since the last answer
 
     async def lookup(self, host: str) -> Reputation | None:
-        """MDTI's reputation of `host` (None: it has none).
+        """Graph's reputation of `host` (None: it has none).
 
         Raises `LookupFailed` (try later), `DependencyUnavailable` (Graph refuses us) or `PermanentFailure`.
         """
+        if self._refusal is not None:
+            raise DependencyUnavailable(self._refusal)
         if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = asyncio.create_task(self._dispatch())
             self._dispatcher.add_done_callback(_report_crash)
-        lookup = _Lookup(host, asyncio.get_running_loop().create_future(), queued_at=_now())
-        self._enqueue(lookup)
-        return await lookup.future
+        future: asyncio.Future[Reputation | None] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Lookup(host, future, _now(), Attempts(self._engine.policy.max_attempts)))
+        return await future
 
     async def probe(self) -> bool:
-        """One lookup outside any batch: True once Graph accepts our token again."""
-        [answer] = await self._client.lookup_batch([PROBE_HOST])
-        return isinstance(answer, Found | Unanswerable)
+        """One lookup outside any batch (paced like the rest): True once Graph accepts us again."""
+        permit = await self._pacer.acquire(1)
+        try:
+            [answer] = await self._client.lookup([PROBE_HOST])
+        finally:
+            permit.release(Signal.NEUTRAL)
+        accepted = isinstance(answer, Found | Unanswerable)
+        if accepted:
+            self._accepted()
+        return accepted
 
     def counts(self) -> GraphCounts:
-        return self._metrics.counts()
+        metrics = self._client.metrics
+        pace = self._pacer.state()
+        return GraphCounts(
+            requests=metrics.requests.total(),
+            batch_requests=metrics.requests.total(kind=str(LookupMode.BATCH)),
+            items=round(metrics.sizes.sum),
+            throttled=metrics.throttled.total(),
+            retries=self._engine.counts().retries,
+            rate=pace.rate,
+            peak_rate=pace.peak_rate,
+            parallel_limit=pace.parallel_limit,
+            peak_in_flight=pace.peak_in_flight,
+        )
 
     async def close(self) -> None:
         tasks = [*self._tasks, *([self._dispatcher] if self._dispatcher else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        while self._waiting:
-            _fail(self._waiting.popleft(), _stopping())
+        self._fail_waiting(_stopping())
 
     # -- gathering ------------------------------------------------------------------------------------------
 
-    def _enqueue(self, lookup: _Lookup) -> None:
-        self._waiting.append(lookup)
+    def _enqueue(self, lookup: _Lookup, *, first: bool = False) -> None:
+        if first:
+            self._waiting.appendleft(lookup)
+        else:
+            self._waiting.append(lookup)
         self._changed.set()
 
     async def _dispatch(self) -> None:
         while True:
-            await self._slots.acquire()
+            while not self._waiting:
+                self._changed.clear()
+                await self._changed.wait()
+            permit = await self._pacer.acquire(self._batch_size)
             try:
-                # Lookups keep gathering while Graph makes us wait, so the wait costs no extra requests.
-                while (paused := self._limiter.paused_for) > 0:
-                    await self._clock.sleep(paused)
                 await self._gathered(since=_now())
+                # A 429 may have come in while the batch gathered: its window holds this request too.
+                await self._pacer.unpaused()
                 batch = self._take()
             except BaseException:
-                self._slots.release()
+                permit.release(Signal.NEUTRAL)
                 raise
-            self._spawn(self._send(batch))
+            permit.shrink(len(batch))
+            if batch:
+                self._spawn(self._send(batch, permit))
+            else:  # every waiting lookup was failed meanwhile (Graph refused us)
+                permit.release(Signal.NEUTRAL)
 
     async def _gathered(self, since: float) -> None:
         """Returns once a batch is full, or a lookup has waited `linger` both in the queue and since `since`.
 
-        Lingering from the moment a request slot freed (`since`) too lets the lookups that arrive while the
-        previous batch was in flight fill this one, instead of sending the few that were left over.
+        Lingering from the moment the permit came (`since`) too lets the lookups that arrive while the previous
+        requests were in flight, or while Graph made us wait, fill this one instead of sending a few left over.
         """
         while len(self._waiting) < self._batch_size:
             if self._waiting:
@@ -155,53 +188,57 @@ class GraphBatcher:
 
     # -- sending and settling -------------------------------------------------------------------------------
 
-    async def _send(self, batch: list[_Lookup]) -> None:
+    async def _send(self, batch: list[_Lookup], permit: Permit) -> None:
         try:
             try:
-                answers = await self._client.lookup_batch([lookup.host for lookup in batch])
+                answers = await self._client.lookup([lookup.host for lookup in batch])
             except Exception as error:
-                log.exception("a Graph $batch failed unexpectedly; its lookups will be retried")
+                log.exception("a Graph request failed unexpectedly; its lookups will be retried")
                 answers = [Retry(type(error).__name__)] * len(batch)
-            # Settled before the slot is freed: a 429 pauses the limiter before the next batch may leave.
-            for lookup, answer in zip(batch, answers, strict=True):
-                self._settle(lookup, answer)
         except asyncio.CancelledError:
+            permit.release(Signal.NEUTRAL)
             for lookup in batch:
                 _fail(lookup, _stopping())
             raise
-        finally:
-            self._slots.release()
+        # Settled at once: a 429 pauses the pacer before any other request may leave.
+        permit.release(_signal_of(answers), delivered=sum(not isinstance(a, Retry) for a in answers))
+        for lookup, answer in zip(batch, answers, strict=True):
+            self._settle(lookup, answer)
 
     def _settle(self, lookup: _Lookup, answer: ItemAnswer) -> None:
         match answer:
             case Found(reputation):
+                self._accepted()
                 if not lookup.future.done():
                     lookup.future.set_result(reputation)
-            case Refused(reason):
-                _fail(lookup, DependencyUnavailable(reason))
             case Unanswerable(status, message):
+                self._accepted()
                 _fail(
                     lookup,
                     PermanentFailure(GRAPH_REJECTED_HOST, f"Graph answered HTTP {status} for this host: {message}"),
                 )
+            case Refused(reason):
+                self._refuse(reason)
+                _fail(lookup, DependencyUnavailable(reason))
             case Retry():
                 self._retry(lookup, answer)
 
     def _retry(self, lookup: _Lookup, retry: Retry) -> None:
-        lookup.attempts += 1
-        delay = retry.retry_after if retry.retry_after is not None else self._policy.backoff(lookup.attempts, self._rng)
-        if retry.throttled:
-            self._metrics.throttled.add()
-            self._limiter.pause(delay)
-        if lookup.attempts >= self._policy.max_attempts or delay > self._policy.max_retry_after_seconds:
-            _fail(lookup, LookupFailed(f"Graph lookups kept failing ({retry.cause}) after {lookup.attempts} attempts"))
-            return
-        self._metrics.retries.add(cause=retry.cause)
-        if retry.throttled:
-            # The paused limiter holds the next batch until the window ends.
+        if retry.cause == SERVER_ERROR:
+            self._failing_hosts.add(lookup.host)
+            if len(self._failing_hosts) >= self._refusal_threshold:
+                self._refuse(server_error_refusal(len(self._failing_hosts), retry.detail))
+        delay = self._engine.after(retry, lookup.attempts)
+        if self._refusal is not None:
+            _fail(lookup, DependencyUnavailable(self._refusal))
+        elif delay.seconds is None:
+            detail = f": {retry.detail}" if retry.detail else ""
+            _fail(lookup, LookupFailed(f"Graph lookups kept failing ({retry.cause}{detail}): {delay.reason}"))
+        elif retry.signal is Signal.THROTTLED or retry.retry_after is not None:
+            # The paused pacer holds the next request until the window ends.
             self._requeue(lookup)
         else:
-            self._spawn(self._requeue_after(lookup, delay))
+            self._spawn(self._requeue_after(lookup, delay.seconds))
 
     async def _requeue_after(self, lookup: _Lookup, delay: float) -> None:
         try:
@@ -209,17 +246,48 @@ class GraphBatcher:
         except asyncio.CancelledError:
             _fail(lookup, _stopping())
             raise
-        self._requeue(lookup)
+        if self._refusal is not None:
+            _fail(lookup, DependencyUnavailable(self._refusal))
+        else:
+            self._requeue(lookup)
 
     def _requeue(self, lookup: _Lookup) -> None:
         if not lookup.future.done():
             lookup.queued_at = _now()
-            self._enqueue(lookup)
+            self._enqueue(lookup, first=True)
+
+    # -- refusal --------------------------------------------------------------------------------------------
+
+    def _refuse(self, reason: str) -> None:
+        """Graph refuses us: every lookup waiting now, or asked for until it accepts us again, fails at once."""
+        if self._refusal is None:
+            log.error("Graph refuses the scorer: %s", reason)
+        self._refusal = reason
+        self._fail_waiting(DependencyUnavailable(reason))
+
+    def _accepted(self) -> None:
+        self._failing_hosts.clear()
+        if self._refusal is not None:
+            log.info("Graph answers the scorer again")
+            self._refusal = None
+
+    def _fail_waiting(self, error: Exception) -> None:
+        while self._waiting:
+            _fail(self._waiting.popleft(), error)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _signal_of(answers: Sequence[ItemAnswer]) -> Signal:
+    """What one request's answers say about Graph's capacity, worst first."""
+    signals = {answer.signal for answer in answers if isinstance(answer, Retry)}
+    for signal in (Signal.THROTTLED, Signal.OVERLOADED, Signal.NEUTRAL):
+        if signal in signals:
+            return signal
+    return Signal.CLEAN
 
 
 def _fail(lookup: _Lookup, error: Exception) -> None:

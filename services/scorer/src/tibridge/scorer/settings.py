@@ -19,35 +19,64 @@ class UnscorableHandling(StrEnum):
     FORWARD = "forward"
 
 
+class LookupMode(StrEnum):
+    """How lookups reach Graph: JSON batching (20 per request), or one GET per host should `$batch` misbehave
+    for this API (no public client of it uses `$batch`)."""
+
+    BATCH = "batch"
+    SINGLE = "single"
+
+
 class GraphSettings(Section):
-    """TIBRIDGE_GRAPH_*: Microsoft Graph's endpoint, the request budget and how lookups share `$batch` requests."""
+    """TIBRIDGE_GRAPH_*: Microsoft Graph's endpoint, how lookups travel, and the pacing and retry budget."""
 
     base_url: str = Field(
         "https://graph.microsoft.com/v1.0",
         description="Microsoft Graph base URL, up to and including the version (…/v1.0).",
     )
-    lookups_per_second: float = Field(
-        50.0, gt=0, description="Ceiling on MDTI lookups per second (each item of a $batch counts)."
+    lookup_mode: LookupMode = Field(
+        LookupMode.BATCH,
+        description="`batch` (JSON batching, 20 lookups per request) or `single` (one GET per host, should $batch "
+        "misbehave); both are paced alike.",
+    )
+    initial_lookups_per_second: float = Field(
+        100.0,
+        gt=0,
+        description="Lookups per second at start; the rate then adapts: it grows while Graph answers cleanly and "
+        "is cut by every 429 (each item of a $batch counts).",
+    )
+    max_lookups_per_second: float | None = Field(
+        None, gt=0, description="Hard cap on lookups per second, for a known quota; empty: only Graph's 429s set it."
+    )
+    max_parallel_requests: int = Field(
+        100,
+        ge=1,
+        le=1000,
+        description="Hard cap on Graph requests in flight at once; below it the number adapts to Graph's latency.",
     )
     batch_linger_seconds: float = Field(
         0.05, ge=0, le=5, description="How long a lookup waits for others to share its Graph $batch request."
     )
-    parallel_requests: int = Field(
-        1,
-        ge=1,
-        le=16,
-        description="Graph $batch requests in flight at once; above 1 a request may already be on its way "
-        "when another one is answered 429.",
-    )
     request_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one Graph HTTP request.")
     max_attempts: int = Field(
-        8, ge=1, le=50, description="Attempts per lookup (429, 5xx, timeouts) before its message goes back to the bus."
+        8,
+        ge=1,
+        le=50,
+        description="Attempts per lookup (429, 5xx, timeouts; each request that carries it is one) before its "
+        "message goes back to the bus.",
     )
     retry_base_delay_seconds: float = Field(
         0.5, gt=0, le=60, description="First backoff after a 5xx or timeout; it doubles per attempt, with jitter."
     )
+    refusal_after_server_errors: int = Field(
+        20,
+        ge=2,
+        le=1000,
+        description="Different hosts answered HTTP 500 in a row, with no answer between, after which Graph is taken "
+        "to refuse this tenant (how a missing licence was answered): the scorer pauses as for 401/403.",
+    )
     probe_interval_seconds: float = Field(
-        30.0, gt=0, description="While Graph refuses the token, how often one lookup checks whether it is fixed."
+        30.0, gt=0, description="While Graph refuses the scorer, how often one lookup checks whether it is fixed."
     )
 
 
