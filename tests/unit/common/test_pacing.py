@@ -8,6 +8,7 @@ import pytest
 
 from tests.fixtures.clock import ManualClock
 from tibridge.common.pacing import (
+    RATE_CUT,
     Attempts,
     Engine,
     PaceLimits,
@@ -56,7 +57,7 @@ def test_a_429_cuts_the_rate_below_what_was_delivered_and_once_per_round() -> No
     assert control.throttled(now, epoch, refused) is True
     assert control.rate < refused
     assert control.ceiling is not None
-    assert control.rate == pytest.approx(0.85 * control.ceiling)
+    assert control.rate == pytest.approx(RATE_CUT * control.ceiling)
     # Answers to requests sent before the cut: the cut already answered them.
     cut = control.rate
     assert control.throttled(now, epoch, refused) is False

@@ -53,7 +53,7 @@ FIRST_DELIVERY_WINDOW_SECONDS = 1.0
 # After a 429, the rate restarts this far below the estimated ceiling; the estimate is kept within
 # ESTIMATE_FLOOR to 1 times the rate that drew the 429 (the API refused that rate, and a thin window is no proof
 # that it takes much less).
-RATE_CUT = 0.85
+RATE_CUT = 0.9
 ESTIMATE_FLOOR = 0.5
 PARALLEL_CUT = 0.75
 # Tokens the bucket holds at most, in seconds of the current rate: bursts stay small after a pause.

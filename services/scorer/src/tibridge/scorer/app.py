@@ -67,14 +67,18 @@ def consumer_options(settings: ScorerSettings) -> ConsumerOptions:
 
 
 async def build(settings: ScorerSettings, bus: Bus, resources: contextlib.AsyncExitStack, clock: Clock) -> Service:
+    reputations = graph_reputations(settings, resources, clock)
+    return assemble(settings, bus, clock, consumer_options(settings), reputations=reputations)
+
+
+def graph_reputations(settings: ScorerSettings, resources: contextlib.AsyncExitStack, clock: Clock) -> GraphBatcher:
+    """Graph as the scorer's reputation source: the client, its pacing engine and the batcher on them."""
     graph = settings.graph
     credential = build_credential(settings.credential, graph.base_url)
     resources.push_async_callback(credential.close)
     http = async_client(graph.base_url, timeout_seconds=graph.request_timeout_seconds)
     http.auth = BearerTokenAuth(credential, clock)
     resources.push_async_callback(http.aclose)
-
-    client = GraphReputationClient(http, graph.lookup_mode)
     engine = Engine(
         "graph",
         Pacer("graph", pace_limits(graph), clock),
@@ -83,7 +87,7 @@ async def build(settings: ScorerSettings, bus: Bus, resources: contextlib.AsyncE
         transient=HTTP_TRANSIENT,
     )
     batcher = GraphBatcher(
-        client,
+        GraphReputationClient(http, graph.lookup_mode),
         engine,
         clock=clock,
         linger_seconds=graph.batch_linger_seconds if graph.lookup_mode is LookupMode.BATCH else 0.0,
@@ -91,7 +95,7 @@ async def build(settings: ScorerSettings, bus: Bus, resources: contextlib.AsyncE
         refusal_after_server_errors=graph.refusal_after_server_errors,
     )
     resources.push_async_callback(batcher.close)
-    return assemble(settings, bus, clock, consumer_options(settings), reputations=batcher)
+    return batcher
 
 
 def assemble(
