@@ -2,17 +2,25 @@
 budget of attempts per logical operation.
 
 * `Pacer` — one per API per process. A token bucket whose rate adapts, a limit on requests in flight that
-  adapts, and a pause every caller honours. Each request takes a `Permit` (its cost: items it carries) and
-  gives it back with what the answer said (`Signal`). Clean answers to requests the rate held back raise the
-  rate (doubling every half second until the first 429, then back quickly towards the rate that was throttled
-  and slowly past it); a 429 cuts it once per round of requests and pauses every caller for its Retry-After;
-  clean answers to requests that waited for a free place raise the limit on requests in flight (so several are
-  in flight when latency, not the ceiling, binds), timeouts and 503s cut it. `PaceLimits.max_rate` and
-  `.max_parallel` are hard caps; `adaptive=False` pins both (a fixed ceiling, as before).
+  adapts, and a pause every caller honours. Each request takes a `Permit` (its cost: the items it carries) and
+  gives it back with what the answer said (`Signal`) and how much of it was answered. Clean answers to
+  requests the rate held back raise the rate: doubling about every quarter second until the first 429, then
+  back within about a second to the ceiling estimated from what the API delivered over the last 10 s, and
+  slowly past it. A 429 cuts the rate once per round of requests (to 90 % of that estimate); any Retry-After
+  pauses every caller. Clean answers to requests that waited for a free place raise the limit on requests in
+  flight (so several are in flight when latency, not the ceiling, binds); timeouts and 503s cut it.
+  `PaceLimits.max_rate` and `.max_parallel` are hard caps; `PaceLimits.fixed` pins both (a fixed ceiling).
 * `RetryPolicy` and `Attempts` — attempts per logical operation and the backoff between them. A request that
-  carries several operations (a Graph `$batch`) spends one attempt of each; nothing retries underneath.
+  carries several operations (a Graph `$batch`) spends one attempt of each (`Engine.after`); nothing retries
+  underneath.
 * `Engine.call` — the retry loop for an operation that is one request at a time: bounded, Retry-After honoured,
-  every attempt paced.
+  every attempt paced. `tibridge.common.http` has the judge for HTTP answers (`judge_response`,
+  `retry_of_status`) and the older `ResilientSender` shape over it.
+
+Adopting it: one `Pacer` per API per process, shared by every task that calls the API; an `Engine` on it with
+the API's `RetryPolicy` and the exception types its client raises for transport failures (`transient`); each
+request becomes `await engine.call(send, judge)`, where `judge` maps an answer to `None` (it stands) or a
+`Retry` (`retry_of_status(status, retry_after_header)` for HTTP). `RetriesExhausted` means: give the work back.
 
 The control law (`RateControl`) is plain arithmetic over what callers report; time enters only through the
 `Clock` the `Pacer` is given, so tests drive it with a manual clock.
