@@ -96,7 +96,11 @@ def test_a_prefix_term_reads_every_spelling_of_a_key_and_ignores_case() -> None:
         IDS,
     )
     [keys] = query.filters
-    assert (keys.values, keys.prefixes, keys.allow_empty) == ({"url:value"}, {"file:hashes."}, True)
+    assert (keys.values, keys.prefixes, keys.allow_empty) == (
+        frozenset({"url:value"}),
+        frozenset({"file:hashes."}),
+        True,
+    )
     assert all(keys.passes(key) for key in ("", "url:value", "file:hashes.'SHA256'", "FILE:HASHES.MD5"))
     assert not any(keys.passes(key) for key in ("file:name", "domain-name:value", "xfile:hashes.MD5"))
 
@@ -105,7 +109,7 @@ def test_a_prefix_term_reads_every_spelling_of_a_key_and_ignores_case() -> None:
     "where",
     [
         'ObservableKey startswith "file:" or SourceSystem in ("x")',  # one column per filter
-        "Confidence startswith \"8\"",  # a string column only
+        'Confidence startswith "8"',  # a string column only
         "ObservableKey startswith file",  # a string literal only
         "isempty(ObservableKey) or",
     ],
