@@ -21,6 +21,7 @@ from tests.fixtures.collector import collected_payloads, draining
 from tests.fixtures.collector_sandbox import (
     ANCHOR,
     assert_matches_expected,
+    clock_of,
     collector_for,
     rejections_logged,
     sandbox_on_clock,
@@ -94,7 +95,7 @@ async def test_a_fortnight_of_a_few_thousand_rows_is_one_query(
         assert_matches_expected(server.expected(), envelopes, rejections)
         assert server.state.stats.loganalytics.queries == 1
         # Five minutes later: the steady pass reads from the watermark minus the overlap, in one query too.
-        server.state.clock.advance(timedelta(minutes=5))
+        clock_of(server).advance(timedelta(minutes=5))
         async with collector_for(server, bus, tmp_path / "c.json") as steady, draining(bus):
             await steady.worker.run(asyncio.Event())
         assert server.state.stats.loganalytics.queries == 2
@@ -259,10 +260,10 @@ async def test_the_blob_checkpoint_carries_the_watermark_to_the_next_run(
     async with server_for(small_dataset) as server:
         async with collector_for(server, bus, tmp_path / "unused.json", **blob_settings) as run, draining(bus):
             await run.worker.run(asyncio.Event())
-        server.state.clock.advance(timedelta(hours=1))
+        clock_of(server).advance(timedelta(hours=1))
         async with collector_for(server, bus, tmp_path / "unused.json", **blob_settings) as rerun, draining(bus):
             await rerun.worker.run(asyncio.Event())
-        later = server.state.clock.now()
+        later = clock_of(server).now()
     async with BlobServiceClient.from_connection_string(azurite) as service:
         blob = service.get_blob_client(blob_settings["checkpoint_container"], "collector-checkpoint.json")
         stored = json.loads(await (await blob.download_blob()).readall())

@@ -18,6 +18,7 @@ from tests.fixtures.collector_sandbox import (
     AFTER_DATA,
     ANCHOR,
     assert_matches_expected,
+    clock_of,
     collector_for,
     rejections_logged,
     sandbox_on_clock,
@@ -40,7 +41,7 @@ def dataset() -> Dataset:
 async def saved(checkpoint: Path) -> None:
     """Waits (a minute at most, for a loaded machine) until the collector has saved a watermark."""
     for _ in range(6000):
-        if checkpoint.exists():
+        if await asyncio.to_thread(checkpoint.exists):
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the watermark never moved")
@@ -85,7 +86,7 @@ async def test_killing_the_collector_mid_window_then_running_it_again_loses_and_
             # Killed inside a window: part of it is on the bus, but the watermark has not moved past it.
             assert any(collected_payloads([e])[0].time_generated >= watermark for e in before_kill)
             bus.resume()
-            server.state.clock.advance(timedelta(minutes=3))
+            clock_of(server).advance(timedelta(minutes=3))
             async with collector_for(server, bus, checkpoint, **PLANNED) as rerun, draining(bus) as after_restart:
                 await rerun.worker.run(asyncio.Event())
         assert_matches_expected(server.expected(), before_kill + after_restart, rejections)
