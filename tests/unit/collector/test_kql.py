@@ -11,11 +11,14 @@ from tibridge.collector.kql import (
     IndicatorTable,
     QuerySpec,
     UnquotableValue,
+    build_count_query,
     build_query,
     datetime_literal,
     string_literal,
+    timespan_literal,
 )
 from tibridge.sandbox.dataset import COLUMNS
+from tibridge.sandbox.kql import Shape
 from tibridge.sandbox.kql import parse as parse_kql
 from tibridge.sandbox.tables import LEGACY_COLUMNS, LEGACY_TABLE, THREAT_INTEL_INDICATORS
 
@@ -39,10 +42,50 @@ def test_the_query_for_the_new_table_is_exactly_this() -> None:
         '"Premium Microsoft Defender Threat Intelligence")\n'
         '| where isempty(ObservableKey) or ObservableKey in ("ipv4-addr:value", "ipv6-addr:value", '
         '"network-traffic:src_ref.value", "network-traffic:dst_ref.value", "domain-name:value", "url:value", '
-        '"email-addr:value", "file:hashes.\'SHA-256\'", "file:hashes.MD5", "file:hashes.\'SHA-1\'")\n'
+        '"email-addr:value") or ObservableKey startswith "file:hashes."\n'
         "| summarize arg_max(TimeGenerated, *) by Id\n"
         "| order by TimeGenerated asc"
     )
+
+
+def test_the_count_has_the_same_filters_and_counts_rows_per_bin() -> None:
+    spec = QuerySpec(IndicatorTable.NEW, MDTI, SUPPORTED_OBSERVABLE_KEYS)
+    count = build_count_query(spec, START, END, timedelta(minutes=20))
+    read = build_query(spec, START, END)
+    assert count.rsplit("\n", 1) == [read.rsplit("\n", 2)[0], "| summarize Rows = count() by bin(TimeGenerated, 1200s)"]
+    parsed = parse_kql(count, SANDBOX_TABLES, SANDBOX_IDS)
+    assert (parsed.shape, parsed.bin_size, parsed.count_column) == (Shape.COUNT_BY_BIN, timedelta(minutes=20), "Rows")
+    assert parsed.filters == parse_kql(read, SANDBOX_TABLES, SANDBOX_IDS).filters
+
+
+@pytest.mark.parametrize(
+    ("span", "literal"),
+    [
+        (timedelta(seconds=1210), "1210s"),
+        (timedelta(milliseconds=1500), "1500ms"),
+        (timedelta(microseconds=7), "7microsecond"),
+    ],
+)
+def test_timespans_are_exact_literals(span: timedelta, literal: str) -> None:
+    assert timespan_literal(span) == literal
+    with pytest.raises(ValueError, match="positive"):
+        timespan_literal(timedelta(0))
+
+
+def test_every_hash_key_spelling_passes_the_prefix_filter_and_nothing_else() -> None:
+    spec = QuerySpec(IndicatorTable.NEW, MDTI, SUPPORTED_OBSERVABLE_KEYS)
+    [_, keys] = parse_kql(build_query(spec, START, END), SANDBOX_TABLES, SANDBOX_IDS).filters
+    for key in ("file:hashes.MD5", "file:hashes.'SHA256'", "file:hashes.SHA512", "file:hashes.'SHA-512'", ""):
+        assert keys.passes(key), key
+    for key in ("file:name", "mac-addr:value", "x509-certificate:serial_number"):
+        assert not keys.passes(key), key
+
+
+def test_exact_keys_alone_have_no_prefix_term() -> None:
+    query = build_query(QuerySpec(IndicatorTable.NEW, MDTI, ("url:value",)), START, END)
+    assert '| where isempty(ObservableKey) or ObservableKey in ("url:value")\n' in query
+    only_hashes = build_query(QuerySpec(IndicatorTable.NEW, MDTI, ("file:hashes.",)), START, END)
+    assert '| where isempty(ObservableKey) or ObservableKey startswith "file:hashes."\n' in only_hashes
 
 
 def test_the_legacy_table_is_summarised_by_indicator_id_without_observable_keys() -> None:

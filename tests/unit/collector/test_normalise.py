@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import idna
 import pytest
@@ -33,6 +34,7 @@ KEYS = (
     "file:hashes.MD5",
     "file:hashes.'SHA-1'",
     "file:hashes.'SHA-256'",
+    "file:hashes.SHA512",
 )
 
 
@@ -144,6 +146,19 @@ def test_domains(raw: str, expected: str | RejectionReason) -> None:
         ("http://evil.com:99999/", INVALID),
         ("http://[::1/", INVALID),
         ("evil.com/path", INVALID),
+        ("http://-bad.example.com/", INVALID),
+        ("http://a..b.com/", INVALID),
+        ("http://<script>/x", INVALID),
+        ("http://ev%69l.com/", INVALID),
+        ("javascript:alert(1)", INVALID),
+        ("http://evil.com/<script>alert(1)</script>", "http://evil.com/%3Cscript%3Ealert(1)%3C/script%3E"),
+        ('http://evil.com/a"b{c}|d^e`f\\g', "http://evil.com/a%22b%7Bc%7D%7Cd%5Ee%60f%5Cg"),
+        ("http://evil.com/%zz?q=%41%", "http://evil.com/%25zz?q=%41%25"),
+        ("http://evil.com/caf\u00e9?q=\u4f8b", "http://evil.com/caf%C3%A9?q=%E4%BE%8B"),
+        ("http://us<er>:pa ss@evil.com/", INVALID),  # a space is never part of a URL
+        ("http://us<er>:pass@evil.com/", "http://us%3Cer%3E:pass@evil.com/"),
+        ("http://evil.com/" + "a" * 4080, "http://evil.com/" + "a" * 4080),
+        ("http://evil.com/" + "a" * 4081, INVALID),
     ],
 )
 def test_urls(raw: str, expected: str | RejectionReason) -> None:
@@ -161,6 +176,20 @@ def test_urls(raw: str, expected: str | RejectionReason) -> None:
         ("user@", INVALID),
         ("two@@example.com", INVALID),
         ("sp ace@example.com", INVALID),
+        ("first.o'reilly+tag@example.com", "first.o'reilly+tag@example.com"),
+        ("<script>alert(1)</script>@evil-xss.com", INVALID),  # markup is not an address (issue 13)
+        ('"quoted local"@example.com', INVALID),
+        ("user@[192.0.2.1]", INVALID),  # a domain literal is no domain
+        ("user@-evil.com", INVALID),
+        ("user@evil", INVALID),
+        (".lead@example.com", INVALID),
+        ("trail.@example.com", INVALID),
+        ("two..dots@example.com", INVALID),
+        ("üser@example.com", INVALID),  # no UTF-8 local parts: ThreatStream's grammar is ASCII
+        ("x" * 64 + "@example.com", "x" * 64 + "@example.com"),
+        ("x" * 65 + "@example.com", INVALID),
+        ("x" * 64 + "@" + ".".join(["d" * 60] * 4) + ".com", INVALID),  # 254 characters at most
+        ("user@exa\tmple.com", INVALID),
     ],
 )
 def test_emails_keep_the_local_part(raw: str, expected: str | RejectionReason) -> None:
@@ -171,12 +200,19 @@ def test_emails_keep_the_local_part(raw: str, expected: str | RejectionReason) -
     ("key", "algorithm", "length"),
     [
         ("file:hashes.MD5", HashAlgorithm.MD5, 32),
+        ("file:hashes.'MD5'", HashAlgorithm.MD5, 32),
         ("file:hashes.'SHA-1'", HashAlgorithm.SHA1, 40),
+        ("file:hashes.SHA1", HashAlgorithm.SHA1, 40),
         ("file:hashes.'SHA-256'", HashAlgorithm.SHA256, 64),
+        ("file:hashes.'SHA256'", HashAlgorithm.SHA256, 64),
+        ("file:hashes.SHA256", HashAlgorithm.SHA256, 64),
+        ("file:hashes.'SHA-512'", HashAlgorithm.SHA512, 128),
+        ("file:hashes.SHA512", HashAlgorithm.SHA512, 128),
+        ("FILE:HASHES.'sha-512'", HashAlgorithm.SHA512, 128),  # KQL's startswith ignores case, and so do we
     ],
 )
 def test_hashes_take_their_algorithm_from_the_key(key: str, algorithm: HashAlgorithm, length: int) -> None:
-    digest = "AbCdEf0123456789" * 4
+    digest = "AbCdEf0123456789" * 8
     result = normalise_keyed(key, digest[:length], reject_non_global=True)
     assert result == Observable(type=ObservableType.FILE_HASH, value=digest[:length].lower(), hash_algorithm=algorithm)
     assert normalise_keyed(key, digest[: length - 1], reject_non_global=True) == INVALID
@@ -191,7 +227,50 @@ def test_unknown_keys_are_unsupported() -> None:
     assert (
         normalise_keyed("file:hashes.'SHA3-256'", "ab" * 32, reject_non_global=True) == RejectionReason.UNSUPPORTED_TYPE
     )
+    assert normalise_keyed("file:hashes.", "ab" * 16, reject_non_global=True) == RejectionReason.UNSUPPORTED_TYPE
     assert kind_of_key("file:hashes.'MD5'") == KeyKind(ObservableType.FILE_HASH, HashAlgorithm.MD5)
+    assert kind_of_key("file:hashes." + "x" * 200) is None
+
+
+# --- bounded work on hostile values (issue 13) -------------------------------------------------------------
+
+
+def nested_defang(depth: int) -> str:
+    """`evil[[[[…].]]]]x.com`: the ~500 KB domain that kept `run --once` busy past two minutes."""
+    return "evil" + "[" * depth + "." + "]" * depth + "x.com"
+
+
+def test_the_nested_defang_domain_is_refused_by_its_length_before_any_other_work() -> None:
+    hostile = nested_defang(250_000)
+    assert len(hostile) > 500_000
+    assert value_of("domain-name:value", hostile) == INVALID
+    assert value_of("url:value", f"http://{hostile}/") == INVALID
+    assert value_of("email-addr:value", f"a@{hostile}") == INVALID
+    assert normalise_pattern(f"[domain-name:value = '{hostile}']", reject_non_global=True) in (
+        INVALID,
+        RejectionReason.UNPARSED_PATTERN,
+    )
+
+
+def test_nested_defanging_is_undone_in_one_pass_whatever_its_depth() -> None:
+    # Refanging a 500 KB run is one scan (each bracket run is consumed once), not one scan per nesting level.
+    assert refang(nested_defang(250_000)) == "evil.x.com"
+    assert refang("[" * 250_000) == "[" * 250_000
+    assert value_of("domain-name:value", nested_defang(100)) == "evil.x.com"
+
+
+@pytest.mark.parametrize(
+    ("key", "limit"),
+    [("domain-name:value", 253), ("email-addr:value", 254), ("url:value", 4096)],
+)
+def test_canonical_values_have_their_standard_length_at_most(key: str, limit: int) -> None:
+    long_domain = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 57]) + ".com"  # 253 characters
+    assert len(long_domain) == 253
+    assert value_of("domain-name:value", long_domain) == long_domain
+    assert value_of("domain-name:value", "a" + long_domain) == INVALID
+    assert value_of("domain-name:value", long_domain.replace(".", "[.]")) == long_domain  # defanged, still fine
+    result = normalise_keyed(key, "x" * (3 * limit + 1), reject_non_global=True)
+    assert result == INVALID  # past what even a defanged value can be: refused unread
 
 
 @pytest.mark.parametrize(
@@ -268,3 +347,125 @@ def test_every_address_is_canonical_or_non_global(address: ipaddress.IPv4Address
 @given(pattern=st.text(max_size=60) | st.builds(lambda k, v: f"[{k} = '{v}']", _keys, _hostile_text))
 def test_patterns_never_raise(pattern: str) -> None:
     assert isinstance(normalise_pattern(pattern, reject_non_global=True), Observable | RejectionReason)
+
+
+# --- per kind: whatever normalisation emits re-normalises to itself and passes a strict validator ----------
+
+# Independent of the normaliser: the standards' grammars, written out (RFC 1035/1123 + IDNA 2008 round trip for
+# host names, RFC 5322 dot-atom for local parts, RFC 3986 for URLs).
+_LDH_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_STRICT_DOMAIN = re.compile(rf"(?=.{{3,253}}$)(?:{_LDH_LABEL}\.)+(?![0-9]+$){_LDH_LABEL}")
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_STRICT_LOCAL = re.compile(rf"{_ATEXT}{{1,64}}(?:\.{_ATEXT}+)*")
+_PCHAR = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})"
+_STRICT_URL = re.compile(
+    rf"(?P<scheme>[a-z][a-z0-9+.-]*)://(?:(?:[A-Za-z0-9\-._~!$&'()*+,;=:]|%[0-9A-Fa-f]{{2}})*@)?"
+    rf"(?P<host>\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::(?P<port>[0-9]{{1,5}}))?(?:/{_PCHAR}*)+(?:\?(?:{_PCHAR}|[/?])*)?"
+)
+
+
+def strictly_a_domain(value: str) -> bool:
+    if not _STRICT_DOMAIN.fullmatch(value):
+        return False
+    for label in value.split("."):
+        if label[2:4] == "--":
+            if not label.startswith("xn--"):
+                return False
+            try:  # an A-label must be the IDNA 2008 encoding of some U-label, and encode back to itself
+                if idna.encode(idna.decode(label)).decode() != label:
+                    return False
+            except idna.IDNAError:
+                return False
+    return True
+
+
+def strictly_valid(observable: Observable) -> bool:
+    value = observable.value
+    match observable.type:
+        case ObservableType.IPV4 | ObservableType.IPV6:
+            address = ipaddress.ip_address(value)
+            return str(address) == value and (address.version == 4) == (observable.type is ObservableType.IPV4)
+        case ObservableType.DOMAIN:
+            return strictly_a_domain(value)
+        case ObservableType.EMAIL:
+            local, _, domain = value.partition("@")
+            return (
+                len(value) <= 254
+                and len(local) <= 64
+                and bool(_STRICT_LOCAL.fullmatch(local))
+                and (strictly_a_domain(domain))
+            )
+        case ObservableType.URL:
+            match = _STRICT_URL.fullmatch(value)
+            if match is None or len(value) > 4096:
+                return False
+            host = match["host"]
+            if host.startswith("["):
+                return ipaddress.ip_address(host[1:-1]).version == 6
+            return (host.replace(".", "").isdigit() and str(ipaddress.ip_address(host)) == host) or strictly_a_domain(
+                host
+            )
+        case ObservableType.FILE_HASH:
+            assert observable.hash_algorithm is not None
+            return re.fullmatch(f"[0-9a-f]{{{observable.hash_algorithm.hex_length}}}", value) is not None
+    return False
+
+
+_hostile = st.sampled_from([*"<>\"'`{}|\\^ \t\n[]()@:/?#%.-_~!$&*+,;=", "ü", "例", "\u200d", "\u202e", "\x00"])
+_label = st.from_regex(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,10}[a-zA-Z0-9])?", fullmatch=True) | st.sampled_from(
+    ["bücher", "пример", "xn--bcher-kva", "xn--zz", "a--b", "-x", "x-", "1"]
+)
+_domain_like = st.builds(
+    lambda labels, tld, dot, defang: defang.join(labels) + defang + tld + dot,
+    st.lists(_label, min_size=1, max_size=4),
+    st.sampled_from(["com", "de", "ru", "xn--p1ai", "123", "c0m", "x"]),
+    st.sampled_from(["", "."]),
+    st.sampled_from([".", "[.]", "(.)", "[dot]", "[[.]]", ".."]),
+)
+_noisy_text = st.text(alphabet=_hostile | st.characters(codec="utf-8"), max_size=24)
+_emails = st.builds(
+    lambda local, at, domain: f"{local}{at}{domain}",
+    st.from_regex(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,20}", fullmatch=True) | _noisy_text,
+    st.sampled_from(["@", "[@]", "@@", ""]),
+    _domain_like,
+)
+_url_parts = st.text(alphabet=_hostile | st.characters(codec="utf-8") | st.sampled_from(list("aZ09")), max_size=30)
+_url_like = st.builds(
+    lambda scheme, user, host, port, path, query, fragment: f"{scheme}://{user}{host}{port}/{path}{query}{fragment}",
+    st.sampled_from(["http", "HTTPS", "hxxp", "hxxps", "ftp", "h ttp", "1http"]),
+    st.sampled_from(["", "user@", "u:p@", "a<b>@", "x@y@"]),
+    _domain_like | st.sampled_from(["8.8.8.8", "[2606:4700::1]", "[fe80::1%25eth0]", "10.0.0.1", "[::1"]),
+    st.sampled_from(["", ":80", ":8443", ":99999", ":x"]),
+    _url_parts,
+    st.sampled_from(["", "?"]).flatmap(lambda mark: _url_parts.map(lambda q: mark + q if mark else "")),
+    st.sampled_from(["", "#frag", "#<x>"]),
+)
+_hashes = st.builds(
+    lambda digest, upper: digest.upper() if upper else digest,
+    st.text(alphabet="0123456789abcdef", min_size=30, max_size=130) | _noisy_text,
+    st.booleans(),
+)
+_per_kind = st.one_of(
+    st.tuples(st.just("domain-name:value"), _domain_like | _noisy_text),
+    st.tuples(st.just("email-addr:value"), _emails),
+    st.tuples(st.just("url:value"), _url_like),
+    st.tuples(st.sampled_from(["ipv4-addr:value", "ipv6-addr:value"]), _addresses | _noisy_text),
+    st.tuples(
+        st.sampled_from(["file:hashes.MD5", "file:hashes.'SHA-1'", "file:hashes.SHA256", "file:hashes.'SHA-512'"]),
+        _hashes,
+    ),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(case=_per_kind)
+@example(case=("email-addr:value", "<script>alert(1)</script>@evil-xss.com"))
+@example(case=("url:value", "http://evil.com/<script>alert(1)</script>"))
+@example(case=("domain-name:value", nested_defang(20)))
+def test_whatever_is_emitted_re_normalises_to_itself_and_is_strictly_valid(case: tuple[str, str]) -> None:
+    key, raw = case
+    first = normalise_keyed(key, raw, reject_non_global=False)
+    assert isinstance(first, Observable | RejectionReason)
+    if isinstance(first, Observable):
+        assert normalise_keyed(key, first.value, reject_non_global=False) == first
+        assert strictly_valid(first), first

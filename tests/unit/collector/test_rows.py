@@ -10,7 +10,15 @@ import pytest
 
 from tests.fixtures.collector import ANCHOR, MDTI, new_row
 from tibridge.collector.kql import IndicatorTable
-from tibridge.collector.rows import RowReader, RowRejected
+from tibridge.collector.rows import (
+    EARLIEST_DATE,
+    LATEST_DATE,
+    MAX_DESCRIPTION_LENGTH,
+    MAX_DYNAMIC_LENGTH,
+    MAX_LIST_ITEMS,
+    RowReader,
+    RowRejected,
+)
 from tibridge.common.contracts import (
     HashAlgorithm,
     InactiveReason,
@@ -228,3 +236,78 @@ def test_legacy_rows_without_an_observable_or_with_an_unknown_hash_are_unsupport
     assert LEGACY.read(legacy_row(), ANCHOR) == RowRejected("legacy-1", RejectionReason.UNSUPPORTED_TYPE)
     unknown_hash = legacy_row(FileHashType="SHA3-256", FileHashValue="ab" * 32)
     assert LEGACY.read(unknown_hash, ANCHOR) == RowRejected("legacy-1", RejectionReason.UNSUPPORTED_TYPE)
+
+
+# --- hostile rows (issue 13): bounded work, dates every system downstream accepts ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "clamped"),
+    [
+        ("9999-12-31T23:59:59.9999999Z", LATEST_DATE),
+        ("9999-12-31T23:00:00-05:00", LATEST_DATE),  # past the calendar's end once in UTC
+        ("0001-01-01T00:00:00Z", EARLIEST_DATE),
+        ("0001-01-01T00:30:00+01:00", EARLIEST_DATE),  # before its start once in UTC
+        ("1969-12-31T23:59:59Z", EARLIEST_DATE),
+    ],
+)
+def test_dates_are_clamped_to_what_every_system_downstream_accepts(text: str, clamped: datetime) -> None:
+    indicator = read(new_row("indicator--1", SEEN, ValidUntil=text, ValidFrom=text, Modified=text))
+    assert indicator.valid_until == clamped
+    assert indicator.valid_from == clamped
+    assert indicator.upstream_version == clamped.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_the_year_9999_row_never_expires_and_the_year_1_row_has_expired() -> None:
+    assert read(new_row("forever", SEEN, ValidUntil="9999-12-31T23:59:59Z")).active
+    ancient = read(new_row("ancient", SEEN, ValidUntil="0001-01-01T00:00:00Z"))
+    assert ancient.inactive_reason is InactiveReason.EXPIRED
+
+
+def test_an_indicator_id_longer_than_any_real_one_is_refused_and_logged_short() -> None:
+    rejected = NEW.read(new_row("i" * 100_000, SEEN), ANCHOR)
+    assert isinstance(rejected, RowRejected)
+    assert rejected.reason is RejectionReason.INVALID_VALUE
+    assert len(rejected.indicator_id) < 100
+
+
+def test_columns_too_big_to_be_real_leave_their_fields_empty() -> None:
+    data = {"description": "x", "labels": ["y"] * 10, "pad": "z" * MAX_DYNAMIC_LENGTH}
+    indicator = read(
+        new_row(
+            "indicator--1",
+            SEEN,
+            Data=json.dumps(data),
+            Tags="[" * 100_000 + "]" * 100_000,  # past the size limit
+            AdditionalFields="[" * 50_000 + "]" * 50_000,
+            SourceSystem="s" * 10_000,
+        )
+    )
+    assert (indicator.description, indicator.labels, indicator.tags, indicator.tlp) == (None, (), (), None)
+    assert indicator.source_system == ""
+
+
+def test_json_nested_deeper_than_the_parser_recurses_is_no_crash() -> None:
+    deep = "[" * 20_000 + "]" * 20_000  # within the size limit, past the decoder's recursion limit
+    assert len(deep) < MAX_DYNAMIC_LENGTH
+    indicator = read(new_row("indicator--1", SEEN, Data=deep, Tags=deep))
+    assert (indicator.description, indicator.tags) == (None, ())
+
+
+def test_texts_and_lists_are_cut_to_what_sentinel_keeps() -> None:
+    data = {"description": "d" * 5000, "labels": [f"l{n}" for n in range(500)] + ["x" * 1000]}
+    indicator = read(new_row("indicator--1", SEEN, Data=json.dumps(data), Tags=json.dumps(["t" * 300, "ok"])))
+    assert indicator.description == "d" * MAX_DESCRIPTION_LENGTH
+    assert indicator.labels == tuple(f"l{n}" for n in range(MAX_LIST_ITEMS))
+    assert indicator.tags == ("ok",)
+
+
+def test_the_nested_defang_row_is_rejected_with_a_reason() -> None:
+    hostile = "evil" + "[" * 250_000 + "." + "]" * 250_000 + "x.com"
+    rejected = NEW.read(new_row("nested", SEEN, key="domain-name:value", value=hostile, Pattern=""), ANCHOR)
+    assert rejected == RowRejected("nested", RejectionReason.INVALID_VALUE)
+
+
+def test_the_markup_email_row_is_rejected_with_a_reason() -> None:
+    row = new_row("xss", SEEN, key="email-addr:value", value="<script>alert(1)</script>@evil-xss.com")
+    assert NEW.read(row, ANCHOR) == RowRejected("xss", RejectionReason.INVALID_VALUE)

@@ -28,13 +28,13 @@ def test_defaults() -> None:
     assert collecting.source_systems == list(MDTI_SOURCE_SYSTEMS)
     assert collecting.observable_keys == list(SUPPORTED_OBSERVABLE_KEYS)
     assert collecting.mode is RunMode.ONCE
-    assert (collecting.window, collecting.overlap, collecting.settle_delay) == (
-        timedelta(hours=6),
-        timedelta(minutes=15),
-        timedelta(minutes=5),
-    )
+    assert "file:hashes." in collecting.observable_keys  # every hash key, whatever its spelling
+    assert (collecting.overlap, collecting.settle_delay) == (timedelta(minutes=15), timedelta(minutes=5))
     assert (collecting.initial_lookback, collecting.interval) == (timedelta(days=14), timedelta(minutes=5))
-    assert (loaded.loganalytics.row_cap, collecting.batch_size) == (500_000, 500)
+    assert (loaded.loganalytics.row_cap, collecting.rows_per_query, collecting.batch_size) == (500_000, 10_000, 500)
+    # Log Analytics' documented limits per identity.
+    assert (loaded.loganalytics.max_concurrent_queries, loaded.loganalytics.requests_per_30_seconds) == (5, 200)
+    assert (collecting.max_unsettled, collecting.no_rows_warning_after) == (20_000, timedelta(days=1))
     assert loaded.checkpoint.store is CheckpointKind.FILE
     assert str(loaded.checkpoint.path) == ".tibridge/collector-checkpoint.json"
     assert collecting.since is None
@@ -48,13 +48,13 @@ def test_environment_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIBRIDGE_COLLECTOR_SOURCE_SYSTEMS", "Microsoft Defender Threat Intelligence, Other Feed")
     monkeypatch.setenv("TIBRIDGE_COLLECTOR_OBSERVABLE_KEYS", '["url:value", "file:hashes.\'SHA-256\'"]')
     monkeypatch.setenv("TIBRIDGE_COLLECTOR_SINCE", "P30D")
-    monkeypatch.setenv("TIBRIDGE_COLLECTOR_WINDOW", "PT2H")
+    monkeypatch.setenv("TIBRIDGE_COLLECTOR_ROWS_PER_QUERY", "2500")
     monkeypatch.setenv("TIBRIDGE_COLLECTOR_MODE", "loop")
     monkeypatch.setenv("TIBRIDGE_COLLECTOR_TABLE", "legacy")
     collecting = settings().collector
     assert collecting.source_systems == ["Microsoft Defender Threat Intelligence", "Other Feed"]
     assert collecting.observable_keys == ["url:value", "file:hashes.'SHA-256'"]
-    assert (collecting.since, collecting.window) == (timedelta(days=30), timedelta(hours=2))
+    assert (collecting.since, collecting.rows_per_query) == (timedelta(days=30), 2500)
     assert (collecting.mode, collecting.table) == (RunMode.LOOP, IndicatorTable.LEGACY)
 
 
@@ -79,8 +79,10 @@ def test_a_hostile_source_system_stays_one_string_literal_in_the_query() -> None
         ({"collector_source_systems": " , "}, "TIBRIDGE_COLLECTOR_SOURCE_SYSTEMS: needs at least one"),
         ({"collector_observable_keys": "mac-addr:value"}, "'mac-addr:value' is not an ObservableKey"),
         ({"collector_observable_keys": "[not json"}, "is not a valid JSON list"),
-        ({"collector_window": "PT1M", "collector_min_window": "PT5M"}, "MIN_WINDOW must not be longer"),
-        ({"collector_window": "P0D"}, "TIBRIDGE_COLLECTOR_WINDOW"),
+        ({"collector_min_window": "P0D"}, "TIBRIDGE_COLLECTOR_MIN_WINDOW"),
+        ({"collector_rows_per_query": 0}, "TIBRIDGE_COLLECTOR_ROWS_PER_QUERY"),
+        ({"loganalytics_max_concurrent_queries": 6}, "TIBRIDGE_LOGANALYTICS_MAX_CONCURRENT_QUERIES"),
+        ({"loganalytics_requests_per_30_seconds": 201}, "TIBRIDGE_LOGANALYTICS_REQUESTS_PER_30_SECONDS"),
         ({"loganalytics_row_cap": 1}, "TIBRIDGE_LOGANALYTICS_ROW_CAP"),
         ({"checkpoint_store": "blob"}, "TIBRIDGE_CHECKPOINT_STORE=blob needs"),
         ({"checkpoint_account_url": "http://acct.blob.core.windows.net"}, "TIBRIDGE_CHECKPOINT_ACCOUNT_URL: plain"),

@@ -1,11 +1,12 @@
-"""The Log Analytics adapter over a scripted client: request shape, retries, Retry-After, clear errors."""
+"""The Log Analytics adapter over a scripted client: request shape, counts, 204, byte budgets, retries,
+Retry-After, clear errors."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,10 +15,11 @@ from azure.core.rest import HttpRequest
 
 from tests.fixtures.clock import ManualClock
 from tests.fixtures.collector import ANCHOR
+from tibridge.collector.app import query_attempts
 from tibridge.collector.kql import IndicatorTable, QuerySpec
 from tibridge.collector.settings import LogAnalyticsSettings
 from tibridge.collector.source import LogAnalyticsSource, SourceError
-from tibridge.collector.windows import Window
+from tibridge.collector.windows import Bin, Window
 
 WORKSPACE = "5a4db0c5-0000-4000-8000-000000000001"
 WINDOW = Window(ANCHOR - timedelta(hours=6), ANCHOR)
@@ -34,12 +36,23 @@ RESULT = {
 
 @dataclass
 class Answer:
+    """What `send_request(..., stream=True)` hands back: the body comes in chunks, and must be closed."""
+
     status_code: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    chunk_size: int = 64
+    read_bytes: int = 0
+    closed: bool = False
 
-    async def read(self) -> bytes:
-        return self.body
+    async def iter_bytes(self) -> AsyncIterator[bytes]:
+        for start in range(0, len(self.body), self.chunk_size):
+            chunk = self.body[start : start + self.chunk_size]
+            self.read_bytes += len(chunk)
+            yield chunk
+
+    async def close(self) -> None:
+        self.closed = True
 
 
 def answer(status: int, body: Any = None, **headers: str) -> Answer:
@@ -70,15 +83,16 @@ def source(client: ScriptedClient, clock: ManualClock, *, attempts: int = 4, all
         retry_base_delay_seconds=1.0,
     )
     spec = QuerySpec(IndicatorTable.NEW, ("Microsoft Defender Threat Intelligence",), ("url:value",))
-    return LogAnalyticsSource(client, settings, spec, clock)  # type: ignore[arg-type]
+    return LogAnalyticsSource(client, settings, spec, query_attempts(settings, clock))  # type: ignore[arg-type]
 
 
 async def test_the_request_is_the_query_apis(clock: ManualClock) -> None:
     client = ScriptedClient([answer(200)])
     result = await source(client, clock).read(WINDOW)
     assert result.complete
-    assert [row["Id"] for row in result.rows] == ["indicator--1", "indicator--2"]
-    assert result.rows[1]["TimeGenerated"] == "2026-11-14T21:00:00Z"
+    rows = list(result.rows())
+    assert [row["Id"] for row in rows] == ["indicator--1", "indicator--2"]
+    assert rows[1]["TimeGenerated"] == "2026-11-14T21:00:00Z"
     request, kwargs = client.requests[0]
     assert (request.method, request.url) == ("POST", f"/workspaces/{WORKSPACE}/query")
     body = json.loads(request.content)
@@ -87,6 +101,7 @@ async def test_the_request_is_the_query_apis(clock: ManualClock) -> None:
     assert request.headers["Prefer"] == "wait=60"
     assert "enforce_https" not in kwargs
     assert kwargs["read_timeout"] > 60
+    assert kwargs["stream"] is True
 
 
 async def test_plain_http_is_allowed_only_when_asked(clock: ManualClock) -> None:
@@ -99,12 +114,61 @@ async def test_a_partial_result_is_reported_incomplete(clock: ManualClock) -> No
     partial = {**RESULT, "error": {"code": "PartialError", "message": "too many rows"}}
     result = await source(ScriptedClient([answer(200, partial)]), clock).read(WINDOW)
     assert not result.complete
-    assert len(result.rows) == 2
+    assert len(result) == 2
 
 
-async def test_an_empty_workspace_is_no_rows(clock: ManualClock) -> None:
+async def test_an_empty_table_is_no_rows(clock: ManualClock) -> None:
     result = await source(ScriptedClient([answer(200, {"tables": []})]), clock).read(WINDOW)
-    assert (list(result.rows), result.complete) == ([], True)
+    assert (list(result.rows()), result.complete) == ([], True)
+
+
+async def test_204_from_a_workspace_without_data_is_no_rows_not_a_wrong_endpoint(clock: ManualClock) -> None:
+    client = ScriptedClient([Answer(204, b""), Answer(204, b"")])
+    result = await source(client, clock).read(WINDOW)
+    assert (list(result.rows()), result.complete) == ([], True)
+    assert await source(client, clock).count(WINDOW, timedelta(minutes=10)) == []
+
+
+async def test_an_answer_past_the_byte_budget_is_not_read_on(clock: ManualClock) -> None:
+    big = answer(200)
+    result = await source(ScriptedClient([big]), clock).read(WINDOW, max_bytes=100)
+    assert (len(result), result.complete) == (0, False)
+    assert big.read_bytes <= 100 + big.chunk_size
+    assert big.closed
+
+
+async def test_a_count_is_rows_per_bin_oldest_first(clock: ManualClock) -> None:
+    counted = {
+        "tables": [
+            {
+                "name": "PrimaryResult",
+                "columns": [{"name": "TimeGenerated", "type": "datetime"}, {"name": "Rows", "type": "long"}],
+                "rows": [["2026-11-14T20:00:00.0000000Z", 7], ["2026-11-14T19:50:00.0000000Z", 3]],
+            }
+        ]
+    }
+    client = ScriptedClient([answer(200, counted)])
+    bins = await source(client, clock).count(WINDOW, timedelta(minutes=10))
+    assert bins == [
+        Bin(datetime(2026, 11, 14, 19, 50, tzinfo=UTC), 3),
+        Bin(datetime(2026, 11, 14, 20, 0, tzinfo=UTC), 7),
+    ]
+    query = json.loads(client.requests[0][0].content)["query"]
+    assert query.endswith("| summarize Rows = count() by bin(TimeGenerated, 600s)")
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        {"name": "PrimaryResult", "columns": [{"name": "TimeGenerated"}], "rows": [["2026-11-14T20:00:00Z"]]},
+        {"columns": [{"name": "TimeGenerated"}, {"name": "Rows"}], "rows": [["not a time", 1]]},
+        {"columns": [{"name": "TimeGenerated"}, {"name": "Rows"}], "rows": [["2026-11-14T20:00:00Z", "7"]]},
+        {"columns": [{"name": "TimeGenerated"}, {"name": "Rows"}], "rows": [["2026-11-14T20:00:00Z", -1]]},
+    ],
+)
+async def test_a_count_that_is_no_count_is_a_clear_error(clock: ManualClock, table: dict[str, Any]) -> None:
+    with pytest.raises(SourceError, match="not one"):
+        await source(ScriptedClient([answer(200, {"tables": [table]})]), clock).count(WINDOW, timedelta(minutes=10))
 
 
 async def test_throttling_waits_exactly_as_long_as_retry_after_says(clock: ManualClock) -> None:

@@ -87,6 +87,38 @@ def test_string_literals_honour_escapes(literal: str, value: str) -> None:
     assert query.filters[0].values == {value, "other"}
 
 
+def test_a_prefix_term_reads_every_spelling_of_a_key_and_ignores_case() -> None:
+    query = parse(
+        "ThreatIntelIndicators\n"
+        '| where isempty(ObservableKey) or ObservableKey in ("url:value") or ObservableKey startswith "file:hashes."\n'
+        + TAIL,
+        TABLES,
+        IDS,
+    )
+    [keys] = query.filters
+    assert (keys.values, keys.prefixes, keys.allow_empty) == (
+        frozenset({"url:value"}),
+        frozenset({"file:hashes."}),
+        True,
+    )
+    assert all(keys.passes(key) for key in ("", "url:value", "file:hashes.'SHA256'", "FILE:HASHES.MD5"))
+    assert not any(keys.passes(key) for key in ("file:name", "domain-name:value", "xfile:hashes.MD5"))
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        'ObservableKey startswith "file:" or SourceSystem in ("x")',  # one column per filter
+        'Confidence startswith "8"',  # a string column only
+        "ObservableKey startswith file",  # a string literal only
+        "isempty(ObservableKey) or",
+    ],
+)
+def test_a_column_filter_outside_the_grammar_is_refused(where: str) -> None:
+    with pytest.raises(KqlError):
+        parse(f"ThreatIntelIndicators\n| where {where}\n" + TAIL, TABLES, IDS)
+
+
 @pytest.mark.parametrize(
     ("text", "syntax"),
     [

@@ -3,7 +3,7 @@
     <Table>
     | where TimeGenerated >= datetime(<start>) and TimeGenerated < datetime(<end>)
     | where <StringColumn> in ("a", "b", ...)
-    | where isempty(<StringColumn>) or <StringColumn> in ("a", ...)
+    | where isempty(<StringColumn>) or <StringColumn> in ("a", ...) or <StringColumn> startswith "p"
     | summarize arg_max(TimeGenerated, *) by <IdColumn>
     | order by TimeGenerated asc
 
@@ -12,9 +12,11 @@ and the cheap counts a query planner sends first, with the same where-clauses:
     ... | summarize <Name> = count() by bin(TimeGenerated, <timespan literal>) [| order by TimeGenerated asc]
     ... | count
 
-Each `where` is optional (in-filters may repeat); a timespan literal is a number and one of KQL's units
-(`d`, `h`, `m`, `s`, `ms`, `microsecond`, `tick`: `6h`, `1.5d`, `30m`). Anything else is a `KqlError`, which
-the Log Analytics stand-in answers with 400 BadArgumentError as the real service does.
+Each `where` is optional (in-filters may repeat); a column filter is `isempty(C)`, `C in (...)` and
+`C startswith "p"` (case-insensitive, as KQL's is) joined by `or`, all on the same column; a timespan literal
+is a number and one of KQL's units (`d`, `h`, `m`, `s`, `ms`, `microsecond`, `tick`: `6h`, `1.5d`, `30m`).
+Anything else is a `KqlError`, which the Log Analytics stand-in answers with 400 BadArgumentError as the real
+service does.
 """
 
 from __future__ import annotations
@@ -48,7 +50,13 @@ class TimeRange:
 class InFilter:
     column: str
     values: frozenset[str]
-    allow_empty: bool  # the `isempty(C) or C in (...)` form
+    allow_empty: bool  # the `isempty(C) or ...` form
+    prefixes: frozenset[str] = frozenset()  # `C startswith "p"`, lower-cased: KQL's startswith ignores case
+
+    def passes(self, value: str) -> bool:
+        if (self.allow_empty and not value) or value in self.values:
+            return True
+        return bool(self.prefixes) and any(value.lower().startswith(prefix) for prefix in self.prefixes)
 
 
 class Shape(StrEnum):
@@ -221,16 +229,13 @@ class _Parser:
         self.take("symbol", "|")
         while self.at("where"):
             self.index += 1
-            if self.at("isempty"):
-                filters.append(self.empty_or_in())
-            else:
+            if self.index + 1 < len(self.tokens) and self.tokens[self.index + 1].text == ">=":
                 column = self.column()
-                if self.at(">="):
-                    if time_range is not None or filters:
-                        raise self.fail("the time range as the first and only range filter")
-                    time_range = self.time_range(column)
-                else:
-                    filters.append(InFilter(column, self.in_list(column), allow_empty=False))
+                if time_range is not None or filters:
+                    raise self.fail("the time range as the first and only range filter")
+                time_range = self.time_range(column)
+            else:
+                filters.append(self.column_filter())
             self.take("symbol", "|")
         table, where = table_token.text, tuple(filters)
         if self.at("count"):
@@ -313,16 +318,34 @@ class _Parser:
         self.take("symbol", ")")
         return frozenset(values)
 
-    def empty_or_in(self) -> InFilter:
-        self.take("name", "isempty")
-        self.take("symbol", "(")
-        column = self.column(ColumnType.STRING)
-        self.take("symbol", ")")
-        self.take("name", "or")
-        again = self.column(ColumnType.STRING)
-        if again != column:
-            raise self.fail(f"the same column '{column}' on both sides of 'or'")
-        return InFilter(column, self.in_list(column), allow_empty=True)
+    def column_filter(self) -> InFilter:
+        """`isempty(C)`, `C in (...)`, `C startswith "p"`, joined by `or`, every term on the same column."""
+        column: str | None = None
+        values: set[str] = set()
+        prefixes: set[str] = set()
+        allow_empty = False
+        while True:
+            if self.at("isempty"):
+                self.index += 1
+                self.take("symbol", "(")
+                term_column = self.column(ColumnType.STRING)
+                self.take("symbol", ")")
+                allow_empty = True
+            else:
+                term_column = self.column()
+                if self.at("startswith"):
+                    self.index += 1
+                    if self.columns[term_column] is not ColumnType.STRING:
+                        raise KqlError(f"'startswith' needs a string column; {term_column} is not", syntax=False)
+                    prefixes.add(str(self.take("string").value).lower())
+                else:
+                    values |= self.in_list(term_column)
+            if column is not None and term_column != column:
+                raise self.fail(f"the same column '{column}' on every side of 'or'")
+            column = term_column
+            if not self.at("or"):
+                return InFilter(column, frozenset(values), allow_empty, frozenset(prefixes))
+            self.index += 1
 
     def newest_per_id(self, id_column: str) -> str:
         self.take("name", "arg_max")

@@ -158,7 +158,7 @@ class Table:
         return [
             index
             for index in range(start, end)
-            if all(_passes(self._filter_values(index)[f.column], f.values, f.allow_empty) for f in query.filters)
+            if all(f.passes(self._filter_values(index)[f.column]) for f in query.filters)
         ]
 
     def query(self, query: Query, timespan: TimeRange | None, row_cap: int) -> QueryResult:
@@ -189,10 +189,6 @@ class Table:
             random.Random(len(rows)).shuffle(rows)
         columns = (("TimeGenerated", ColumnType.DATETIME), (query.count_column, ColumnType.LONG))
         return QueryResult(columns, rows, truncated=False)
-
-
-def _passes(value: str, allowed: frozenset[str], allow_empty: bool) -> bool:
-    return (allow_empty and not value) or value in allowed
 
 
 def build_tables(dataset: Dataset) -> dict[str, Table]:

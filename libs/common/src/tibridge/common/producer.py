@@ -27,21 +27,19 @@ class Producer:
         self._bus = bus
         self._clock = clock
 
-    async def send(self, topic: str, payloads: Sequence[IndicatorCollected | IndicatorScored]) -> None:
-        """Publishes every payload to `topic` in as few transfers as the bus allows; returns once all are accepted."""
+    async def send(self, topic: str, payloads: Sequence[IndicatorCollected | IndicatorScored]) -> list[str]:
+        """Publishes every payload to `topic` in as few transfers as the bus allows; returns once all are accepted,
+        with the message ids they got."""
         if not payloads:
-            return
+            return []
         traceparent, tracestate = current_trace_context()
         produced_at = self._clock.now()
-        await self._bus.publish(
-            topic,
-            [
-                message_for(
-                    envelope_for(payload, produced_at=produced_at, traceparent=traceparent, tracestate=tracestate)
-                )
-                for payload in payloads
-            ],
-        )
+        messages = [
+            message_for(envelope_for(payload, produced_at=produced_at, traceparent=traceparent, tracestate=tracestate))
+            for payload in payloads
+        ]
+        await self._bus.publish(topic, messages)
+        return [message.message_id for message in messages]
 
 
 def message_for(envelope: Envelope) -> OutgoingMessage:

@@ -12,12 +12,14 @@ from azure.storage.blob.aio import BlobServiceClient
 
 from tibridge.collector.checkpoint import BlobCheckpointStore, CheckpointStore, FileCheckpointStore
 from tibridge.collector.kql import QuerySpec
+from tibridge.collector.pacing import LimitedRetries
 from tibridge.collector.rows import RowReader
-from tibridge.collector.settings import CheckpointKind, CheckpointSettings, CollectorSettings
+from tibridge.collector.settings import CheckpointKind, CheckpointSettings, CollectorSettings, LogAnalyticsSettings
 from tibridge.collector.source import IndicatorSource, LogAnalyticsSource
-from tibridge.collector.worker import Collector
+from tibridge.collector.worker import Collector, Deliveries, OnTheBus
 from tibridge.common.bus.port import Bus
 from tibridge.common.clock import Clock
+from tibridge.common.http import RetryPolicy
 from tibridge.common.identity import build_credential
 from tibridge.common.producer import Producer
 from tibridge.common.runtime import Service, ServiceName, ServiceSpec
@@ -33,23 +35,44 @@ async def build(settings: CollectorSettings, bus: Bus, resources: contextlib.Asy
         endpoints.append(settings.checkpoint.account_url)
     credential = build_credential(settings.credential, *endpoints)
     resources.push_async_callback(credential.close)
-    # One retry layer for queries, ours (source.py): bounded, honouring Retry-After, on the injected clock.
+    # One retry layer for queries, ours (pacing.py): bounded, honouring Retry-After, on the injected clock.
     client = LogsQueryClient(credential, endpoint=settings.loganalytics.endpoint, retry_total=0)
     resources.push_async_callback(client.close)
     collecting = settings.collector
     spec = QuerySpec(collecting.table, collecting.source_systems, collecting.observable_keys)
-    source = LogAnalyticsSource(client, settings.loganalytics, spec, clock)
+    source = LogAnalyticsSource(client, settings.loganalytics, spec, query_attempts(settings.loganalytics, clock))
     store = checkpoint_store(settings.checkpoint, credential, resources)
     return assemble(settings, bus, clock, source=source, store=store)
+
+
+def query_attempts(settings: LogAnalyticsSettings, clock: Clock) -> LimitedRetries:
+    """Every query of this process within Log Analytics' limits, retried as the settings say."""
+    return LimitedRetries(
+        RetryPolicy(max_attempts=settings.query_attempts, base_delay_seconds=settings.retry_base_delay_seconds),
+        clock,
+        max_concurrent=settings.max_concurrent_queries,
+        requests_per_window=settings.requests_per_30_seconds,
+    )
 
 
 def assemble(
     settings: CollectorSettings, bus: Bus, clock: Clock, *, source: IndicatorSource, store: CheckpointStore
 ) -> Service:
-    """The service once its adapters exist: the collector worker, not ready while its last pass failed."""
+    """The service once its adapters exist: the collector worker, not ready while its last pass failed.
+
+    On a bus that dies with the process (the in-memory one) the watermark waits until what was read is settled
+    downstream; on Service Bus, being on the bus is enough."""
     reader = RowReader(settings.collector.table, reject_non_global=settings.collector.reject_non_global_ips)
     collector = Collector(
-        source, store, Producer(bus, clock), reader, settings.collector, settings.loganalytics.row_cap, clock
+        source,
+        store,
+        Producer(bus, clock),
+        reader,
+        settings.collector,
+        clock,
+        row_cap=settings.loganalytics.row_cap,
+        read_ahead=settings.loganalytics.max_concurrent_queries,
+        deliveries=bus if isinstance(bus, Deliveries) else OnTheBus(),
     )
     return Service(workers=[collector], readiness=[collector.readiness], counts=collector.counts)
 

@@ -2,7 +2,9 @@
 
 Both are optimistic: `load` remembers the version it read and `save` succeeds only if the stored checkpoint is
 still that version (or still absent), so two collectors can never both move the watermark; the loser gets a
-`CheckpointConflict`.
+`CheckpointConflict`. Beside the watermark a checkpoint keeps `quiet_since`: the time of the newest row any pass
+found (or where reading began, before the first), so passes that each last minutes — a CronJob's — can tell when
+the source has been silent for a day.
 """
 
 from __future__ import annotations
@@ -30,10 +32,15 @@ from azure.storage.blob.aio import ContainerClient
 
 class CheckpointStore(Protocol):
     async def load(self) -> datetime | None:
-        """The saved watermark (None before the first save); remembers its version for `save`."""
+        """The saved watermark (None before the first save); remembers its version (and `quiet_since`)."""
         ...
 
-    async def save(self, watermark: datetime) -> None:
+    @property
+    def quiet_since(self) -> datetime | None:
+        """What the checkpoint `load` read says of the newest row found (None before the first save)."""
+        ...
+
+    async def save(self, watermark: datetime, *, quiet_since: datetime | None = None) -> None:
         """Stores the watermark if nobody else moved it since `load`; raises `CheckpointConflict` otherwise."""
         ...
 
@@ -50,9 +57,15 @@ class CheckpointConflict(CheckpointError):
 class Checkpoint:
     watermark: datetime
     revision: int  # counts saves, so a rewrite of the same watermark is still a new version
+    quiet_since: datetime | None = None
 
     def encode(self) -> bytes:
-        document = {"watermark": self.watermark.astimezone(UTC).isoformat(), "revision": self.revision}
+        document: dict[str, object] = {
+            "watermark": self.watermark.astimezone(UTC).isoformat(),
+            "revision": self.revision,
+        }
+        if self.quiet_since is not None:
+            document["quiet_since"] = self.quiet_since.astimezone(UTC).isoformat()
         return json.dumps(document).encode("utf-8")
 
     @classmethod
@@ -61,11 +74,14 @@ class Checkpoint:
             document = json.loads(data)
             watermark = datetime.fromisoformat(document["watermark"])
             revision = int(document.get("revision", 0))
+            quiet = document.get("quiet_since")
+            quiet_since = datetime.fromisoformat(quiet) if quiet is not None else None
         except (ValueError, KeyError, TypeError, AttributeError):
             raise CheckpointError(f"the checkpoint at {where} is not readable; delete it or fix its JSON") from None
-        if watermark.tzinfo is None:
-            raise CheckpointError(f"the checkpoint at {where} has a watermark without a time zone; fix it")
-        return cls(watermark.astimezone(UTC), revision)
+        for name, moment in (("watermark", watermark), ("quiet_since", quiet_since)):
+            if moment is not None and moment.tzinfo is None:
+                raise CheckpointError(f"the checkpoint at {where} has a {name} without a time zone; fix it")
+        return cls(watermark.astimezone(UTC), revision, quiet_since.astimezone(UTC) if quiet_since else None)
 
 
 _CONFLICT = "another collector moved the watermark at {where} since this pass started; run one collector at a time"
@@ -78,19 +94,29 @@ class FileCheckpointStore:
         self._path = path
         self._lock_path = path.with_name(path.name + ".lock")
         self._seen: bytes | None = None
+        self._quiet_since: datetime | None = None
+
+    @property
+    def quiet_since(self) -> datetime | None:
+        return self._quiet_since
 
     async def load(self) -> datetime | None:
         return await asyncio.to_thread(self._load)
 
-    async def save(self, watermark: datetime) -> None:
-        await asyncio.to_thread(self._save, watermark)
+    async def save(self, watermark: datetime, *, quiet_since: datetime | None = None) -> None:
+        await asyncio.to_thread(self._save, watermark, quiet_since)
 
     def _load(self) -> datetime | None:
         data = self._read()
         self._seen = data
-        return Checkpoint.decode(data, str(self._path)).watermark if data is not None else None
+        if data is None:
+            self._quiet_since = None
+            return None
+        checkpoint = Checkpoint.decode(data, str(self._path))
+        self._quiet_since = checkpoint.quiet_since
+        return checkpoint.watermark
 
-    def _save(self, watermark: datetime) -> None:
+    def _save(self, watermark: datetime, quiet_since: datetime | None) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock_path.open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -98,9 +124,9 @@ class FileCheckpointStore:
             if current != self._seen:
                 raise CheckpointConflict(_CONFLICT.format(where=self._path))
             revision = Checkpoint.decode(current, str(self._path)).revision + 1 if current else 1
-            data = Checkpoint(watermark, revision).encode()
+            data = Checkpoint(watermark, revision, quiet_since).encode()
             self._replace(data)
-            self._seen = data
+            self._seen, self._quiet_since = data, quiet_since
 
     def _read(self) -> bytes | None:
         try:
@@ -134,6 +160,11 @@ class BlobCheckpointStore:
         self._timeout = timeout_seconds
         self._etag: str | None = None
         self._revision = 0
+        self._quiet_since: datetime | None = None
+
+    @property
+    def quiet_since(self) -> datetime | None:
+        return self._quiet_since
 
     async def load(self) -> datetime | None:
         try:
@@ -141,16 +172,17 @@ class BlobCheckpointStore:
                 downloader = await self._blob.download_blob()
                 data = await downloader.readall()
         except ResourceNotFoundError:
-            self._etag, self._revision = None, 0
+            self._etag, self._revision, self._quiet_since = None, 0, None
             return None
         except (AzureError, TimeoutError) as error:
             raise CheckpointError(f"cannot read the checkpoint {self._where}: {_summary(error)}") from None
         checkpoint = Checkpoint.decode(data, self._where)
         self._etag, self._revision = downloader.properties.etag, checkpoint.revision
+        self._quiet_since = checkpoint.quiet_since
         return checkpoint.watermark
 
-    async def save(self, watermark: datetime) -> None:
-        checkpoint = Checkpoint(watermark, self._revision + 1)
+    async def save(self, watermark: datetime, *, quiet_since: datetime | None = None) -> None:
+        checkpoint = Checkpoint(watermark, self._revision + 1, quiet_since)
         try:
             async with asyncio.timeout(self._timeout):
                 try:
@@ -163,7 +195,7 @@ class BlobCheckpointStore:
             raise CheckpointConflict(_CONFLICT.format(where=self._where)) from None
         except (AzureError, TimeoutError) as error:
             raise CheckpointError(f"cannot write the checkpoint {self._where}: {_summary(error)}") from None
-        self._etag, self._revision = result["etag"], checkpoint.revision
+        self._etag, self._revision, self._quiet_since = result["etag"], checkpoint.revision, quiet_since
 
     async def _upload(self, checkpoint: Checkpoint) -> dict[str, str]:
         data = checkpoint.encode()

@@ -1,7 +1,10 @@
 """A Log Analytics row → an `IndicatorCollected`, or the reason it is refused: pure functions.
 
-Only the observable decides a rejection; anything else that is missing or malformed (dynamic columns that
-are not JSON, odd confidence values) just leaves the optional fields empty.
+Only the observable (and an indicator id past any real one's length) decides a rejection; anything else that is
+missing or malformed (dynamic columns that are not JSON or too big to be real, odd confidence values) just
+leaves the optional fields empty. Every column is bounded before it is parsed, so no row costs more than a
+few milliseconds or makes a message bigger than the bus takes: texts and lists are cut to what Sentinel itself
+keeps, and dates are clamped to what every system downstream accepts.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from tibridge.collector.kql import IndicatorTable
 from tibridge.collector.normalise import (
@@ -46,6 +49,18 @@ _LEGACY_OBSERVABLE_COLUMNS: tuple[tuple[str, KeyKind], ...] = (
 _MISSING_ID = "<no id>"
 _INVALID = RejectionReason.INVALID_VALUE
 
+# Bounds on what a row may carry. A real Id is `<base64 of the source>---indicator--<uuid>` (~100 characters).
+MAX_ID_LENGTH: Final = 512
+MAX_DESCRIPTION_LENGTH: Final = 1000  # Sentinel truncates Data.description past 1,000 characters itself
+MAX_LIST_ITEMS: Final = 64  # tags, labels, indicator types
+MAX_ITEM_LENGTH: Final = 256
+MAX_DYNAMIC_LENGTH: Final = 64 * 1024  # a dynamic column's JSON (Data holds one STIX object)
+_MAX_SCALAR_LENGTH: Final = 256  # SourceSystem, a TLP level, a date
+# The span of dates every system downstream accepts: POSIX time starts at 1970; year 9000 leaves a thousand
+# years for arithmetic (an expiry rounded up, a lifetime added) before the year 9999 limit of most date types.
+EARLIEST_DATE: Final = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_DATE: Final = datetime(9000, 1, 1, tzinfo=UTC)
+
 
 @dataclass(frozen=True)
 class RowRejected:
@@ -68,6 +83,8 @@ class RowReader:
 
 def _read_new(row: Row, now: datetime, reject_non_global: bool) -> IndicatorCollected | RowRejected:
     indicator_id = _text(row.get("Id")) or _MISSING_ID
+    if len(indicator_id) > MAX_ID_LENGTH:
+        return RowRejected(_shortened(indicator_id), _INVALID)
     key = _text(row.get("ObservableKey"))
     if key:
         observable = normalise_keyed(key, _text(row.get("ObservableValue")), reject_non_global=reject_non_global)
@@ -91,7 +108,7 @@ def _read_new(row: Row, now: datetime, reject_non_global: bool) -> IndicatorColl
         observable=observable,
         indicator_id=indicator_id,
         upstream_version=_version(modified or time_generated),
-        source_system=_text(row.get("SourceSystem")),
+        source_system=_scalar(row.get("SourceSystem")),
         time_generated=time_generated,
         confidence=_confidence(row.get("Confidence")),
         valid_from=_datetime(row.get("ValidFrom")),
@@ -101,13 +118,20 @@ def _read_new(row: Row, now: datetime, reject_non_global: bool) -> IndicatorColl
         labels=_strings(data.get("labels")),
         tags=_strings(_dynamic(row.get("Tags"))),
         tlp=_tlp_level(additional.get("TLPLevel")) or _tlp_marking(data.get("object_marking_refs")),
-        description=_text(data.get("description")) or None,
+        description=_description(data.get("description")),
         threat_types=_strings(data.get("indicator_types")),
     )
 
 
+def time_generated(row: Row) -> datetime | None:
+    """A row's TimeGenerated (either table), as the reader reads it."""
+    return _datetime(row.get("TimeGenerated"))
+
+
 def _read_legacy(row: Row, now: datetime, reject_non_global: bool) -> IndicatorCollected | RowRejected:
     indicator_id = _text(row.get("IndicatorId")) or _MISSING_ID
+    if len(indicator_id) > MAX_ID_LENGTH:
+        return RowRejected(_shortened(indicator_id), _INVALID)
     observable = _legacy_observable(row, reject_non_global)
     time_generated = _datetime(row.get("TimeGenerated"))
     if isinstance(observable, RejectionReason) or time_generated is None or indicator_id == _MISSING_ID:
@@ -116,12 +140,12 @@ def _read_legacy(row: Row, now: datetime, reject_non_global: bool) -> IndicatorC
     inactive = _inactive_reason(
         revoked=False, deleted=False, active=_flag(row.get("Active"), default=True), valid_until=valid_until, now=now
     )
-    threat_type = _text(row.get("ThreatType"))
+    threat_type = _scalar(row.get("ThreatType"))
     return IndicatorCollected(
         observable=observable,
         indicator_id=indicator_id,
         upstream_version=_version(time_generated),
-        source_system=_text(row.get("SourceSystem")),
+        source_system=_scalar(row.get("SourceSystem")),
         time_generated=time_generated,
         confidence=_confidence(row.get("ConfidenceScore")),
         valid_until=valid_until,
@@ -129,7 +153,7 @@ def _read_legacy(row: Row, now: datetime, reject_non_global: bool) -> IndicatorC
         inactive_reason=inactive,
         tags=_strings(_dynamic(row.get("Tags"))),
         tlp=_tlp_level(row.get("TrafficLightProtocolLevel")),
-        description=_text(row.get("Description")) or None,
+        description=_description(row.get("Description")),
         threat_types=(threat_type,) if threat_type else (),
     )
 
@@ -169,15 +193,30 @@ def _text(value: Any) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
+def _scalar(value: Any) -> str:
+    """A short text column (a name, a level); one longer than any real one counts as absent."""
+    text = _text(value)
+    return text if len(text) <= _MAX_SCALAR_LENGTH else ""
+
+
+def _shortened(text: str) -> str:
+    """An over-long value as logs may show it."""
+    return text[:64] + f"…({len(text)} characters)"
+
+
+def _description(value: Any) -> str | None:
+    return _text(value)[:MAX_DESCRIPTION_LENGTH].strip() or None
+
+
 def _dynamic(value: Any) -> Any:
-    """A dynamic column arrives as a JSON string; anything unreadable counts as absent."""
+    """A dynamic column arrives as a JSON string; anything unreadable (or bigger than a real one) is absent."""
     if not isinstance(value, str):
         return value
-    if not value.strip():
+    if not value.strip() or len(value) > MAX_DYNAMIC_LENGTH:
         return None
     try:
         return json.loads(value)
-    except ValueError:  # also covers the JSON decoder's own errors
+    except (ValueError, RecursionError):  # ValueError covers the JSON decoder's errors; deep nesting recurses
         return value
 
 
@@ -187,11 +226,9 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 
 def _strings(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return (value.strip(),) if value.strip() else ()
-    if isinstance(value, list):
-        return tuple(item.strip() for item in value if isinstance(item, str) and item.strip())
-    return ()
+    items = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    kept = (item.strip() for item in items[:MAX_LIST_ITEMS] if isinstance(item, str))
+    return tuple(item for item in kept if item and len(item) <= MAX_ITEM_LENGTH)
 
 
 def _flag(value: Any, *, default: bool) -> bool:
@@ -205,14 +242,19 @@ def _flag(value: Any, *, default: bool) -> bool:
 
 
 def _datetime(value: Any) -> datetime | None:
-    if isinstance(value, str) and value.strip():
+    """A date column in UTC, clamped to [EARLIEST_DATE, LATEST_DATE]; None when absent or unreadable."""
+    if isinstance(value, str) and value.strip() and len(value) <= _MAX_SCALAR_LENGTH:
         try:
             value = datetime.fromisoformat(value.strip())
         except ValueError:
             return None
     if not isinstance(value, datetime):
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        moment = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 with an offset that crosses the calendar's edge
+        return LATEST_DATE if value.year > 1 else EARLIEST_DATE
+    return min(max(moment, EARLIEST_DATE), LATEST_DATE)
 
 
 def _version(moment: datetime) -> str:

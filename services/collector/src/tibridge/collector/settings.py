@@ -12,7 +12,7 @@ from typing import Annotated, Any, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from tibridge.collector.kql import SUPPORTED_OBSERVABLE_KEYS, IndicatorTable, string_literal
+from tibridge.collector.kql import HASH_KEY_PREFIX, SUPPORTED_OBSERVABLE_KEYS, IndicatorTable, string_literal
 from tibridge.collector.normalise import kind_of_key
 from tibridge.common.sentinel import MDTI_SOURCE_SYSTEMS
 from tibridge.common.settings import Section, ServiceSettings
@@ -48,7 +48,15 @@ class LogAnalyticsSettings(Section):
         1.0, ge=0, le=60, description="First backoff between query attempts; it doubles per attempt."
     )
     row_cap: int = Field(
-        500_000, ge=2, description="Rows the query API returns at most; a window that reaches it is halved."
+        500_000,
+        ge=2,
+        description="Rows the query API returns at most; a window that reaches it is split and read again.",
+    )
+    max_concurrent_queries: int = Field(
+        5, ge=1, le=5, description="Queries in flight at once (Log Analytics allows 5 per identity)."
+    )
+    requests_per_30_seconds: int = Field(
+        200, ge=1, le=200, description="Queries sent per 30 s at most, retries included (Log Analytics allows 200)."
     )
 
     @field_validator("workspace_id")
@@ -73,11 +81,17 @@ class CollectingSettings(Section):
     )
     source_systems: Annotated[list[str], NoDecode] = Field(
         list(MDTI_SOURCE_SYSTEMS),
-        description="Comma-separated (or JSON list of) SourceSystem values to read; default: the MDTI connectors.",
+        description=(
+            "Comma-separated (or JSON list of) SourceSystem values to read; default: the connectors of Microsoft "
+            "Threat Intelligence (formerly MDTI)."
+        ),
     )
     observable_keys: Annotated[list[str], NoDecode] = Field(
         list(SUPPORTED_OBSERVABLE_KEYS),
-        description="Comma-separated (or JSON list of) ObservableKey values to read; default: all supported.",
+        description=(
+            "Comma-separated (or JSON list of) ObservableKey values to read; `file:hashes.` reads every file hash "
+            "key (MD5, SHA-1, SHA-256, SHA-512, in any spelling); default: all supported."
+        ),
     )
     reject_non_global_ips: bool = Field(
         True, description="Refuse private, loopback, link-local and reserved IP addresses."
@@ -104,15 +118,36 @@ class CollectingSettings(Section):
     settle_delay: timedelta = Field(
         timedelta(minutes=5), ge=timedelta(0), description="Leave the newest span of this length for the next pass."
     )
-    window: timedelta = Field(
-        timedelta(hours=6), gt=timedelta(0), description="Largest span one query reads (ISO 8601, e.g. PT6H)."
+    rows_per_query: int = Field(
+        10_000,
+        ge=1,
+        description=(
+            "Rows one query reads at most once a pass has counted them: a pass first reads its whole span at once, "
+            "and only a span that comes back bigger is counted and cut into windows of this many rows."
+        ),
     )
     min_window: timedelta = Field(
         timedelta(seconds=1),
         gt=timedelta(0),
-        description="Smallest span a too-big window is halved down to; still too big there stops the pass.",
+        description="Smallest span a too-big window is cut down to; still too big there stops the pass.",
     )
     batch_size: int = Field(500, ge=1, le=5000, description="Indicators per publish to the bus.")
+    max_unsettled: int = Field(
+        20_000,
+        ge=1,
+        description=(
+            "On the in-memory bus (TIBRIDGE_BUS=memory): indicators published but not yet settled downstream at "
+            "most; the collector reads on once fewer are in flight (bounds memory)."
+        ),
+    )
+    no_rows_warning_after: timedelta = Field(
+        timedelta(days=1),
+        gt=timedelta(0),
+        description=(
+            "Warn (log, metric, readiness) once passes found no Microsoft Threat Intelligence (formerly MDTI) rows "
+            "for this long (ISO 8601)."
+        ),
+    )
 
     @field_validator("source_systems", "observable_keys", mode="before")
     @classmethod
@@ -138,19 +173,13 @@ class CollectingSettings(Section):
     @field_validator("observable_keys")
     @classmethod
     def _supported_keys(cls, keys: list[str]) -> list[str]:
-        unsupported = [key for key in keys if kind_of_key(key) is None]
+        unsupported = [key for key in keys if key != HASH_KEY_PREFIX and kind_of_key(key) is None]
         if unsupported:
             raise ValueError(
                 f"{unsupported[0]!r} is not an ObservableKey the collector can read; "
                 f"supported: {', '.join(SUPPORTED_OBSERVABLE_KEYS)}"
             )
         return keys
-
-    @model_validator(mode="after")
-    def _windows_fit(self) -> Self:
-        if self.min_window > self.window:
-            raise ValueError("TIBRIDGE_COLLECTOR_MIN_WINDOW must not be longer than TIBRIDGE_COLLECTOR_WINDOW")
-        return self
 
 
 class CheckpointSettings(Section):

@@ -1,27 +1,36 @@
 """The collect pass and the worker that runs it once or on an interval.
 
-A pass reads the span from the saved watermark (minus the overlap) to now (minus the settle delay), window by
-window, oldest first. A window that comes back partial or at the row cap is halved and read again; every
-indicator of a window is on the bus before the watermark moves to the window's end. Re-reading a window is
-harmless: message ids are deterministic and the topic drops duplicates.
+A pass reads the span from the saved watermark (minus the overlap) to now (minus the settle delay), planned by
+volume rather than by clock. It reads the whole span in one query first: a steady pass, or a backfill of a few
+thousand rows, is that one query. Only a span that comes back too big (a partial result, the row cap, or past
+the byte budget of a read nobody counted) is counted per bin (`summarize count() by bin(TimeGenerated, …)`) and
+cut into windows of at most `rows_per_query` rows; a bin that alone holds more is counted finer, and a counted
+window that still comes back too big is halved. Nothing is skipped: a window is published whole or cut again.
+
+Up to `read_ahead` windows are read at once (the query limits themselves are `QueryAttempts`'); they are published
+in time order, and the watermark moves only over the contiguous prefix of windows whose indicators are
+delivered: on the bus for Service Bus; settled end to end (`Deliveries`) for a bus that dies with this process,
+which then also bounds how many indicators are in flight. Re-reading a window is harmless: message ids are
+deterministic and the topic drops duplicates.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter, deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol, runtime_checkable
 
 from opentelemetry import trace
 
 from tibridge.collector.checkpoint import CheckpointError, CheckpointStore
-from tibridge.collector.rows import Row, RowReader, RowRejected
+from tibridge.collector.rows import RowReader, RowRejected, time_generated
 from tibridge.collector.settings import CollectingSettings, RunMode
-from tibridge.collector.source import IndicatorSource, SourceError
-from tibridge.collector.windows import Window, pass_span, split
+from tibridge.collector.source import NO_ROWS, IndicatorSource, SourceError, WindowRows
+from tibridge.collector.windows import Window, bin_size_for, pass_span, plan_from_counts
 from tibridge.common.aio import first_of
 from tibridge.common.bus.port import BusError
 from tibridge.common.clock import Clock
@@ -33,22 +42,75 @@ from tibridge.common.topology import INDICATORS_TOPIC
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("tibridge.collector")
 
+# The most a row of ThreatIntelIndicators takes as JSON (Data and Pattern are cut at 1,000 characters each): an
+# uncounted read of `rows_per_query` rows may be this long before it is abandoned and the span counted instead.
+BYTES_PER_ROW = 4096
+THREAT_INTELLIGENCE = "Microsoft Threat Intelligence (formerly MDTI)"
+
 
 class WindowTooDense(Exception):
     """Even the smallest window holds more rows than one query may return."""
+
+
+class Undelivered(Exception):
+    """Indicators died on a bus that does not outlive the process (dead-lettered by the bus itself)."""
+
+
+class Delivery(Protocol):
+    """What became of messages just published (see `Deliveries`)."""
+
+    @property
+    def finished(self) -> bool: ...
+
+    @property
+    def remaining(self) -> int: ...
+
+    @property
+    def lost(self) -> int: ...
+
+    async def wait(self) -> None: ...
+
+
+@runtime_checkable
+class Deliveries(Protocol):
+    """A bus whose messages die with the process (the in-memory bus) follows them to the end of the pipeline:
+    finished once nothing downstream still holds them; `lost` counts those the bus itself dead-lettered."""
+
+    def delivery(self, message_ids: Iterable[str]) -> Delivery: ...
+
+
+class _OnTheBus:
+    """Service Bus keeps what it accepted: published is delivered."""
+
+    finished = True
+    remaining = 0
+    lost = 0
+
+    async def wait(self) -> None:
+        return None
+
+
+class OnTheBus:
+    """`Deliveries` for a bus that outlives the process."""
+
+    def delivery(self, message_ids: Iterable[str]) -> Delivery:
+        return _OnTheBus()
 
 
 @dataclass(frozen=True)
 class CollectorCounts(Snapshot):
     passes: int
     failed_passes: int
-    windows: int
-    splits: int
+    windows: int  # read and published
+    splits: int  # windows counted or halved because they came back too big
+    queries: int  # reads and counts sent (each retry of one is not counted again)
+    count_queries: int
     rows_read: int
     emitted: int
     rejected: dict[str, int]  # by RejectionReason
     inactive: dict[str, int]  # emitted flagged inactive, by InactiveReason
     watermark: datetime | None
+    quiet_since: datetime | None  # the newest row found so far (or where reading began)
     last_error: str | None
 
 
@@ -56,22 +118,23 @@ class _Metrics:
     def __init__(self) -> None:
         self.passes = Tally("tibridge.collector.passes", "Collect passes, by result")
         self.windows = Tally("tibridge.collector.windows", "Windows read and published")
-        self.splits = Tally("tibridge.collector.window_splits", "Windows halved (partial or capped)")
+        self.splits = Tally("tibridge.collector.window_splits", "Windows cut again (partial, capped or counted)")
+        self.queries = Tally("tibridge.collector.queries", "Log Analytics queries, by kind (read, count)")
         self.rows = Tally("tibridge.collector.rows", "Rows read from Log Analytics")
         self.emitted = Tally("tibridge.collector.emitted", "Indicators published, by type")
         self.rejected = Tally("tibridge.collector.rejected", "Rows refused, by reason")
         self.inactive = Tally("tibridge.collector.inactive", "Indicators emitted flagged inactive, by reason")
+        self.quiet = Tally(
+            "tibridge.collector.quiet_passes",
+            f"Passes that found no {THREAT_INTELLIGENCE} rows for longer than TIBRIDGE_COLLECTOR_NO_ROWS_WARNING_AFTER",
+        )
         self.lag = Distribution(
             "tibridge.collector.watermark_lag", "How far the saved watermark trails the clock", unit="s"
         )
 
 
 class Collector:
-    """The collector's worker: `run` does one pass (once) or a pass every interval (loop).
-
-    A window that comes back partial or with `row_cap` rows may be truncated, so it is halved, down to
-    `min_window`; a window still too big there is an error, never a truncation.
-    """
+    """The collector's worker: `run` does one pass (once) or a pass every interval (loop)."""
 
     name = "collector"
 
@@ -82,19 +145,26 @@ class Collector:
         producer: Producer,
         reader: RowReader,
         settings: CollectingSettings,
-        row_cap: int,
         clock: Clock,
+        *,
+        row_cap: int,
+        read_ahead: int,
+        deliveries: Deliveries,
     ) -> None:
         self._source = source
         self._store = store
         self._producer = producer
         self._reader = reader
         self._settings = settings
-        self._row_cap = row_cap
         self._clock = clock
+        self._row_cap = row_cap
+        self._read_ahead = read_ahead
+        self._deliveries = deliveries
         self._metrics = _Metrics()
         self._watermark: datetime | None = None
+        self._quiet_since: datetime | None = None
         self._last_error: str | None = None
+        self._quiet_note: str | None = None
 
     def counts(self) -> CollectorCounts:
         metrics = self._metrics
@@ -103,22 +173,25 @@ class Collector:
             failed_passes=metrics.passes.total(result="failed"),
             windows=metrics.windows.total(),
             splits=metrics.splits.total(),
+            queries=metrics.queries.total(),
+            count_queries=metrics.queries.total(kind="count"),
             rows_read=metrics.rows.total(),
             emitted=metrics.emitted.total(),
             rejected=metrics.rejected.by("reason"),
             inactive=metrics.inactive.by("reason"),
             watermark=self._watermark,
+            quiet_since=self._quiet_since,
             last_error=self._last_error,
         )
 
     async def readiness(self) -> str | None:
-        return self._last_error
+        return self._last_error or self._quiet_note
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 await self.collect(stop)
-            except (SourceError, CheckpointError, WindowTooDense, BusError) as error:
+            except (SourceError, CheckpointError, WindowTooDense, BusError, Undelivered) as error:
                 self._metrics.passes.add(result="failed")
                 self._last_error = str(error)
                 if self._settings.mode is RunMode.ONCE:
@@ -131,50 +204,66 @@ class Collector:
             await first_of(self._clock.sleep(self._settings.interval.total_seconds()), stop.wait())
 
     async def collect(self, stop: asyncio.Event) -> None:
-        """One pass; returns early (between windows) when `stop` is set."""
+        """One pass; returns early (between windows, or while waiting for deliveries) when `stop` is set."""
         now = self._clock.now()
         watermark = await self._store.load()
         span = pass_span(self._settings, now, watermark)
         self._watermark = watermark
-        if span is not None:
-            log.info("collecting %s → %s", span.start.isoformat(), span.end.isoformat())
-        # A stack, oldest window on top: halves are pushed back in order, so windows finish oldest first.
-        pending = list(reversed(list(split(span, self._settings.window)))) if span else []
-        while pending and not stop.is_set():
-            window = pending.pop()
-            result = await self._source.read(window)
-            if not result.complete or len(result.rows) >= self._row_cap:
-                first, second = self._halve(window, len(result.rows), result.complete)
-                pending += [second, first]
-                continue
-            await self._publish_window(window, result.rows, now)
-            if watermark is None or window.end > watermark:  # a backfill never moves the watermark back
-                await self._store.save(window.end)
-                watermark = window.end
-                self._watermark = watermark
-                self._metrics.lag.record((self._clock.now() - watermark).total_seconds())
+        if span is None:
+            return
+        self._quiet_since = self._store.quiet_since or span.start
+        log.info("collecting %s → %s", span.start.isoformat(), span.end.isoformat())
+        await _Pass(self, span, now).run(stop)
         if not stop.is_set():
             self._last_error = None
+            self._check_quiet(span.end)
 
-    def _halve(self, window: Window, rows: int, complete: bool) -> tuple[Window, Window]:
-        if window.span / 2 < self._settings.min_window:
-            why = "a partial result" if not complete else f"{rows} rows (the row cap)"
-            raise WindowTooDense(
-                f"the window {window.start.isoformat()} → {window.end.isoformat()} still returns {why} at the "
-                f"smallest span; lower TIBRIDGE_COLLECTOR_MIN_WINDOW (now {self._settings.min_window})"
-            )
+    # -- what a pass calls -------------------------------------------------------------------------------------
+
+    async def _read(self, window: Window, max_bytes: int | None) -> WindowRows:
+        self._metrics.queries.add(kind="read")
+        return await self._source.read(window, max_bytes=max_bytes)
+
+    async def _count(self, window: Window, limit: int) -> list[_Entry]:
+        """The window cut by its rows per bin into windows of at most `limit` rows."""
+        if window.span <= self._settings.min_window:
+            raise self._too_dense(window)
+        size = bin_size_for(window, self._settings.min_window)
+        self._metrics.queries.add(kind="count")
+        bins = await self._source.count(window, size)
+        planned = plan_from_counts(window, bins, size, limit)
+        if len(planned) == 1 and not planned[0].dense:
+            # The count says the window fits, yet its read did not: the limit is no guide here, so halve it.
+            return self._halves(window)
         self._metrics.splits.add()
-        log.info("window %s → %s returned %s; halving it", window.start.isoformat(), window.end.isoformat(), rows)
-        return window.halves()
+        log.info(
+            "window %s → %s is cut into %d by its rows", window.start.isoformat(), window.end.isoformat(), len(planned)
+        )
+        return [_Entry(p.window, counted=True, dense=p.dense, empty=p.rows == 0) for p in planned]
 
-    async def _publish_window(self, window: Window, rows: Sequence[Row], now: datetime) -> None:
+    def _halves(self, window: Window) -> list[_Entry]:
+        if window.span / 2 < self._settings.min_window:
+            raise self._too_dense(window)
+        self._metrics.splits.add()
+        log.info("window %s → %s came back too big; halving it", window.start.isoformat(), window.end.isoformat())
+        return [_Entry(half) for half in window.halves()]
+
+    def _too_dense(self, window: Window) -> WindowTooDense:
+        return WindowTooDense(
+            f"the window {window.start.isoformat()} → {window.end.isoformat()} still holds more rows than one query "
+            f"returns at the smallest span; lower TIBRIDGE_COLLECTOR_MIN_WINDOW (now {self._settings.min_window})"
+        )
+
+    async def _publish_window(self, window: Window, rows: WindowRows, now: datetime) -> list[str]:
+        """Every indicator of the window on the bus; returns their message ids."""
         inactive: Counter[str] = Counter()  # by reason
+        ids: list[str] = []
         with _tracer.start_as_current_span(
             "collector.window",
             attributes={"window.start": window.start.isoformat(), "window.end": window.end.isoformat()},
         ) as span:
             batch: list[IndicatorCollected] = []
-            for row in rows:
+            for row in rows.rows():
                 read = self._reader.read(row, now)
                 if isinstance(read, RowRejected):
                     self._count_rejection(read)
@@ -183,20 +272,27 @@ class Collector:
                     inactive[str(read.inactive_reason)] += 1
                 batch.append(read)
                 if len(batch) >= self._settings.batch_size:
-                    await self._send(batch)
+                    ids += await self._send(batch)
                     batch = []
-            await self._send(batch)
+            ids += await self._send(batch)
             span.set_attribute("rows", len(rows))
         # Counted once per window or batch, not per message: the same totals for a fraction of the cost.
         for reason, count in inactive.items():
             self._metrics.inactive.add(count, reason=reason)
         self._metrics.windows.add()
         self._metrics.rows.add(len(rows))
+        return ids
 
-    async def _send(self, batch: Sequence[IndicatorCollected]) -> None:
-        await self._producer.send(INDICATORS_TOPIC, batch)
+    async def _send(self, batch: Sequence[IndicatorCollected]) -> list[str]:
+        ids = await self._producer.send(INDICATORS_TOPIC, batch)
         for observable_type, count in Counter(str(item.observable.type) for item in batch).items():
             self._metrics.emitted.add(count, observable_type=observable_type)
+        return ids
+
+    async def _save(self, watermark: datetime, quiet_since: datetime) -> None:
+        await self._store.save(watermark, quiet_since=quiet_since)
+        self._watermark, self._quiet_since = watermark, quiet_since
+        self._metrics.lag.record((self._clock.now() - watermark).total_seconds())
 
     def _count_rejection(self, rejected: RowRejected) -> None:
         self._metrics.rejected.add(reason=str(rejected.reason))
@@ -206,3 +302,188 @@ class Collector:
             rejected.reason,
             extra={"indicator_id": rejected.indicator_id, "rejection_reason": str(rejected.reason)},
         )
+
+    def _check_quiet(self, read_until: datetime) -> None:
+        quiet_since = self._quiet_since or read_until
+        silent = read_until - quiet_since
+        if silent < self._settings.no_rows_warning_after:
+            self._quiet_note = None
+            return
+        self._metrics.quiet.add()
+        self._quiet_note = (
+            f"no {THREAT_INTELLIGENCE} rows since {quiet_since.isoformat()} ({silent} without any); check "
+            "TIBRIDGE_COLLECTOR_SOURCE_SYSTEMS against the SourceSystem values in the workspace (the product was "
+            "renamed in 2026 and its connectors' names may have followed)"
+        )
+        log.warning("%s", self._quiet_note)
+
+
+@dataclass
+class _Entry:
+    """A window of the pass's plan, and the work (a read, or a count first) that turns it into rows or a re-cut."""
+
+    window: Window
+    counted: bool = False  # a count said it fits the limit: read it without a byte budget
+    dense: bool = False  # a count said one bin alone holds more than the limit: count it finer first
+    empty: bool = False  # a count found no rows in it: nothing to read
+    task: asyncio.Task[WindowRows | list[_Entry]] | None = None
+
+
+@dataclass
+class _Published:
+    window: Window
+    delivery: Delivery
+    newest_row: datetime | None
+
+
+@dataclass
+class _Pass:
+    """One pass over `span`: the plan (`entries`, published up to `head`), the reads in flight, and the keeper
+    that moves the watermark over the delivered prefix of what was published (`unsettled`), as deliveries finish
+    and while the pass reads and publishes on."""
+
+    collector: Collector
+    span: Window
+    now: datetime
+    entries: list[_Entry] = field(init=False)
+    head: int = 0
+    unsettled: deque[_Published] = field(default_factory=deque)
+    limit: int = field(init=False)
+    published_all: bool = False
+    _published: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.entries = [_Entry(self.span)]
+        self.limit = min(self.collector._settings.rows_per_query, self.collector._row_cap - 1)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        keeper = asyncio.create_task(self._keep_watermark())
+        try:
+            while self.head < len(self.entries) and not stop.is_set():
+                self._start_reads()
+                head = self.entries[self.head]
+                assert head.task is not None
+                if not head.task.done():
+                    running = {e.task for e in self._ahead() if e.task is not None and not e.task.done()}
+                    await first_of(asyncio.wait({*running, keeper}, return_when=asyncio.FIRST_COMPLETED), stop.wait())
+                    _raise_if_failed(keeper)
+                    self._recut_finished()
+                    continue
+                outcome = head.task.result()
+                if isinstance(outcome, list):
+                    self.entries[self.head : self.head + 1] = outcome
+                    continue
+                await self._publish(head.window, outcome, keeper, stop)
+            self.published_all = True
+            self._published.set()
+            await first_of(asyncio.shield(keeper), stop.wait())
+            _raise_if_failed(keeper)
+        finally:
+            tasks = [entry.task for entry in self.entries if entry.task is not None] + [keeper]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)  # also takes the errors nobody looked at
+
+    def _ahead(self) -> list[_Entry]:
+        return self.entries[self.head : self.head + self.collector._read_ahead]
+
+    def _start_reads(self) -> None:
+        for entry in self._ahead():
+            if entry.task is None:
+                entry.task = asyncio.create_task(self._work(entry))
+
+    def _recut_finished(self) -> None:
+        """Windows ahead of the head that came back too big are re-cut at once, so their parts are read meanwhile
+        (a failed read raises here and ends the pass)."""
+        for index in reversed(range(self.head + 1, min(self.head + self.collector._read_ahead, len(self.entries)))):
+            task = self.entries[index].task
+            if task is not None and task.done():
+                outcome = task.result()
+                if isinstance(outcome, list):
+                    self.entries[index : index + 1] = outcome
+
+    async def _work(self, entry: _Entry) -> WindowRows | list[_Entry]:
+        collector = self.collector
+        if entry.empty:
+            return NO_ROWS
+        if entry.dense:
+            return await collector._count(entry.window, self.limit)
+        budget = None if entry.counted else self.limit * BYTES_PER_ROW
+        rows = await collector._read(entry.window, budget)
+        if rows.complete and len(rows) < collector._row_cap:
+            return rows
+        if not rows.complete and len(rows):
+            # The service stopped at what it returns at most: plan below that from now on.
+            self.limit = max(1, min(self.limit, len(rows) * 9 // 10))
+        if entry.counted:
+            return collector._halves(entry.window)
+        return await collector._count(entry.window, self.limit)
+
+    async def _publish(self, window: Window, rows: WindowRows, keeper: asyncio.Task[None], stop: asyncio.Event) -> None:
+        collector = self.collector
+        await self._room_for(len(rows), keeper, stop)
+        if stop.is_set():
+            return
+        ids = await collector._publish_window(window, rows, self.now)
+        self.unsettled.append(_Published(window, collector._deliveries.delivery(ids), _newest_row(window, rows)))
+        self._published.set()
+        self.head += 1
+
+    async def _room_for(self, rows: int, keeper: asyncio.Task[None], stop: asyncio.Event) -> None:
+        """On a bus that dies with the process: no more than `max_unsettled` indicators in flight (a window
+        always goes when nothing else is in flight, however big it is)."""
+        cap = self.collector._settings.max_unsettled
+        while not stop.is_set():
+            in_flight = sum(p.delivery.remaining for p in self.unsettled)
+            if in_flight == 0 or in_flight + rows <= cap:
+                return
+            oldest = next(p for p in self.unsettled if not p.delivery.finished)
+            await first_of(oldest.delivery.wait(), asyncio.shield(keeper), stop.wait())
+            _raise_if_failed(keeper)
+
+    async def _keep_watermark(self) -> None:
+        """Moves the watermark each time the oldest published window is delivered; returns once all are."""
+        while True:
+            while not self.unsettled:
+                if self.published_all:
+                    return
+                self._published.clear()
+                await self._published.wait()
+            await self.unsettled[0].delivery.wait()
+            await self._advance()
+
+    async def _advance(self) -> None:
+        """The watermark over the delivered prefix of published windows (a backfill never moves it back)."""
+        collector = self.collector
+        moved_to: datetime | None = None
+        quiet_since = collector._quiet_since or self.span.start
+        lost: _Published | None = None
+        while self.unsettled and self.unsettled[0].delivery.finished:
+            published = self.unsettled.popleft()
+            if published.delivery.lost:
+                lost = published
+                break
+            moved_to = published.window.end
+            if published.newest_row is not None:
+                quiet_since = max(quiet_since, published.newest_row)
+        watermark = collector._watermark
+        if moved_to is not None and (watermark is None or moved_to > watermark):
+            await collector._save(moved_to, quiet_since)
+        if lost is not None:
+            raise Undelivered(
+                f"{lost.delivery.lost} indicators of {lost.window.start.isoformat()} → {lost.window.end.isoformat()} "
+                "were dead-lettered by the in-memory bus (delivered too often or expired) and die with this process; "
+                "the watermark stays before them, so the next pass reads them again"
+            )
+
+
+def _raise_if_failed(task: asyncio.Task[None]) -> None:
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        task.result()
+
+
+def _newest_row(window: Window, rows: WindowRows) -> datetime | None:
+    """When the window's newest row was generated (rows come oldest first); None when it has none."""
+    if not len(rows):
+        return None
+    return time_generated(dict(zip(rows.columns, rows.values[-1], strict=False))) or window.start

@@ -3,6 +3,14 @@
 Peek-lock with a lock duration and expiry, delivery counts, dead-lettering past the max delivery count
 (`MaxDeliveryCountExceeded`) and on TTL expiry, duplicate detection on message_id per topic, subscription
 rules. Everything lives in one event loop; settlement of a message whose lock has lapsed raises `LockLost`.
+
+Unlike Service Bus, what this bus holds dies with its process, so "on the bus" is no safe place for a producer
+that could read its source again (the collector, whose watermark would skip what died). For it the bus follows
+messages to the end of the pipeline: `delivery(message_ids)` says when every copy of those ids, on every
+subscription, has been completed or dead-lettered by its consumer — the ids are the same on every topic, and a
+consumer publishes what it derives from a message before it completes it, so the count of live copies of an id
+reaches zero only once nothing downstream still holds it. A copy the bus itself dead-letters (past the
+delivery count or the TTL) is counted lost: it would die with the process, so it must be read again.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -49,13 +57,78 @@ class _Lock:
     locked_until: datetime
 
 
+class Delivery:
+    """A set of published messages followed to the end of the pipeline (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self.remaining = 0  # ids with a copy still on a subscription
+        self.lost = 0  # ids a copy of which the bus dead-lettered itself
+        self._finished = asyncio.Event()
+
+    @property
+    def finished(self) -> bool:
+        return self.remaining == 0
+
+    async def wait(self) -> None:
+        """Returns once no copy of any of the ids is left on a subscription."""
+        if self.remaining:
+            await self._finished.wait()
+
+    def _settled(self, lost: bool) -> None:
+        self.remaining -= 1
+        self.lost += lost
+        if not self.remaining:
+            self._finished.set()
+
+
+class _Ledger:
+    """Live copies per message id (on subscriptions, not dead-letter queues) and who waits for them to end."""
+
+    def __init__(self) -> None:
+        self._copies: dict[str, int] = {}
+        self._watchers: dict[str, list[Delivery]] = {}
+        # Ids a copy of which the bus dead-lettered; kept until the id is published again (failures are rare).
+        self._lost: set[str] = set()
+
+    def copied(self, message_id: str) -> None:
+        if message_id not in self._copies:
+            self._copies[message_id] = 0
+            self._lost.discard(message_id)
+        self._copies[message_id] += 1
+
+    def settled(self, message_id: str, *, lost: bool) -> None:
+        if lost:
+            self._lost.add(message_id)
+        copies = self._copies[message_id] - 1
+        if copies:
+            self._copies[message_id] = copies
+            return
+        del self._copies[message_id]
+        was_lost = message_id in self._lost
+        for delivery in self._watchers.pop(message_id, ()):
+            delivery._settled(was_lost)
+
+    def watch(self, message_ids: Iterable[str]) -> Delivery:
+        delivery = Delivery()
+        for message_id in message_ids:
+            if message_id in self._copies:
+                self._watchers.setdefault(message_id, []).append(delivery)
+                delivery.remaining += 1
+            elif message_id in self._lost:
+                delivery.lost += 1
+        if not delivery.remaining:
+            delivery._finished.set()
+        return delivery
+
+
 class _Queue:
     """One subscription or its dead-letter queue: the messages ready, those locked, and the operations on them."""
 
-    def __init__(self, spec: SubscriptionSpec, dead_letter_queue: _Queue | None, clock: Clock) -> None:
+    def __init__(self, spec: SubscriptionSpec, dead_letter_queue: _Queue | None, clock: Clock, ledger: _Ledger) -> None:
         self.spec = spec
         self._dead_letter_queue = dead_letter_queue
         self._clock = clock
+        self._ledger = ledger
         self._ready: deque[_Stored] = deque()
         self._locked: dict[uuid.UUID, _Lock] = {}
         self.arrived = asyncio.Event()
@@ -70,6 +143,8 @@ class _Queue:
         return len(self._ready) + len(self._locked)
 
     def append(self, stored: _Stored) -> None:
+        if not self.is_dead_letter:
+            self._ledger.copied(stored.message_id)
         self._ready.append(stored)
         self.arrived.set()
 
@@ -86,13 +161,15 @@ class _Queue:
         return None if expiry is None else max(0.0, (expiry - self._clock.now()).total_seconds())
 
     def complete(self, message: ReceivedMessage) -> None:
-        self._settle(message)
+        self._ended(self._settle(message), lost=False)
 
     def abandon(self, message: ReceivedMessage) -> None:
         self._give_back(self._settle(message))
 
     def dead_letter(self, message: ReceivedMessage, reason: str, description: str) -> None:
-        self._to_dead_letter(self._settle(message), reason, description)
+        stored = self._settle(message)
+        self._to_dead_letter(stored, reason, description)
+        self._ended(stored, lost=False)  # the consumer's own verdict on the message: its fate is decided
 
     def renew(self, message: ReceivedMessage) -> datetime:
         lock = self._held(message)
@@ -116,6 +193,7 @@ class _Queue:
             if self.is_dead_letter or stored.expires_at > now:
                 return stored
             self._to_dead_letter(stored, TTL_EXPIRED, "the message expired before it was completed")
+            self._ended(stored, lost=True)
         return None
 
     def _give_back(self, stored: _Stored) -> None:
@@ -124,9 +202,15 @@ class _Queue:
             self._to_dead_letter(
                 stored, MAX_DELIVERY_COUNT_EXCEEDED, f"delivered {stored.delivery_count} times without being completed"
             )
+            self._ended(stored, lost=True)
             return
         self._ready.appendleft(stored)
         self.arrived.set()
+
+    def _ended(self, stored: _Stored, *, lost: bool) -> None:
+        """A copy left this subscription for good (a dead-letter queue's own messages are not followed)."""
+        if not self.is_dead_letter:
+            self._ledger.settled(stored.message_id, lost=lost)
 
     def _to_dead_letter(self, stored: _Stored, reason: str, description: str) -> None:
         dead = self._dead_letter_queue
@@ -176,11 +260,14 @@ class MemoryBus:
         self._sequence = 0
         self._seen: dict[str, OrderedDict[str, datetime]] = {t.name: OrderedDict() for t in topology.topics}
         self._queues: dict[tuple[str, str, bool], _Queue] = {}
+        self._ledger = _Ledger()
         for topic in topology.topics:
             for sub in topic.subscriptions:
-                dead = _Queue(sub, dead_letter_queue=None, clock=self._clock)
+                dead = _Queue(sub, dead_letter_queue=None, clock=self._clock, ledger=self._ledger)
                 self._queues[(topic.name, sub.name, True)] = dead
-                self._queues[(topic.name, sub.name, False)] = _Queue(sub, dead_letter_queue=dead, clock=self._clock)
+                self._queues[(topic.name, sub.name, False)] = _Queue(
+                    sub, dead_letter_queue=dead, clock=self._clock, ledger=self._ledger
+                )
 
     # -- the port -------------------------------------------------------------------------------------------
 
@@ -220,6 +307,12 @@ class MemoryBus:
 
     async def close(self) -> None:
         return None
+
+    # -- what dies with the process ------------------------------------------------------------------------
+
+    def delivery(self, message_ids: Iterable[str]) -> Delivery:
+        """Follows messages just published to the end of the pipeline (see the module's docstring)."""
+        return self._ledger.watch(message_ids)
 
     # -- inspection, for tests and the demo -----------------------------------------------------------------
 
