@@ -43,7 +43,6 @@ async def test_ten_thousand_messages_over_service_bus_reach_threatstream(
             bus="servicebus",
             servicebus_connection_string=sb_double.connection_string,
             publisher_mode="direct",
-            publisher_batch_age_seconds=30,
         )
         service = await build(settings, bus, resources, SystemClock())
         async with running(service):
@@ -56,7 +55,9 @@ async def test_ten_thousand_messages_over_service_bus_reach_threatstream(
         held = await sandbox_objects(server)
     assert sb_double.depth(SCORED_TOPIC, PUBLISHER_SUBSCRIPTION) == 0
     assert sb_double.depth(SCORED_TOPIC, PUBLISHER_SUBSCRIPTION, dead_letter=True) == 0
-    assert stats["requests"] == {"upsert": math.ceil(MESSAGES / BATCH_SIZE)}
-    assert stats["batch_sizes"] == {str(BATCH_SIZE): math.ceil(MESSAGES / BATCH_SIZE)}
+    batches = math.ceil(MESSAGES / BATCH_SIZE)
+    # An upsert per batch, a read of what is ours before it and one after it to confirm what it took.
+    assert stats["requests"] == {"upsert": batches, "search": 2 * batches}
+    assert stats["batch_sizes"] == {str(BATCH_SIZE): batches}
     assert (stats["objects"], stats["active"], stats["duplicates_created"]) == (MESSAGES, MESSAGES, 0)
     assert {obj["value"] for obj in held} == {indicator.observable.value for indicator in indicators}

@@ -77,7 +77,9 @@ def counts_of(service: Service) -> PublisherCounts:
 
 async def dead_letters(bus: MemoryBus) -> list[tuple[str | None, str | None]]:
     async with bus.receiver(SCORED_TOPIC, PUBLISHER_SUBSCRIPTION, dead_letter=True) as receiver:
-        messages = await receiver.receive(100, 0.1)
+        messages = await receiver.receive(1000, 0.2)
+        for message in messages:
+            await receiver.abandon(message)  # left where it was, for whoever reads the queue next
     return [(message.dead_letter_reason, message.dead_letter_description) for message in messages]
 
 

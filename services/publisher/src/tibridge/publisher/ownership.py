@@ -60,19 +60,19 @@ def read_page(body: Any, publishing: PublishingSettings) -> Page | None:
         return None
     objects = [obj for obj in body["objects"] if isinstance(obj, Mapping)]
     update_ids = [obj["update_id"] for obj in objects if isinstance(obj.get("update_id"), int)]
-    meta = body.get("meta")
-    has_next = isinstance(meta, Mapping) and bool(meta.get("next"))
     return Page(
         owned=tuple(owned for owned in map(lambda obj: owned_object(obj, publishing), objects) if owned),
         values=frozenset(obj["value"] for obj in objects if isinstance(obj.get("value"), str)),
         highest_update_id=max(update_ids, default=None),
-        last=not has_next and len(body["objects"]) < _page_limit(meta),
+        last=_last(body.get("meta"), len(body["objects"])),
     )
 
 
-def _page_limit(meta: Any) -> int:
-    limit = meta.get("limit") if isinstance(meta, Mapping) else None
-    return limit if isinstance(limit, int) and limit > 0 else 1
+def _last(meta: Any, count: int) -> bool:
+    """Tastypie says whether more follow (`meta.next`); without it, only an empty page is surely the last."""
+    if isinstance(meta, Mapping) and "next" in meta:
+        return not meta["next"]
+    return count == 0
 
 
 def owned_object(obj: Mapping[str, Any], publishing: PublishingSettings) -> OwnedObject | None:

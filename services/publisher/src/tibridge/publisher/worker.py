@@ -615,8 +615,9 @@ class Publisher:
 
         async def settle(message: Message, resolution: Resolution, reason: str, description: str) -> None:
             async with room:
-                await self._settle_one(message, resolution, reason, description)
+                await self._settle_one(message, resolution, reason, description, failed)
 
+        failed: list[BusError] = []
         settlements = []
         for settled in ledger.settled():
             account = settled.account
@@ -627,8 +628,13 @@ class Publisher:
             ]
         # Side by side: on Service Bus one settlement at a time waits behind the consumer's receive.
         await asyncio.gather(*settlements)
+        if failed:
+            # Their locks lapse and the bus delivers them again; ThreatStream then updates rather than duplicates.
+            log.warning("settling %d messages failed (%s); they will be delivered again", len(failed), failed[0])
 
-    async def _settle_one(self, message: Message, resolution: Resolution, reason: str, description: str) -> None:
+    async def _settle_one(
+        self, message: Message, resolution: Resolution, reason: str, description: str, failed: list[BusError]
+    ) -> None:
         try:
             if resolution is Resolution.DEAD_LETTER:
                 outcome = await message.dead_letter(reason, description)
@@ -641,5 +647,4 @@ class Publisher:
             elif outcome is not None:
                 self._metrics.settled.add(outcome=outcome)
         except BusError as error:
-            # The lock lapses and the bus redelivers; ThreatStream updates rather than duplicates.
-            log.warning("settling message %s failed: %s", message.message.message_id, error)
+            failed.append(error)
