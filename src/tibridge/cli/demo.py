@@ -342,13 +342,20 @@ def render(result: DemoResult, console: Console) -> None:
     table.add_row(
         "ThreatStream requests",
         f"{publisher.requests:,}",
-        f"{_pairs(publisher.requests_by_operation)}; {publisher.batches} batches (largest {publisher.largest_batch})",
+        f"{_pairs(publisher.requests_by_operation)}; batches {publisher.batches} (largest {publisher.largest_batch})",
     )
     table.add_row(
         "import sessions",
         f"{publisher.sessions_opened:,}",
-        f"observables accepted {publisher.session_observables_accepted:,}, rejected "
-        f"{publisher.session_observables_rejected:,}; {_pairs(publisher.sessions_by_status, 'final state')}",
+        "; ".join(
+            part
+            for part in (
+                f"observables accepted {publisher.session_observables_accepted:,}, rejected "
+                f"{publisher.session_observables_rejected:,}",
+                _pairs(publisher.sessions_by_status, "final state"),
+            )
+            if part
+        ),
     )
     table.add_row(
         "ThreatStream holds",
@@ -358,6 +365,9 @@ def render(result: DemoResult, console: Console) -> None:
     )
     foreign = ts["foreign"]
     table.add_row("foreign entries", f"{foreign['seeded']:,}", f"unchanged {foreign['unchanged']:,}")
+    if publisher.missing_permissions:
+        lacking = ", ".join(publisher.missing_permissions)
+        table.add_row("permissions lacking", f"{len(publisher.missing_permissions)}", f"{lacking}: dead-lettered")
     table.add_row("elapsed", f"{s['run']['elapsed_seconds']:.1f}s", "")
     console.print(table)
     console.print(_verdict_line(result))

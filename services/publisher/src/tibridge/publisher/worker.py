@@ -301,22 +301,23 @@ class Publisher:
         self._delivering = delivery
         self._metrics.batches.record(batch.messages)
         try:
-            for entry in batch.entries.values():
-                delivery.ledger.open(entry.key, entry.messages, entry.order)
-                self._metrics.coalesced.add(len(entry.messages) - 1)
-                if self._revisions.is_stale(entry.key, entry.order):
-                    self._metrics.skipped.add(reason=STALE)
-                else:
-                    delivery.items[entry.key] = Item(entry.key, entry.payload)
-            if delivery.items:
-                await self._plan_and_send(delivery)
-        except Exception:
-            log.exception("delivering a batch of %d messages failed unexpectedly; giving them back", batch.messages)
-            delivery.ledger.give_back()
+            try:
+                for entry in batch.entries.values():
+                    delivery.ledger.open(entry.key, entry.messages, entry.order)
+                    self._metrics.coalesced.add(len(entry.messages) - 1)
+                    if self._revisions.is_stale(entry.key, entry.order):
+                        self._metrics.skipped.add(reason=STALE)
+                    else:
+                        delivery.items[entry.key] = Item(entry.key, entry.payload)
+                if delivery.items:
+                    await self._plan_and_send(delivery)
+            except Exception:
+                log.exception("delivering a batch of %d messages failed unexpectedly; giving them back", batch.messages)
+                delivery.ledger.give_back()
+            # Not reached when cancelled: what the batch holds then goes back with the consumer's drain.
+            await self._settle(delivery.ledger)
         finally:
             self._delivering = None
-        # Not reached when cancelled: what the batch holds then goes back with the consumer's drain.
-        await self._settle(delivery.ledger)
 
     async def _plan_and_send(self, delivery: _Delivery) -> None:
         if await self._refresh() is None:
