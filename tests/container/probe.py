@@ -14,6 +14,7 @@ import contextlib
 import json
 import sys
 import urllib.request
+from collections import Counter
 from typing import Any
 
 from tibridge.common.bus.servicebus import ServiceBusBus
@@ -28,9 +29,9 @@ def _get(url: str) -> Any:
         return json.load(response)
 
 
-async def _bus_state(connection_string: str) -> dict[str, dict[str, int]]:
-    """Per subscription: messages waiting (0 or 1: a peek) and messages in its dead-letter queue."""
-    state: dict[str, dict[str, int]] = {}
+async def _bus_state(connection_string: str) -> dict[str, dict[str, Any]]:
+    """Per subscription: messages waiting (0 or 1: a peek), and the messages in its dead-letter queue by reason."""
+    state: dict[str, dict[str, Any]] = {}
     bus = ServiceBusBus.from_connection_string(connection_string)
     try:
         for topic in TOPOLOGY.topics:
@@ -41,7 +42,8 @@ async def _bus_state(connection_string: str) -> dict[str, dict[str, int]]:
                     dead = await receiver.receive(1000, DEAD_LETTER_RECEIVE_SECONDS)
                     for message in dead:
                         await receiver.abandon(message)
-                state[entity] = {"pending": int(waiting), "dead_lettered": len(dead)}
+                reasons = Counter(str(message.dead_letter_reason) for message in dead)
+                state[entity] = {"pending": int(waiting), "dead_lettered": len(dead), "reasons": dict(reasons)}
     finally:
         with contextlib.suppress(Exception):
             await bus.close()
@@ -54,6 +56,7 @@ def main() -> None:
         "stats": _get(f"{base_url}/_sandbox/stats"),
         "objects": _get(f"{base_url}/_sandbox/threatstream/objects")["objects"],
         "expected": _get(f"{base_url}/_sandbox/expected?{expected_query}")["threatstream"],
+        "reconcile": _get(f"{base_url}/_sandbox/reconcile?{expected_query}"),
         "bus": asyncio.run(_bus_state(connection_string)),
     }
     json.dump(report, sys.stdout)

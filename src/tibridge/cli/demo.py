@@ -14,7 +14,7 @@ import math
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from tibridge.collector.worker import CollectorCounts
 from tibridge.common.contracts import SCORABLE_TYPES
 from tibridge.common.runtime import Service, ServiceName
 from tibridge.common.settings import BusKind, from_environment
-from tibridge.publisher.worker import PublisherCounts
+from tibridge.publisher.worker import REJECTED_REASON, PublisherCounts
 from tibridge.sandbox.config import SandboxConfig
 from tibridge.sandbox.expected import ExpectedOutcome, Outcome
 from tibridge.sandbox.server import SandboxServer
@@ -45,6 +45,8 @@ DEMO_FAULTS: dict[str, dict[str, Any]] = {
     "loganalytics": {"latency_ms": 20, "jitter_ms": 10},
 }
 _REFRESH_SECONDS = 0.2
+_ANALYST_POLL_SECONDS = 0.5
+_ANALYST_WAIT_SECONDS = 60.0
 _GRAPH_BATCH = 20
 
 
@@ -114,20 +116,20 @@ async def demo(
         settings = load_pipeline_settings({"bus": BusKind.MEMORY, **values})
         services: dict[ServiceName, Service] = {}
         started = time.monotonic()
-        pipeline = asyncio.create_task(
-            run_pipeline(bus=BusKind.MEMORY, once=True, since=None, values=values, on_built=services.update)
-        )
-        await _show_progress(pipeline, services, console)
-        code = await pipeline
-        elapsed = time.monotonic() - started
-        approved = await _approve_pending_sessions(sandbox) if mode == "approval" else 0
+        async with Analyst(sandbox, active=mode == "approval") as analyst:
+            pipeline = asyncio.create_task(
+                run_pipeline(bus=BusKind.MEMORY, once=True, since=None, values=values, on_built=services.update)
+            )
+            await _show_progress(pipeline, services, console)
+            code = await pipeline
+            elapsed = time.monotonic() - started
         async with httpx.AsyncClient(base_url=sandbox.base_url, timeout=30) as control:
             stats = (await control.get("/_sandbox/stats")).json()
-            objects = (await control.get("/_sandbox/threatstream/objects")).json()["objects"]
         expected = _expected(sandbox, settings)
+        threatstream = sandbox.reconcile(expected)
     counts = StageCounts.of(services)
-    summary = _summary(counts, stats, expected, elapsed, approved, indicators, seed, mode)
-    problems = reconcile(expected.active, expected.not_active, objects, stats, counts.publisher)
+    summary = _summary(counts, stats, expected, elapsed, analyst.approved, indicators, seed, mode)
+    problems = reconcile(threatstream, stats, rejected_values=len(expected.rejected), publisher=counts.publisher)
     if code != 0:
         problems.insert(0, f"the pipeline exited with code {code}")
     summary["reconciliation"] = {"ok": not problems, "problems": problems}
@@ -149,19 +151,65 @@ def _expected(sandbox: SandboxServer, settings: PipelineSettings) -> ExpectedOut
     )
 
 
-async def _approve_pending_sessions(sandbox: SandboxServer) -> int:
-    """What an analyst does in ThreatStream's UI: approve every session that waits (through the real API)."""
-    pending = [session.id for session in sandbox.state.intel.sessions.values() if session.pending]
-    endpoints = sandbox.endpoints
-    headers = {
-        "Authorization": f"apikey {sandbox.config.threatstream_username}:"
-        f"{sandbox.config.threatstream_api_key.get_secret_value()}"
-    }
-    async with httpx.AsyncClient(base_url=endpoints.threatstream, headers=headers, timeout=30) as client:
-        for session_id in pending:
-            response = await client.patch(f"/v1/importsession/{session_id}/approve_all/")
-            response.raise_for_status()
-    return len(pending)
+class Analyst:
+    """What an analyst does in ThreatStream's UI, through the real API: approves each import session once
+    ThreatStream has finished processing it (`done`), while the pipeline runs and once more after it ended."""
+
+    def __init__(self, sandbox: SandboxServer, *, active: bool) -> None:
+        self._sandbox = sandbox
+        self._active = active
+        self._approving: set[int] = set()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        config = sandbox.config
+        self._headers = {
+            "Authorization": f"apikey {config.threatstream_username}:{config.threatstream_api_key.get_secret_value()}"
+        }
+
+    @property
+    def approved(self) -> int:
+        return len(self._approving)
+
+    async def __aenter__(self) -> Analyst:
+        if self._active:
+            self._task = asyncio.create_task(self._approve_until_stopped())
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._task is None:
+            return
+        self._stop.set()
+        await self._task
+        # Once more after the run, until what it approved has become active (bounded).
+        async with self._client() as client:
+            for _round in range(int(_ANALYST_WAIT_SECONDS / _ANALYST_POLL_SECONDS)):
+                if not await self._approve_waiting(client):
+                    return
+                await asyncio.sleep(_ANALYST_POLL_SECONDS)
+
+    def _client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self._sandbox.endpoints.threatstream, headers=self._headers, timeout=30)
+
+    async def _approve_until_stopped(self) -> None:
+        async with self._client() as client:
+            while not self._stop.is_set():
+                await self._approve_waiting(client)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), _ANALYST_POLL_SECONDS)
+
+    async def _approve_waiting(self, client: httpx.AsyncClient) -> int:
+        """Approves the sessions that are done; how many are still on their way (processing or approving)."""
+        intel = self._sandbox.state.intel
+        unfinished = 0
+        for session_id in list(intel.sessions):
+            status = str(intel.session(session_id).status)  # as the analyst's list of import sessions shows it
+            if status == "done" and session_id not in self._approving:
+                (await client.patch(f"/v1/importsession/{session_id}/approve_all/")).raise_for_status()
+                self._approving.add(session_id)
+                status = "approving"
+            if status in ("processing", "approving"):
+                unfinished += 1
+        return unfinished
 
 
 async def _show_progress(
@@ -188,41 +236,35 @@ async def _show_progress(
 
 
 def reconcile(
-    expected_active: Set[str],
-    expected_not_active: Set[str],
-    objects: list[dict[str, Any]],
-    stats: dict[str, Any],
+    threatstream: Sequence[str],
+    stats: Mapping[str, Any],
+    *,
+    rejected_values: int = 0,
     publisher: PublisherCounts | None = None,
 ) -> list[str]:
-    """Every way in which ThreatStream's contents and the traffic differ from what a correct run leaves.
+    """Every way in which the run differs from what a correct one leaves.
 
-    `objects` and `stats` are the sandbox's `/_sandbox/threatstream/objects` and `/_sandbox/stats` answers.
+    `threatstream` is the sandbox's reconciliation of ThreatStream's contents (`/_sandbox/reconcile` or
+    `SandboxServer.reconcile()`: missing, doubled or wrongly active values, objects tibridge created without
+    publishing them, changed foreign entries, observables waiting for approval…), `stats` its `/_sandbox/stats`;
+    `rejected_values` how many published values ThreatStream's whitelist refuses (the publisher must dead-letter
+    each with ThreatStream's reason, and nothing else).
     """
-    problems: list[str] = []
-    active = Counter(obj["value"] for obj in objects if obj["status"] == "active")
-    missing = sorted(expected_active - active.keys())
-    unexpected = sorted(active.keys() - expected_active)
-    doubled = sorted(value for value, n in active.items() if n > 1)
-    wrongly_active = sorted(expected_not_active & active.keys())
-    for label, values in (
-        ("expected active in ThreatStream but missing", missing),
-        ("active in ThreatStream but not expected", unexpected),
-        ("active more than once in ThreatStream", doubled),
-        ("should not be active but is", wrongly_active),
-    ):
-        if values:
-            problems.append(f"{len(values)} value(s) {label}: {', '.join(values[:5])}{' …' if len(values) > 5 else ''}")
-    duplicates = stats["threatstream"]["duplicates_created"]
-    if duplicates:
-        problems.append(f"ThreatStream reports {duplicates} duplicate creation(s)")
-    if stats["threatstream"]["pending_approval"]:
-        problems.append(f"{stats['threatstream']['pending_approval']} observable(s) still wait for approval")
+    problems = list(threatstream)
     for api, n in stats["inside_retry_after"].items():
         if n:
             problems.append(f"{n} {api} request(s) arrived inside an announced Retry-After window")
     if publisher is not None:
-        if publisher.dead_lettered:
-            problems.append(f"the publisher dead-lettered {publisher.dead_lettered} message(s)")
+        unexpected = {reason: n for reason, n in publisher.dead_lettered_by_reason.items() if reason != REJECTED_REASON}
+        if unexpected:
+            problems.append(
+                f"the publisher dead-lettered messages for other reasons than a refusal: {_pairs(unexpected)}"
+            )
+        if publisher.rejected != rejected_values:
+            problems.append(
+                f"the publisher dead-lettered {publisher.rejected:,} observable(s) ThreatStream refused, where "
+                f"{rejected_values:,} published value(s) are on ThreatStream's whitelist"
+            )
         if publisher.held:
             problems.append(f"the publisher still holds {publisher.held} message(s)")
     return problems
@@ -300,14 +342,32 @@ def render(result: DemoResult, console: Console) -> None:
     table.add_row(
         "ThreatStream requests",
         f"{publisher.requests:,}",
-        f"{publisher.batches} batches (largest {publisher.largest_batch}), {ts['import_sessions']} import sessions",
+        f"{_pairs(publisher.requests_by_operation)}; batches {publisher.batches} (largest {publisher.largest_batch})",
+    )
+    table.add_row(
+        "import sessions",
+        f"{publisher.sessions_opened:,}",
+        "; ".join(
+            part
+            for part in (
+                f"observables accepted {publisher.session_observables_accepted:,}, rejected "
+                f"{publisher.session_observables_rejected:,}",
+                _pairs(publisher.sessions_by_status, "final state"),
+            )
+            if part
+        ),
     )
     table.add_row(
         "ThreatStream holds",
         f"{ts['objects']:,}",
         f"{ts['active']:,} active, {ts['inactive']:,} inactive; created {ts['created']:,}, updated {ts['updated']:,}, "
-        f"duplicates {ts['duplicates_created']}",
+        f"created inactive {ts['created_inactive']}, duplicates {ts['duplicates_created']}",
     )
+    foreign = ts["foreign"]
+    table.add_row("foreign entries", f"{foreign['seeded']:,}", f"unchanged {foreign['unchanged']:,}")
+    if publisher.missing_permissions:
+        lacking = ", ".join(publisher.missing_permissions)
+        table.add_row("permissions lacking", f"{len(publisher.missing_permissions)}", f"{lacking}: dead-lettered")
     table.add_row("elapsed", f"{s['run']['elapsed_seconds']:.1f}s", "")
     console.print(table)
     console.print(_verdict_line(result))
@@ -324,10 +384,12 @@ def _verdict_line(result: DemoResult) -> str:
     s = result.summary
     if not result.reconciled:
         return "[bold red]NOT reconciled:[/]"
+    ts = s["threatstream"]
     return (
-        f"[bold green]Reconciled:[/] ThreatStream holds exactly the {s['threatstream']['active']:,} expected active "
-        f"observables (from {s['expected'].get('publish', 0):,} indicators), nothing duplicated, no request inside "
-        "a Retry-After window."
+        f"[bold green]Reconciled:[/] ThreatStream holds exactly the {ts['active']:,} expected active observables "
+        f"(from {s['expected'].get('publish', 0):,} indicators) and nothing tibridge did not publish; every "
+        f"observable revoked, deleted or expired upstream is inactive; all {ts['foreign']['seeded']:,} foreign "
+        "entries are unchanged; nothing duplicated, no request inside a Retry-After window."
     )
 
 
@@ -450,13 +512,24 @@ def _publisher_rows(counts: PublisherCounts) -> list[Row]:
         ("largest batch", _n(counts.largest_batch)),
         ("messages coalesced with another about the same observable", _n(counts.coalesced)),
         ("ThreatStream requests (retries)", f"{counts.requests:,} ({counts.retries:,})"),
+        *_by("requests", counts.requests_by_operation),
         ("requests from splitting rejected ones", _n(counts.split_requests)),
-        *_by("objects ThreatStream took", counts.objects_sent),
+        ("observables published (upserts, import sessions)", _n(counts.published)),
+        ("objects of ours updated by id", _n(counts.updated)),
+        ("objects of ours deactivated by id", _n(counts.deactivated)),
+        *_by("needed no request", counts.skipped),
+        ("import sessions opened", _n(counts.sessions_opened)),
+        *_by("import sessions ended", counts.sessions_by_status),
+        ("observables import sessions accepted", _n(counts.session_observables_accepted)),
+        ("observables import sessions rejected", _n(counts.session_observables_rejected)),
+        ("rejections ThreatStream did not attribute", _n(counts.rejections_unattributed)),
+        ("observables ThreatStream refused (dead-lettered with its reason)", _n(counts.rejected)),
+        ("permissions the ThreatStream user lacks", ", ".join(counts.missing_permissions) or "none"),
         ("messages completed", _n(counts.completed)),
         ("messages given back for later", _n(counts.abandoned)),
         ("messages dead-lettered", _n(counts.dead_lettered)),
+        *_by("dead-lettered", counts.dead_lettered_by_reason),
         ("settled after their lock had lapsed (delivered again)", _n(counts.lock_lost)),
-        ("drop verdicts skipped", _n(counts.skipped_drop_verdicts)),
         ("messages still held", _n(counts.held)),
     ]
 
@@ -473,14 +546,24 @@ def _api_rows(s: dict[str, Any]) -> list[Row]:
         ("Graph", "lookups answered 429", _n(graph["items_429"])),
         *[("ThreatStream", f"{request}", _n(n)) for request, n in sorted(ts["requests"].items())],
         ("ThreatStream", "import sessions", _n(ts["import_sessions"])),
-        ("ThreatStream", "sessions the demo approved", _n(ts["sessions_approved_by_demo"])),
+        *[("ThreatStream", f"import sessions {status}", _n(n)) for status, n in ts["sessions_by_status"].items()],
+        ("ThreatStream", "session observables accepted", _n(ts["session_observables_accepted"])),
+        ("ThreatStream", "session observables rejected", _n(ts["session_observables_rejected"])),
+        ("ThreatStream", "sessions the demo's analyst approved", _n(ts["sessions_approved_by_demo"])),
         (
             "ThreatStream",
             "observables held (active / inactive)",
             f"{ts['objects']:,} ({ts['active']:,} / {ts['inactive']:,})",
         ),
         ("ThreatStream", "created / updated", f"{ts['created']:,} / {ts['updated']:,}"),
+        ("ThreatStream", "created inactive (expiry must never create)", _n(ts["created_inactive"])),
         ("ThreatStream", "duplicates created", _n(ts["duplicates_created"])),
+        *[("ThreatStream", f"upsert objects left out: {why}", _n(n)) for why, n in ts["ignored_reasons"].items()],
+        (
+            "ThreatStream",
+            "foreign entries seeded / unchanged",
+            f"{ts['foreign']['seeded']:,} / {ts['foreign']['unchanged']:,}",
+        ),
         ("ThreatStream", "still waiting for approval", _n(ts["pending_approval"])),
         *[(str(api), "requests inside a Retry-After window", _n(n)) for api, n in s["inside_retry_after"].items()],
     ]

@@ -81,11 +81,10 @@ def test_run_once_against_the_sandbox(sandbox_process: tuple[str, dict[str, str]
     assert run.returncode == 0, run.stderr.decode()[-3000:]
 
     expected = httpx.get(f"{base}/_sandbox/expected", timeout=10).json()
-    objects = httpx.get(f"{base}/_sandbox/threatstream/objects", timeout=10).json()["objects"]
+    threatstream = httpx.get(f"{base}/_sandbox/reconcile", timeout=10).json()["problems"]
     stats = httpx.get(f"{base}/_sandbox/stats", timeout=10).json()
-    active = set(expected["threatstream"]["active"])
-    assert active, "the seeded data should make something publishable"
-    assert reconcile(active, set(expected["threatstream"]["not_active"]), objects, stats) == []
+    assert expected["threatstream"]["active"], "the seeded data should make something publishable"
+    assert reconcile(threatstream, stats) == []
     assert stats["threatstream"]["duplicates_created"] == 0
     # The secret must not have reached the logs.
     assert sandbox_env["TIBRIDGE_THREATSTREAM_API_KEY"] not in (run.stdout + run.stderr).decode()

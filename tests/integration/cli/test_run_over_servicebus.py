@@ -7,8 +7,16 @@ from tests.fixtures.sandbox import SandboxFactory
 from tests.sbdouble.server import ServiceBusDouble
 from tibridge.cli.commands import run_pipeline
 from tibridge.cli.demo import reconcile
+from tibridge.common.contracts import Envelope, decode
 from tibridge.common.settings import BusKind, from_environment
-from tibridge.common.topology import TOPOLOGY
+from tibridge.common.topology import (
+    INDICATORS_TOPIC,
+    PUBLISHER_SUBSCRIPTION,
+    SCORED_TOPIC,
+    SCORER_SUBSCRIPTION,
+    TOPOLOGY,
+)
+from tibridge.publisher.worker import REJECTED_REASON
 
 
 async def test_run_once_over_service_bus_reconciles(
@@ -21,18 +29,30 @@ async def test_run_once_over_service_bus_reconciles(
             "health_port": 0,
             "checkpoint_path": str(tmp_path / "checkpoint.json"),
             "publisher_mode": "direct",
-            "publisher_batch_age_seconds": 1,
         }
         code = await run_pipeline(bus=BusKind.SERVICEBUS, once=True, since=None, values=overrides)
         expected = sandbox.expected()
         stats = sandbox.stats()
-        objects = [obj.to_json() for obj in sandbox.state.intel.objects.values()]
+        threatstream = sandbox.reconcile(expected)
 
     assert code == 0
     assert stats["loganalytics"]["rows_returned"] > 0
     assert expected.active
-    assert reconcile(expected.active, expected.not_active, objects, stats) == []
+    assert reconcile(threatstream, stats) == []
     for topic in TOPOLOGY.topics:
         for subscription in topic.subscriptions:
             assert sb_double.depth(topic.name, subscription.name) == 0
-            assert sb_double.depth(topic.name, subscription.name, dead_letter=True) == 0
+    assert sb_double.depth(INDICATORS_TOPIC, SCORER_SUBSCRIPTION, dead_letter=True) == 0
+    # Dead-lettered only what ThreatStream's whitelist refuses, each with ThreatStream's reason.
+    refused = [
+        (letter.dead_letter_reason, _value(letter.body))
+        for letter in sb_double.dead_letters(SCORED_TOPIC, PUBLISHER_SUBSCRIPTION)
+    ]
+    assert {value for _, value in refused} == set(expected.rejected)
+    assert {reason for reason, _ in refused} <= {REJECTED_REASON}
+
+
+def _value(body: bytes) -> str:
+    envelope = decode(body)
+    assert isinstance(envelope, Envelope)
+    return envelope.payload.observable.value

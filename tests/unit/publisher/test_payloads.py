@@ -1,133 +1,172 @@
-"""The wire shapes: an import session's multipart fields and a direct upsert's JSON."""
+"""The wire shapes (external-apis.md §3): an import session's multipart fields, a direct upsert's JSON, changes
+by id, and searches that never carry an indicator value or a credential in the URL."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
 
-from tests.fixtures.publisher import MALICIOUS, MAPPING, WIRE, observable, scored_indicator
-from tibridge.common.contracts import ObservableType, Tlp, Verdict
-from tibridge.publisher.batching import session_view
-from tibridge.publisher.mapping import IntelStatus, intel_objects
-from tibridge.publisher.payloads import IMPORT_PATH, UPSERT_PATH, WireOptions, import_request, upsert_request
-from tibridge.publisher.settings import IntelClassification
+from tests.fixtures.publisher import MALICIOUS, PUBLISHING, observable, scored_indicator
+from tibridge.common.contracts import HashAlgorithm, Observable, ObservableType, Tlp
+from tibridge.publisher.mapping import Severity, intel_object
+from tibridge.publisher.payloads import (
+    IMPORT_PATH,
+    INTELLIGENCE_PATH,
+    Operation,
+    Permission,
+    SessionProfile,
+    deactivate_request,
+    import_request,
+    owned_search,
+    session_objects_search,
+    session_request,
+    update_request,
+    upsert_request,
+    whitelist_request,
+)
+from tibridge.publisher.settings import IntelClassification, PublishingSettings
 
 NOW = datetime(2026, 11, 2, 12, 0, 30, tzinfo=UTC)
 UNTIL = datetime(2027, 2, 1, 6, 0, tzinfo=UTC)
+PROFILE = SessionProfile(
+    threat_type="malware",
+    severity=Severity.HIGH,
+    confidence=80,
+    tlp="amber",
+    expiration=UNTIL,
+    tags=("tibridge", "mdti"),
+    mappings={"ip_mapping": "mal_ip", "domain_mapping": "mal_domain"},
+)
 
 
-def test_an_import_session_states_our_classification_and_the_group_fields() -> None:
-    (obj,) = intel_objects(
-        scored_indicator(observable(ObservableType.IPV6), MALICIOUS, valid_until=UNTIL), MAPPING, NOW
+def test_an_import_session_states_our_classification_and_the_profile() -> None:
+    request = import_request(["2001:db8::7", "203.0.113.9", "bad.example.com"], PROFILE, PUBLISHING)
+    assert (request.operation, request.method, request.path, request.objects) == (
+        Operation.IMPORT,
+        "POST",
+        IMPORT_PATH,
+        3,
     )
-    request = import_request(
-        session_view(obj),
-        ["2001:db8::7", "2001:db8::8"],
-        WireOptions(IntelClassification.PRIVATE, IntelStatus.INACTIVE),
-    )
-    assert (request.method, request.path, request.objects) == ("POST", IMPORT_PATH, 2)
     assert request.form == {
-        "datatext": "2001:db8::7\n2001:db8::8",
+        "datatext": "2001:db8::7\n203.0.113.9\nbad.example.com",
         "classification": "private",
-        "confidence": "90",
+        "default_state": "inactive",
+        "confidence": "80",
         "source_confidence_weight": "100",
         "threat_type": "malware",
-        "severity": "very-high",
-        "default_state": "inactive",
-        "expiration_ts": "2027-02-02T00:00:00Z",
-        "ipv6_mapping": "mal_ipv6",
-        "tags": json.dumps(
-            [
-                {"name": "mdti", "tlp": "amber"},
-                {"name": "Microsoft Defender Threat Intelligence", "tlp": "amber"},
-                {"name": "Known C2 infrastructure", "tlp": "amber"},
-                {"name": "MDTI malicious indicator", "tlp": "amber"},
-            ]
-        ),
-        "reject_benign": "false",
-    }
-    assert "malicious" not in request.form.values()
-
-
-def test_an_upsert_carries_per_object_fields_and_allow_update() -> None:
-    objects = [
-        *intel_objects(scored_indicator(observable(ObservableType.DOMAIN), MALICIOUS, tlp=Tlp.GREEN), MAPPING, NOW),
-        *intel_objects(scored_indicator(observable(ObservableType.FILE_HASH), None, confidence=None), MAPPING, NOW),
-    ]
-    request = upsert_request(objects, WireOptions(IntelClassification.PUBLIC, IntelStatus.INACTIVE))
-    assert (request.method, request.path, request.objects, request.form) == ("PATCH", UPSERT_PATH, 2, {})
-    assert request.json_body == {
-        "meta": {
-            "classification": "public",
-            "source_confidence_weight": 100,
-            "allow_unresolved": True,
-            "allow_update": True,
-        },
-        "objects": [
-            {
-                "domain": "bad.example.com",
-                "itype": "mal_domain",
-                "status": "active",
-                "expiration_ts": "2027-01-31T12:00:30Z",
-                "threat_type": "malware",
-                "severity": "very-high",
-                "tags": [
-                    {"name": "mdti", "tlp": "green"},
-                    {"name": "Microsoft Defender Threat Intelligence", "tlp": "green"},
-                    {"name": "Known C2 infrastructure", "tlp": "green"},
-                    {"name": "MDTI malicious indicator", "tlp": "green"},
-                ],
-                "confidence": 92,
-                "tlp": "green",
-            },
-            {
-                "md5": "d41d8cd98f00b204e9800998ecf8427e",
-                "itype": "mal_md5",
-                "status": "active",
-                "expiration_ts": "2027-01-31T12:00:30Z",
-                "threat_type": "malware",
-                "severity": "low",
-                "tags": [
-                    {"name": "mdti", "tlp": "amber"},
-                    {"name": "Microsoft Defender Threat Intelligence", "tlp": "amber"},
-                ],
-                "tlp": "amber",
-            },
-        ],
-    }
-
-
-def test_an_expiring_upsert_only_touches_the_state() -> None:
-    objects = intel_objects(
-        scored_indicator(observable(ObservableType.IPV4), None, verdict=Verdict.EXPIRE), MAPPING, NOW
-    )
-    request = upsert_request(objects, WIRE)
-    assert request.json_body is not None
-    assert request.json_body["objects"] == [
-        {"srcip": "203.0.113.7", "itype": itype, "status": "inactive", "expiration_ts": "2026-11-02T12:00:30Z"}
-        for itype in ("mal_ip", "suspicious_ip")
-    ]
-
-
-def test_an_expiring_import_session_states_only_itype_and_expiry() -> None:
-    (obj, _) = intel_objects(
-        scored_indicator(observable(ObservableType.DOMAIN), None, verdict=Verdict.EXPIRE), MAPPING, NOW
-    )
-    request = import_request(
-        session_view(obj), ["bad.example.com"], WireOptions(IntelClassification.PRIVATE, IntelStatus.ACTIVE)
-    )
-    assert request.form == {
-        "datatext": "bad.example.com",
-        "classification": "private",
-        "default_state": "active",
-        "expiration_ts": "2026-11-02T12:00:00Z",  # an expiry is stated to the minute, never later than now
+        "severity": "high",
+        "expiration_ts": "2027-02-01T06:00:00Z",
+        # IPv6 rides ip_mapping: no source documents an ipv6_mapping (external-apis.md §3).
+        "ip_mapping": "mal_ip",
         "domain_mapping": "mal_domain",
+        "tags": json.dumps([{"name": "tibridge", "tlp": "amber"}, {"name": "mdti", "tlp": "amber"}]),
         "reject_benign": "false",
     }
+    assert request.permission is Permission.IMPORT
 
 
-def test_the_dry_run_record_has_no_credentials() -> None:
-    (obj,) = intel_objects(scored_indicator(observable(ObservableType.EMAIL)), MAPPING, NOW)
-    record = import_request(session_view(obj), ["phish@bad.example.com"], WIRE).record()
-    assert set(record) == {"method", "path", "body"}
-    assert record["body"]["email_mapping"] == "mal_email"
+def test_auto_approved_sessions_need_approve_import() -> None:
+    request = import_request(["bad.example.com"], PROFILE, PublishingSettings(auto_approve=True))
+    assert (request.form["default_state"], request.permission) == ("active", Permission.APPROVE_IMPORT)
+
+
+def test_a_session_without_a_tlp_sends_tags_without_one() -> None:
+    profile = SessionProfile(**{**PROFILE.__dict__, "tlp": None, "confidence": None})
+    request = import_request(["bad.example.com"], profile, PUBLISHING)
+    assert json.loads(request.form["tags"]) == [{"name": "tibridge"}, {"name": "mdti"}]
+    assert "confidence" not in request.form
+
+
+def test_an_upsert_carries_per_object_fields_the_documented_value_keys_and_allow_update() -> None:
+    sha1 = Observable(type=ObservableType.FILE_HASH, value="a" * 40, hash_algorithm=HashAlgorithm.SHA1)
+    objects = [
+        intel_object(scored_indicator(observable(ObservableType.IPV6), MALICIOUS, valid_until=UNTIL), PUBLISHING, NOW),
+        intel_object(scored_indicator(sha1, None, confidence=None, tlp=Tlp.GREEN, valid_until=UNTIL), PUBLISHING, NOW),
+    ]
+    request = upsert_request(objects, PublishingSettings(classification=IntelClassification.PUBLIC))
+    assert (request.operation, request.method, request.path, request.objects, request.form) == (
+        Operation.UPSERT,
+        "PATCH",
+        INTELLIGENCE_PATH,
+        2,
+        {},
+    )
+    assert request.json_body is not None
+    assert request.json_body["meta"] == {
+        "classification": "public",
+        "source_confidence_weight": 100,
+        "allow_unresolved": True,
+        "allow_update": True,
+    }
+    ipv6, digest = request.json_body["objects"]
+    assert {key: ipv6[key] for key in ("ipv6", "itype", "confidence", "severity", "tlp", "expiration_ts")} == {
+        "ipv6": "2001:db8::7",
+        "itype": "mal_ipv6",
+        "confidence": 92,
+        "severity": "very-high",
+        "tlp": "amber",
+        "expiration_ts": "2027-02-01T06:00:00Z",
+    }
+    assert {"srcip", "status"}.isdisjoint(ipv6)
+    assert (digest["md5"], digest["subtype"], digest["itype"], digest["tlp"]) == ("a" * 40, "SHA1", "mal_md5", "green")
+    assert "confidence" not in digest
+    assert {"name": "tibridge", "tlp": "green"} in digest["tags"]
+    assert request.permission is Permission.APPROVE_INTEL
+
+
+def test_changes_by_id_touch_only_what_they_must() -> None:
+    deactivate = deactivate_request(4711)
+    assert (deactivate.operation, deactivate.method, deactivate.path) == (
+        Operation.UPDATE,
+        "PATCH",
+        "/v2/intelligence/4711/",
+    )
+    # Expiring touches only the state, so what an analyst added stays.
+    assert deactivate.json_body == {"status": "inactive"}
+    obj = intel_object(scored_indicator(observable(ObservableType.DOMAIN), valid_until=UNTIL), PUBLISHING, NOW)
+    update = update_request(4712, obj)
+    assert update.path == "/v2/intelligence/4712/"
+    assert update.json_body is not None
+    # Only fields a change by id may carry (the sandbox refuses any other one, as ThreatStream would).
+    assert set(update.json_body) == {
+        "status",
+        "itype",
+        "threat_type",
+        "severity",
+        "expiration_ts",
+        "tags",
+        "confidence",
+        "tlp",
+    }
+    assert update.permission is Permission.APPROVE_INTEL
+
+
+def test_searches_filter_by_our_tag_update_id_or_session_never_by_value() -> None:
+    first = owned_search("tibridge", None, ("active", "falsepos"))
+    assert (first.operation, first.method, first.path) == (Operation.SEARCH, "GET", INTELLIGENCE_PATH)
+    assert first.params == {
+        "tags.name": "tibridge",
+        "order_by": "update_id",
+        "limit": "1000",
+        "status": "active,falsepos",
+    }
+    assert owned_search("tibridge", 1234).params == {
+        "tags.name": "tibridge",
+        "order_by": "update_id",
+        "limit": "1000",
+        "update_id__gt": "1234",
+    }
+    assert session_objects_search("17", None).params == {
+        "import_session_id": "17",
+        "order_by": "update_id",
+        "limit": "1000",
+    }
+    assert session_request("17").path == "/v1/importsession/17/"
+    assert whitelist_request(2000).params == {"limit": "1000", "offset": "2000"}
+    for request in (first, session_request("17"), whitelist_request(0)):
+        assert request.permission is None
+
+
+def test_the_dry_run_record_holds_method_path_query_and_body() -> None:
+    record = deactivate_request(9).record()
+    assert record == {"method": "PATCH", "path": "/v2/intelligence/9/", "params": {}, "body": {"status": "inactive"}}

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from tibridge.common.settings import SettingsError, load_settings
-from tibridge.publisher.app import publisher_options
-from tibridge.publisher.settings import PublisherSettings, PublishMode
+from tibridge.publisher.settings import PublisherSettings, PublishMode, TlpSpelling
 
 CREDENTIALS = {"bus": "memory", "threatstream_username": "analyst", "threatstream_api_key": "secret-key"}
 
@@ -16,16 +15,15 @@ CREDENTIALS = {"bus": "memory", "threatstream_username": "analyst", "threatstrea
 def test_defaults_are_approval_mode_private_batches_of_a_thousand() -> None:
     settings = load_settings(PublisherSettings, **CREDENTIALS)
     assert settings.threatstream.base_url == "https://api.threatstream.com/api"
-    options = publisher_options(settings.publisher, settings.threatstream)
-    assert (options.mode, options.batch_size, options.batch_age_seconds) == (PublishMode.APPROVAL, 1000, 5.0)
-    assert (options.wire.classification, options.wire.default_state) == ("private", "inactive")
-    assert options.mapping.default_lifetime.days == 90
+    publishing = settings.publisher
+    assert (publishing.mode, publishing.batch_size, publishing.batch_age_seconds) == (PublishMode.APPROVAL, 1000, 120.0)
+    assert (publishing.classification, publishing.auto_approve, publishing.default_lifetime_days) == (
+        "private",
+        False,
+        90,
+    )
+    assert (publishing.owner_tag, publishing.tlp_spelling) == ("tibridge", TlpSpelling.SAFE)
     assert "secret-key" not in repr(settings)
-
-
-def test_auto_approval_creates_active_sessions() -> None:
-    settings = load_settings(PublisherSettings, **CREDENTIALS, publisher_auto_approve=True)
-    assert publisher_options(settings.publisher, settings.threatstream).wire.default_state == "active"
 
 
 @pytest.mark.parametrize(
@@ -39,6 +37,9 @@ def test_auto_approval_creates_active_sessions() -> None:
             "TIBRIDGE_PUBLISHER_MAX_IN_FLIGHT (100) must be at least",
         ),
         ({"publisher_mode": "queue"}, "TIBRIDGE_PUBLISHER_MODE"),
+        ({"publisher_owner_tag": "two words"}, "TIBRIDGE_PUBLISHER_OWNER_TAG"),
+        ({"publisher_tlp_spelling": "white"}, "TIBRIDGE_PUBLISHER_TLP_SPELLING"),
+        ({"publisher_session_expiry_slack_percent": 150}, "TIBRIDGE_PUBLISHER_SESSION_EXPIRY_SLACK_PERCENT"),
     ],
 )
 def test_bad_settings_say_what_to_fix(overrides: dict[str, object], problem: str) -> None:

@@ -13,13 +13,20 @@ import pytest
 from pydantic import SecretStr
 
 from tests.fixtures.clock import ManualClock
-from tests.fixtures.publisher import MAPPING, WIRE, observable, scored_indicator
+from tests.fixtures.publisher import PUBLISHING, observable, scored_indicator
 from tests.fixtures.scorer import FAST_RETRIES
 from tibridge.common.contracts import ObservableType
 from tibridge.common.http import ResilientSender
-from tibridge.publisher.batching import session_view
-from tibridge.publisher.mapping import intel_objects
-from tibridge.publisher.payloads import ThreatStreamRequest, import_request, upsert_request
+from tibridge.publisher.mapping import Severity, intel_object
+from tibridge.publisher.payloads import (
+    Permission,
+    SessionProfile,
+    ThreatStreamRequest,
+    deactivate_request,
+    import_request,
+    owned_search,
+    upsert_request,
+)
 from tibridge.publisher.threatstream import DryRun, Outcome, ThreatStreamClient
 
 API_KEY = "k3y-0f-the-analyst-5ecret"
@@ -37,12 +44,16 @@ def a_client(handler: Handler, clock: ManualClock) -> ThreatStreamClient:
 
 
 def an_import() -> ThreatStreamRequest:
-    (obj,) = intel_objects(scored_indicator(observable(ObservableType.DOMAIN)), MAPPING, NOW)
-    return import_request(session_view(obj), ["bad.example.com", "worse.example.com"], WIRE)
+    profile = SessionProfile(
+        "malware", Severity.HIGH, 90, "amber", NOW, ("tibridge",), {"domain_mapping": "mal_domain"}
+    )
+    return import_request(["bad.example.com", "worse.example.com"], profile, PUBLISHING)
 
 
 def an_upsert() -> ThreatStreamRequest:
-    return upsert_request(intel_objects(scored_indicator(1), MAPPING, NOW), WIRE)
+    return upsert_request(
+        [intel_object(scored_indicator(observable(ObservableType.IPV4)), PUBLISHING, NOW)], PUBLISHING
+    )
 
 
 def answering(*responses: httpx.Response) -> tuple[Handler, list[httpx.Request]]:
@@ -133,21 +144,62 @@ async def test_an_import_answered_without_success_is_rejected() -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "request_kind", "hint"),
+    ("status", "sent", "hint"),
     [
-        (401, "import", "TIBRIDGE_THREATSTREAM_API_KEY"),
-        (403, "import", "import intelligence"),
-        (403, "upsert", "'Approve Intel'"),
-        (404, "upsert", "TIBRIDGE_THREATSTREAM_BASE_URL"),
+        (401, an_import(), "TIBRIDGE_THREATSTREAM_API_KEY"),
+        (404, an_upsert(), "TIBRIDGE_THREATSTREAM_BASE_URL"),
+        (403, owned_search("tibridge", None), "denied reading intelligence"),
     ],
 )
-async def test_refusals_say_what_to_fix(status: int, request_kind: str, hint: str) -> None:
+async def test_refusals_say_what_to_fix(status: int, sent: ThreatStreamRequest, hint: str) -> None:
     handler, seen = answering(httpx.Response(status, json={"message": "no"}))
-    request = an_import() if request_kind == "import" else an_upsert()
-    answer = await a_client(handler, ManualClock()).send(request)
+    answer = await a_client(handler, ManualClock()).send(sent)
     assert answer.outcome is Outcome.REFUSED
     assert hint in answer.detail
     assert len(seen) == 1
+
+
+@pytest.mark.parametrize(
+    ("sent", "permission", "hint"),
+    [
+        (an_import(), Permission.IMPORT, "importing intelligence"),
+        (an_upsert(), Permission.APPROVE_INTEL, "TIBRIDGE_PUBLISHER_MODE=direct"),
+        (deactivate_request(7), Permission.APPROVE_INTEL, "deactivating observables by id"),
+    ],
+)
+async def test_a_missing_permission_names_it_and_what_needs_it(
+    sent: ThreatStreamRequest, permission: Permission, hint: str
+) -> None:
+    """external-apis.md §3: a missing permission is a 403 with {"message": …} (the sandbox's text)."""
+    message = "User sandbox lacks the 'Approve Intel' permission for this action."
+    handler, _ = answering(httpx.Response(403, json={"message": message}))
+    answer = await a_client(handler, ManualClock()).send(sent)
+    assert (answer.outcome, answer.permission) == (Outcome.FORBIDDEN, permission)
+    assert f"'{permission}'" in answer.detail
+    assert hint in answer.detail
+
+
+@pytest.mark.parametrize("status", [403, 404])
+async def test_an_object_we_may_not_change_is_rejected_not_a_refusal(status: int) -> None:
+    message = "Intelligence object 7 belongs to another organization; it cannot be edited."
+    handler, _ = answering(httpx.Response(status, json={"message": message}))
+    answer = await a_client(handler, ManualClock()).send(deactivate_request(7))
+    assert (answer.outcome, answer.status) == (Outcome.REJECTED, status)
+
+
+async def test_a_search_sends_its_filters_as_query_and_reads_the_page() -> None:
+    page = {"meta": {"next": None}, "objects": [{"id": 1}]}
+    handler, seen = answering(httpx.Response(200, json=page))
+    answer = await a_client(handler, ManualClock()).send(owned_search("tibridge", 41))
+    assert (answer.outcome, answer.body) == (Outcome.ACCEPTED, page)
+    (request,) = seen
+    assert request.method == "GET"
+    assert dict(request.url.params) == {
+        "tags.name": "tibridge",
+        "order_by": "update_id",
+        "limit": "1000",
+        "update_id__gt": "41",
+    }
 
 
 async def test_the_key_reaches_no_log_line(caplog: pytest.LogCaptureFixture) -> None:
@@ -180,3 +232,10 @@ async def test_a_dry_run_writes_each_request_and_accepts_it(tmp_path: Path) -> N
     assert lines[1]["body"]["meta"]["allow_update"] is True
     assert "Authorization" not in target.read_text()
     assert dry_run.counts().requests == 2
+
+
+async def test_a_dry_run_holds_nothing_and_writes_no_reads(tmp_path: Path) -> None:
+    target = tmp_path / "requests.jsonl"
+    answer = await DryRun(target).send(owned_search("tibridge", None))
+    assert (answer.outcome, answer.body["objects"]) == (Outcome.ACCEPTED, [])
+    assert not target.exists()

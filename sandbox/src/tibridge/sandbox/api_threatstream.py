@@ -88,7 +88,7 @@ def _store_errors(handler: Callable[[web.Request], Awaitable[web.Response]]) -> 
 
 
 def _require(state: SandboxState, permission: Permission) -> None:
-    if permission not in state.config.threatstream_permissions:
+    if permission not in state.threatstream_permissions:
         raise IntelForbidden(
             f"User {state.config.threatstream_username} lacks the '{_PERMISSION_NAMES[permission]}' permission "
             "for this action."

@@ -4,8 +4,8 @@ Both are drawn per value from sha256(seed, value), so they do not depend on the 
 stay the same for a seed. Foreign entries are of three shapes, one to three per chosen value:
 
 * `other_source` — our organisation's, private, from another source, with an itype tibridge never uses;
-* `other_org`    — another organisation's public entry, often the very itype (and tag) tibridge would use;
-  not editable by us;
+* `other_org`    — another organisation's public entry, often the very itype (and tags: `mdti`, even
+  `tibridge`) tibridge would use; not editable by us;
 * `retired`      — our organisation's, from another source, already inactive or marked a false positive.
 """
 
@@ -101,7 +101,11 @@ def _entry(
     else:
         itype = "mal" + ITYPE_SUFFIXES[kind]
         source, organization = rng.choice(OTHER_ORGS)
-        tags = [{"name": "mdti"}, {"name": "Microsoft Defender Threat Intelligence"}] if rng.random() < 0.5 else []
+        draw = rng.random()
+        tags = [{"name": "mdti"}, {"name": "Microsoft Defender Threat Intelligence"}] if draw < 0.5 else []
+        if draw < 0.2:
+            # Another organisation's tibridge, publishing public: the owner tag alone makes nothing ours.
+            tags.append({"name": "tibridge"})
     retired = shape == "retired"
     created = now - timedelta(days=rng.randint(30, 700))
     # Far from the run either way, so nothing the sandbox does by itself changes a foreign entry.

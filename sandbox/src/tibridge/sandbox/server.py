@@ -30,6 +30,7 @@ from tibridge.sandbox.faults import FaultSpecError, merge_faults
 from tibridge.sandbox.httpkit import STATE_KEY, json_response
 from tibridge.sandbox.reconcile import reconcile
 from tibridge.sandbox.state import SandboxState
+from tibridge.sandbox.vocabulary import Permission
 
 CONTROL_PREFIX = "/_sandbox"
 # How long in-flight requests (e.g. injected hangs) get when the server stops.
@@ -135,6 +136,18 @@ async def _threatstream_session(request: web.Request) -> web.Response:
     return json_response(session.details())
 
 
+async def _set_permissions(request: web.Request) -> web.Response:
+    """An operator changes what tibridge's ThreatStream key may do: `{"permissions": ["import", ...]}`."""
+    state = request.app[STATE_KEY]
+    try:
+        body = await request.json()
+        state.threatstream_permissions = frozenset(Permission(name) for name in body["permissions"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        names = ", ".join(permission.value for permission in Permission)
+        return json_response({"message": f'send {{"permissions": [...]}} with any of {names}'}, 400)
+    return json_response({"permissions": sorted(state.threatstream_permissions)})
+
+
 def build_app(state: SandboxState) -> web.Application:
     app = web.Application(client_max_size=64 * 1024**2)
     app[STATE_KEY] = state
@@ -146,6 +159,7 @@ def build_app(state: SandboxState) -> web.Application:
     app.router.add_get(f"{CONTROL_PREFIX}/reconcile", _reconcile)
     app.router.add_get(f"{CONTROL_PREFIX}/threatstream/objects", _threatstream_objects)
     app.router.add_get(f"{CONTROL_PREFIX}/threatstream/sessions/{{session_id}}", _threatstream_session)
+    app.router.add_post(f"{CONTROL_PREFIX}/threatstream/permissions", _set_permissions)
     app.add_subapp(api_loganalytics.PREFIX, api_loganalytics.create_app(state))
     app.add_subapp(api_graph.PREFIX, api_graph.create_app(state))
     app.add_subapp(api_threatstream.PREFIX, api_threatstream.create_app(state))

@@ -41,6 +41,8 @@ class SandboxState:
             clock.monotonic,
         )
         self.stats = Stats()
+        # What tibridge's key may do; an operator may grant or revoke a right while it runs (POST /_sandbox/...).
+        self.threatstream_permissions = frozenset(config.threatstream_permissions)
         values = dataset_values(self.dataset)
         self.intel_rules = StoreRules(
             itypes={**ITYPES, **config.threatstream_extra_itypes},
@@ -75,6 +77,7 @@ class SandboxState:
         self.stats = Stats()
         self.ledger.clear()
         self.intel.reset()
+        self.threatstream_permissions = frozenset(self.config.threatstream_permissions)
 
     def expected(
         self,

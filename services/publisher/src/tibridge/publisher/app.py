@@ -1,45 +1,27 @@
 """The publisher's composition: settings → the ThreatStream client or the dry run (`build`) → the worker that
-batches, sends and settles, behind the consumer on `scored/publisher` (`assemble`, also the tests' seam);
+batches, delivers and settles, behind the consumer on `scored/publisher` (`assemble`, also the tests' seam);
 `SPEC` is what a process needs to run it."""
 
 from __future__ import annotations
 
 import contextlib
-from datetime import timedelta
 
 from tibridge.common.bus.port import Bus
 from tibridge.common.clock import Clock
 from tibridge.common.consumer import Consumer, ConsumerOptions
 from tibridge.common.http import RateLimiter, ResilientSender, RetryPolicy, async_client
 from tibridge.common.runtime import Service, ServiceName, ServiceSpec
-from tibridge.common.topology import PUBLISHER_SUBSCRIPTION, SCORED_TOPIC
-from tibridge.publisher.mapping import IntelStatus, MappingPolicy
-from tibridge.publisher.payloads import WireOptions
-from tibridge.publisher.settings import PublisherSettings, PublishingSettings, ThreatStreamSettings
+from tibridge.common.topology import INDICATORS_TOPIC, PUBLISHER_SUBSCRIPTION, SCORED_TOPIC, SCORER_SUBSCRIPTION
+from tibridge.publisher.settings import PublisherSettings
 from tibridge.publisher.threatstream import DryRun, Gateway, ThreatStreamClient
-from tibridge.publisher.worker import Publisher, PublisherOptions
+from tibridge.publisher.worker import Publisher
 
 # Receiving in bigger bites than the scorer does lets a batch of a thousand fill quickly.
 RECEIVE_BATCH = 100
 # The worker only adds a message to a batch; a few at once keep up with any receive rate.
 MAX_CONCURRENCY = 16
-
-
-def publisher_options(publishing: PublishingSettings, threatstream: ThreatStreamSettings) -> PublisherOptions:
-    return PublisherOptions(
-        mode=publishing.mode,
-        batch_size=publishing.batch_size,
-        batch_age_seconds=publishing.batch_age_seconds,
-        mapping=MappingPolicy(
-            default_lifetime=timedelta(days=publishing.default_lifetime_days), source_name=publishing.source_name
-        ),
-        wire=WireOptions(
-            classification=publishing.classification,
-            default_state=IntelStatus.ACTIVE if publishing.auto_approve else IntelStatus.INACTIVE,
-        ),
-        probe_interval_seconds=threatstream.probe_interval_seconds,
-        session_expiry_days=publishing.session_expiry_days,
-    )
+# Nothing arrived for this many of the consumer's receive waits: what the upstream produced is all here.
+QUIET_RECEIVE_WAITS = 2
 
 
 def consumer_options(settings: PublisherSettings) -> ConsumerOptions:
@@ -53,6 +35,7 @@ def consumer_options(settings: PublisherSettings) -> ConsumerOptions:
 
 
 def gateway_for(settings: PublisherSettings, resources: contextlib.AsyncExitStack, clock: Clock) -> Gateway:
+    """The client seam: every ThreatStream request goes through the shared rate-and-retry engine here."""
     if settings.publisher.dry_run_file is not None:
         return DryRun(settings.publisher.dry_run_file)
     threatstream = settings.threatstream
@@ -78,8 +61,21 @@ def assemble(
     settings: PublisherSettings, bus: Bus, clock: Clock, consumer: ConsumerOptions, *, gateway: Gateway
 ) -> Service:
     """The service once its gateway exists: the consumer on `scored/publisher`, which hands every message to the
-    worker to hold, and the worker's delivery loop; not ready while ThreatStream refuses us."""
-    publisher = Publisher(gateway, publisher_options(settings.publisher, settings.threatstream), clock)
+    worker to hold, and the worker's delivery loop; not ready while ThreatStream refuses us or lacks a permission.
+    The upstream is idle when the scorer's subscription is empty (its outputs are on `scored` before it
+    completes its inputs)."""
+
+    async def upstream_busy() -> bool:
+        return await bus.has_pending(INDICATORS_TOPIC, SCORER_SUBSCRIPTION)
+
+    publisher = Publisher(
+        gateway,
+        settings.publisher,
+        clock,
+        probe_interval_seconds=settings.threatstream.probe_interval_seconds,
+        quiet_seconds=QUIET_RECEIVE_WAITS * consumer.receive_wait_seconds,
+        upstream_busy=upstream_busy,
+    )
     return Service(
         workers=[Consumer(bus, SCORED_TOPIC, PUBLISHER_SUBSCRIPTION, publisher, consumer, clock), publisher],
         readiness=[publisher.readiness],

@@ -1,206 +1,112 @@
-"""Batches of held messages, and how a batch becomes ThreatStream requests. Pure code: time is passed in.
+"""Gathering held messages into batches. Pure code: time is passed in.
 
-A batch gathers messages until it holds `max_messages` or its oldest message has waited `max_age` seconds.
-Messages go into lanes (a `publish` batch and an `expire` batch never share a request); several messages
-about one observable coalesce into one entry whose payload is the newest by indicator time — across lanes,
-so a revocation that arrives with an older publication wins — while the entry keeps every message it
-stands for, to settle them together.
+A batch gathers messages until it holds `max_observables` observables or `max_messages` messages (what the
+consumer may hold at once: it can give no more), or it is due: its oldest message has waited
+`max_age` seconds (the latency bound while the upstream keeps producing), or the upstream is idle and nothing
+arrived for a quiet moment (so the last partial batch of a backfill, or of a `--once` run, goes at once). The
+caller says whether the upstream is idle; the batcher only knows arrivals.
 
-In approval mode one import session's settings apply to all its observables, so a batch is grouped by
-everything an import session states about them: status, TLP, severity, confidence, expiry and one itype per
-kind of observable (an expiring session states only itypes and expiry). To keep
-the groups few, confidence is rounded down to a multiple of 5 (never overstated), an active expiry is
-rounded up to a whole number of days (`TIBRIDGE_PUBLISHER_SESSION_EXPIRY_DAYS`, at most that much later
-than upstream's ValidUntil) and an expiring one down to the minute; tags an import
-session states are the ones every observable in it shares (always `mdti` and the source name).
+Several messages about one observable coalesce into one entry whose payload is the newest by indicator time
+(a revocation that arrives after an older publication wins, and so does a publication newer than a
+revocation), while the entry keeps every message it stands for, to settle them together.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Generic, TypeVar
 
-from tibridge.publisher.mapping import IntelObject, IntelStatus
-
-L = TypeVar("L", bound=Hashable)
+K = TypeVar("K", bound=Hashable)
 P = TypeVar("P")
 M = TypeVar("M")
-T = TypeVar("T")
-
-CONFIDENCE_STEP = 5
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass
-class Entry(Generic[P, M]):
+class Entry(Generic[K, P, M]):
     """One observable in a batch: the newest payload about it and every message it stands for."""
 
+    key: K
     payload: P
     order: datetime
     messages: list[M]
-    first_added: float
-
-
-@dataclass(frozen=True)
-class Batch(Generic[L, P, M]):
-    lane: L
-    entries: tuple[Entry[P, M], ...]
-
-    @property
-    def messages(self) -> list[M]:
-        return [message for entry in self.entries for message in entry.messages]
 
 
 @dataclass
-class _Lane(Generic[P, M]):
-    entries: dict[Hashable, Entry[P, M]] = field(default_factory=dict)
+class Batch(Generic[K, P, M]):
+    entries: dict[K, Entry[K, P, M]] = field(default_factory=dict)
     messages: int = 0
-    started: float = math.inf
+    started: float = 0.0
+    last_arrival: float = 0.0
 
 
-class Batcher(Generic[L, P, M]):
-    def __init__(self, max_messages: int, max_age_seconds: float) -> None:
-        if max_messages < 1 or max_age_seconds <= 0:
-            raise ValueError("a batch needs room for a message and a positive age")
+class Batcher(Generic[K, P, M]):
+    def __init__(self, max_observables: int, max_messages: int, max_age_seconds: float, quiet_seconds: float) -> None:
+        if min(max_observables, max_messages) < 1 or max_age_seconds <= 0 or quiet_seconds <= 0:
+            raise ValueError("a batch needs room for a message, a positive age and a positive quiet time")
+        self._max_observables = max_observables
         self._max_messages = max_messages
         self._max_age = max_age_seconds
-        self._lanes: dict[L, _Lane[P, M]] = {}
-        self._lane_of: dict[Hashable, L] = {}
-        self._sealed: list[Batch[L, P, M]] = []
+        self._quiet = quiet_seconds
+        self._open: Batch[K, P, M] | None = None
+        self._sealed: deque[Batch[K, P, M]] = deque()
 
     @property
     def held(self) -> int:
         """Messages waiting in open or sealed batches."""
-        return sum(lane.messages for lane in self._lanes.values()) + sum(len(b.messages) for b in self._sealed)
+        return sum(batch.messages for batch in (*self._sealed, *([self._open] if self._open else [])))
 
-    def add(self, lane: L, key: Hashable, order: datetime, payload: P, message: M, now: float) -> bool:
-        """Adds a message; True when a batch is full (`ready` hands it out)."""
-        current = self._lane_of.get(key)
-        if current is None:
-            target = self._lanes.setdefault(lane, _Lane())
-            target.entries[key] = Entry(payload, order, [message], now)
-            target.messages += 1
-            target.started = min(target.started, now)
-            self._lane_of[key] = lane
+    def add(self, key: K, order: datetime, payload: P, message: M, now: float) -> bool:
+        """Adds a message; True when that filled the batch (it is then sealed and `take` hands it out)."""
+        batch = self._open
+        if batch is None:
+            batch = self._open = Batch(started=now)
+        batch.last_arrival = now
+        batch.messages += 1
+        entry = batch.entries.get(key)
+        if entry is None:
+            batch.entries[key] = Entry(key, payload, order, [message])
         else:
-            holder = self._lanes[current]
-            entry = holder.entries[key]
             entry.messages.append(message)
-            holder.messages += 1
             if order >= entry.order:
                 entry.payload, entry.order = payload, order
-                if current != lane:
-                    self._move(key, current, lane)
-        final = self._lane_of[key]
-        if self._lanes[final].messages >= self._max_messages:
-            self._seal(final)
-        return bool(self._sealed)
+        if len(batch.entries) >= self._max_observables or batch.messages >= self._max_messages:
+            self._seal()
+            return True
+        return False
 
-    def ready(self, now: float) -> list[Batch[L, P, M]]:
-        """Full batches, and those whose oldest message has waited long enough; they leave the batcher."""
-        for lane, state in list(self._lanes.items()):
-            if now - state.started >= self._max_age:
-                self._seal(lane)
-        return self.drain_sealed()
+    def take(self, now: float, *, upstream_idle: bool) -> Batch[K, P, M] | None:
+        """The next batch that is full or due (it leaves the batcher), if any."""
+        batch = self._open
+        if not self._sealed and batch is not None:
+            aged = now - batch.started >= self._max_age
+            if aged or (upstream_idle and self.quiet(now)):
+                self._seal()
+        return self._sealed.popleft() if self._sealed else None
 
-    def drain(self) -> list[Batch[L, P, M]]:
+    def drain(self) -> list[Batch[K, P, M]]:
         """Every batch, due or not (on stop)."""
-        for lane in list(self._lanes):
-            self._seal(lane)
-        return self.drain_sealed()
+        if self._open is not None:
+            self._seal()
+        drained = list(self._sealed)
+        self._sealed.clear()
+        return drained
 
-    def drain_sealed(self) -> list[Batch[L, P, M]]:
-        sealed, self._sealed = self._sealed, []
-        return sealed
+    def quiet(self, now: float) -> bool:
+        """Nothing has arrived in the open batch for the quiet time."""
+        return self._open is not None and now - self._open.last_arrival >= self._quiet
 
-    def next_due(self) -> float | None:
-        """When the oldest open batch becomes due (monotonic seconds), if any is open."""
-        started = min((lane.started for lane in self._lanes.values()), default=math.inf)
-        return None if math.isinf(started) else started + self._max_age
+    def quiet_at(self) -> float | None:
+        """When the open batch has been quiet long enough for an idle upstream to let it go (monotonic seconds)."""
+        return None if self._open is None else self._open.last_arrival + self._quiet
 
-    def _move(self, key: Hashable, source: L, target: L) -> None:
-        entry = self._lanes[source].entries.pop(key)
-        self._lanes[source].messages -= len(entry.messages)
-        if not self._lanes[source].entries:
-            del self._lanes[source]
-        destination = self._lanes.setdefault(target, _Lane())
-        destination.entries[key] = entry
-        destination.messages += len(entry.messages)
-        destination.started = min(destination.started, entry.first_added)
-        self._lane_of[key] = target
+    def age_limit(self) -> float | None:
+        """When the open batch goes whatever the upstream does (monotonic seconds)."""
+        return None if self._open is None else self._open.started + self._max_age
 
-    def _seal(self, lane: L) -> None:
-        state = self._lanes.pop(lane)
-        for key in state.entries:
-            del self._lane_of[key]
-        self._sealed.append(Batch(lane, tuple(state.entries.values())))
-
-
-def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def bucket_confidence(confidence: int | None) -> int | None:
-    return None if confidence is None else confidence - confidence % CONFIDENCE_STEP
-
-
-def bucket_expiration(expiration: datetime, days: int = 1) -> datetime:
-    """The first UTC midnight at or after `expiration` that is a whole multiple of `days` days since the epoch."""
-    moment = expiration.astimezone(UTC)
-    step = timedelta(days=days)
-    buckets = math.ceil((moment - _EPOCH) / step)
-    return _EPOCH + buckets * step
-
-
-def session_view(obj: IntelObject, expiry_days: int = 1) -> IntelObject:
-    """The object as an import session can state it: bucketed confidence and expiry. An active expiry is
-    rounded up to `expiry_days`; an expiring one (\"now\") down to the minute, so it is never in the future."""
-    if obj.status is IntelStatus.INACTIVE:
-        expiration = obj.expiration.replace(second=0, microsecond=0)
-    else:
-        expiration = bucket_expiration(obj.expiration, expiry_days)
-    return replace(obj, confidence=bucket_confidence(obj.confidence), expiration=expiration)
-
-
-@dataclass
-class SessionGroup(Generic[T]):
-    """Items one import session states correctly: shared fields in `view` (shared tags only) and one itype per
-    kind of observable (the session's `ip_mapping`, `domain_mapping`, …)."""
-
-    view: IntelObject
-    mappings: dict[str, str]
-    members: list[T]
-
-    def admits(self, obj: IntelObject) -> bool:
-        return self.mappings.get(obj.kind.import_mapping_field, obj.itype) == obj.itype
-
-    def add(self, item: T, obj: IntelObject) -> None:
-        self.mappings[obj.kind.import_mapping_field] = obj.itype
-        self.members.append(item)
-        self.view = replace(self.view, tags=tuple(t for t in self.view.tags if t in obj.tags))
-
-
-def import_groups(items: Iterable[T], intel: Callable[[T], IntelObject], expiry_days: int = 1) -> list[SessionGroup[T]]:
-    """Groups items whose objects one import session can state correctly. IPs, domains, URLs… share a session
-    when everything else it states agrees; two itypes of one kind need two sessions."""
-    groups: dict[tuple[object, ...], list[SessionGroup[T]]] = {}
-    for item in items:
-        view = session_view(intel(item), expiry_days)
-        candidates = groups.setdefault(_session_key(view), [])
-        group = next((g for g in candidates if g.admits(view)), None)
-        if group is None:
-            group = SessionGroup(view, {}, [])
-            candidates.append(group)
-        group.add(item, view)
-    return [group for candidates in groups.values() for group in candidates]
-
-
-def _session_key(view: IntelObject) -> tuple[object, ...]:
-    if view.status is IntelStatus.INACTIVE:
-        # An expiring session states only the itypes and the expiry (see `payloads.import_request`).
-        return (view.status, view.expiration)
-    return (view.status, view.tlp, view.severity, view.confidence, view.expiration, view.threat_type)
+    def _seal(self) -> None:
+        if self._open is not None:
+            self._sealed.append(self._open)
+            self._open = None

@@ -25,6 +25,18 @@ class IntelClassification(StrEnum):
     PUBLIC = "public"
 
 
+class TlpSpelling(StrEnum):
+    """How TLP levels are written to ThreatStream; which spelling the real service validates is unverified.
+
+    `safe` sends only the levels both spellings share (green, amber, red): CLEAR/WHITE goes without a TLP (it
+    restricts nothing) and AMBER+STRICT as red (stricter, never looser), so no request can be refused for it.
+    """
+
+    SAFE = "safe"
+    TLP2 = "tlp2"  # clear, green, amber, amber+strict, red (the newest ThreatStream OpenAPI)
+    TLP1 = "tlp1"  # white, green, amber, red (older documentation); amber+strict as red
+
+
 class ThreatStreamSettings(Section):
     """TIBRIDGE_THREATSTREAM_*: the API, who we are to it, and the request budget."""
 
@@ -44,7 +56,7 @@ class ThreatStreamSettings(Section):
         0.5, gt=0, le=60, description="First backoff after a 5xx or timeout; it doubles per attempt, with jitter."
     )
     probe_interval_seconds: float = Field(
-        30.0, gt=0, description="While ThreatStream refuses the key, how often the held batch is tried again."
+        30.0, gt=0, description="While ThreatStream refuses the key, how often the held request is tried again."
     )
 
 
@@ -53,7 +65,8 @@ class PublishingSettings(Section):
 
     mode: PublishMode = Field(
         PublishMode.APPROVAL,
-        description="`approval` (import sessions, analyst approval) or `direct` (upsert; needs 'Approve Intel').",
+        description="`approval` (new intelligence in import sessions an analyst approves) or `direct` (upsert; "
+        "needs 'Approve Intel').",
     )
     auto_approve: bool = Field(
         False,
@@ -61,10 +74,17 @@ class PublishingSettings(Section):
         "'Approve Import' permission) instead of leaving them for an analyst.",
     )
     batch_size: int = Field(
-        1000, ge=1, le=10000, description="Messages gathered into one ThreatStream request at most."
+        1000,
+        ge=1,
+        le=10000,
+        description="Observables gathered into one batch (and one ThreatStream request) at most.",
     )
     batch_age_seconds: float = Field(
-        5.0, gt=0, le=600, description="A batch is sent once its oldest message has waited this long."
+        120.0,
+        gt=0,
+        le=600,
+        description="A partial batch is sent once its oldest message has waited this long while the upstream is "
+        "still producing; it goes at once when nothing more is on its way.",
     )
     classification: IntelClassification = Field(
         IntelClassification.PRIVATE, description="ThreatStream visibility of what we publish: private or public."
@@ -72,18 +92,38 @@ class PublishingSettings(Section):
     default_lifetime_days: int = Field(
         90, ge=1, le=3650, description="Expiry of an observable whose indicator has no ValidUntil, in days."
     )
-    session_expiry_days: int = Field(
-        7,
-        ge=1,
-        le=90,
-        description="Approval mode: expiries are rounded up to a multiple of this many days so observables can "
-        "share an import session (at most this much later than upstream's ValidUntil).",
+    session_expiry_slack_percent: int = Field(
+        50,
+        ge=0,
+        le=100,
+        description="Approval mode: an observable may share an import session whose expiry is later than its own "
+        "ValidUntil by at most this share of its remaining lifetime (never earlier).",
+    )
+    session_follow_seconds: float = Field(
+        600.0,
+        gt=0,
+        le=3600,
+        description="Approval mode: how long an import session is followed (bounded, paced polling) until "
+        "ThreatStream has finished processing it.",
+    )
+    owner_tag: str = Field(
+        "tibridge",
+        min_length=3,
+        max_length=50,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
+        description="Tag stamped on everything tibridge publishes; it deactivates and updates only objects of "
+        "this organisation that carry it (make it unique per deployment when several publish to one ThreatStream).",
     )
     source_name: str = Field(
-        "Microsoft Defender Threat Intelligence",
+        "Microsoft Threat Intelligence",
         min_length=1,
         max_length=100,
         description="Source name stamped on what we publish (a tag, so analysts can filter by it).",
+    )
+    tlp_spelling: TlpSpelling = Field(
+        TlpSpelling.SAFE,
+        description="`safe` (green, amber, red only: CLEAR sent without a TLP, AMBER+STRICT as red), `tlp2` "
+        "(clear … amber+strict) or `tlp1` (white … red), as your ThreatStream validates TLP.",
     )
     dry_run_file: Path | None = Field(
         None,

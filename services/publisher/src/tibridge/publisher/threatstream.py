@@ -1,4 +1,5 @@
-"""Sending requests to ThreatStream (httpx), or writing them to a file (dry run). Both answer an `Answer`.
+"""The one seam between the publisher and ThreatStream: `Gateway.send(request) -> Answer`, by httpx through the
+shared rate-and-retry engine (`ResilientSender`), or into a file (dry run).
 
 The `Authorization: apikey user:key` header is built from the secret at request time; the key is never in a
 URL, a log line, an exception or a repr, and is masked out of anything ThreatStream says back.
@@ -11,7 +12,7 @@ import json
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 from opentelemetry import trace
@@ -20,7 +21,7 @@ from pydantic import SecretStr
 
 from tibridge.common.http import RETRYABLE_STATUS, ResilientSender, RetriesExhausted
 from tibridge.common.metrics import Snapshot, Tally
-from tibridge.publisher.payloads import IMPORT_PATH, ThreatStreamRequest
+from tibridge.publisher.payloads import Operation, Permission, ThreatStreamRequest
 
 _tracer = trace.get_tracer("tibridge.publisher")
 
@@ -32,8 +33,10 @@ class Outcome(StrEnum):
     ACCEPTED = "accepted"
     # ThreatStream refuses the content: bisect the request to find the offending items.
     REJECTED = "rejected"
-    # ThreatStream refuses us (credentials, permissions, wrong URL): nothing will pass until it is fixed.
+    # ThreatStream refuses us (credentials, wrong URL, reading denied): nothing will pass until it is fixed.
     REFUSED = "refused"
+    # The user lacks the permission this kind of request needs (`Answer.permission`); others may still pass.
+    FORBIDDEN = "forbidden"
     # Still failing (429/5xx/timeouts) after the retry budget: give the messages back to the bus.
     UNAVAILABLE = "unavailable"
 
@@ -43,6 +46,8 @@ class Answer:
     outcome: Outcome
     detail: str
     status: int | None = None
+    body: Any = None  # the JSON of a 2xx answer
+    permission: Permission | None = None  # what a FORBIDDEN answer lacks
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ class ThreatStreamClient:
                 # Every form field as a nameless part: ThreatStream's import takes multipart/form-data.
                 files={name: (None, value) for name, value in request.form.items()} or None,
                 json=request.json_body,
+                params=request.params or None,
             )
 
         with _tracer.start_as_current_span(
@@ -111,26 +117,33 @@ class ThreatStreamClient:
         status = response.status_code
         said = self._message(response)
         if response.is_success:
-            if request.path == IMPORT_PATH and not _import_succeeded(response):
+            body = _json(response)
+            if request.operation is Operation.IMPORT and not (isinstance(body, dict) and body.get("success") is True):
                 return Answer(Outcome.REJECTED, f"ThreatStream did not take the import: {said}", status)
-            return Answer(Outcome.ACCEPTED, said, status)
+            return Answer(Outcome.ACCEPTED, said, status, body)
+        if status in RETRYABLE_STATUS:
+            return Answer(Outcome.UNAVAILABLE, f"ThreatStream kept answering {status}: {said}", status)
         if status == 401:
             reason = (
                 "ThreatStream refused the API key (401): check TIBRIDGE_THREATSTREAM_USERNAME and "
                 "TIBRIDGE_THREATSTREAM_API_KEY."
             )
-        elif status == 403:
-            reason = f"ThreatStream denied the request (403): {_permission_needed(request)}"
-        elif status in RETRYABLE_STATUS:
-            return Answer(Outcome.UNAVAILABLE, f"ThreatStream kept answering {status}: {said}", status)
-        elif status in (404, 405) or response.is_redirect:
+            return Answer(Outcome.REFUSED, reason, status)
+        if request.operation is Operation.UPDATE and (status == 404 or (status == 403 and not _about_rights(said))):
+            # This object is gone or not ours to edit (another organisation's): nothing to do with it.
+            return Answer(Outcome.REJECTED, f"ThreatStream answered {status}: {said}", status)
+        if status == 403:
+            permission = request.permission
+            if permission is None:
+                return Answer(Outcome.REFUSED, f"ThreatStream denied reading intelligence (403): {said}", status)
+            return Answer(Outcome.FORBIDDEN, _lacking(permission, said), status, permission=permission)
+        if status in (404, 405) or response.is_redirect:
             reason = (
                 f"ThreatStream has no {request.method} {request.path} ({status}): check "
                 "TIBRIDGE_THREATSTREAM_BASE_URL (the API root, ending in /api)."
             )
-        else:
-            return Answer(Outcome.REJECTED, f"ThreatStream answered {status}: {said}", status)
-        return Answer(Outcome.REFUSED, reason, status)
+            return Answer(Outcome.REFUSED, reason, status)
+        return Answer(Outcome.REJECTED, f"ThreatStream answered {status}: {said}", status)
 
     def _message(self, response: httpx.Response) -> str:
         try:
@@ -144,25 +157,30 @@ class ThreatStreamClient:
         return " ".join(masked.split())[:MAX_MESSAGE_LENGTH]
 
 
-def _import_succeeded(response: httpx.Response) -> bool:
+def _json(response: httpx.Response) -> Any:
     try:
-        body = response.json()
+        return response.json()
     except ValueError:
-        return False
-    return isinstance(body, dict) and body.get("success") is True
+        return None
 
 
-def _permission_needed(request: ThreatStreamRequest) -> str:
-    if request.path == IMPORT_PATH:
-        return (
-            "the ThreatStream user needs the right to import intelligence (and 'Approve Import' with "
-            "TIBRIDGE_PUBLISHER_AUTO_APPROVE=true)."
-        )
-    return "the ThreatStream user needs the 'Approve Intel' permission for TIBRIDGE_PUBLISHER_MODE=direct."
+def _about_rights(message: str) -> bool:
+    return "permission" in message.lower()
+
+
+def _lacking(permission: Permission, said: str) -> str:
+    needed_for = {
+        Permission.IMPORT: "importing intelligence (TIBRIDGE_PUBLISHER_MODE=approval)",
+        Permission.APPROVE_IMPORT: "auto-approved import sessions (TIBRIDGE_PUBLISHER_AUTO_APPROVE=true)",
+        Permission.APPROVE_INTEL: "upserting (TIBRIDGE_PUBLISHER_MODE=direct) and changing or deactivating "
+        "observables by id",
+    }[permission]
+    return f"the ThreatStream user lacks the '{permission}' permission, which {needed_for} needs (403: {said})"
 
 
 class DryRun:
-    """Writes each request to a JSONL file instead of sending it, and answers that it was accepted."""
+    """Writes each request that would change ThreatStream to a JSONL file instead of sending it, and answers that
+    it was accepted; reads find nothing (the dry run holds nothing), so nothing is ever expired or followed."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
@@ -172,10 +190,12 @@ class DryRun:
         return _gateway_counts(self._attempts)
 
     async def send(self, request: ThreatStreamRequest) -> Answer:
+        if request.method == "GET":
+            return Answer(Outcome.ACCEPTED, "the dry run holds nothing", 200, {"meta": {"next": None}, "objects": []})
         line = json.dumps(request.record(), ensure_ascii=False, sort_keys=True) + "\n"
         await asyncio.to_thread(self._append, line)
         self._attempts.add(retry="no")
-        return Answer(Outcome.ACCEPTED, f"written to {self._path}")
+        return Answer(Outcome.ACCEPTED, f"written to {self._path}", 200, {"success": True})
 
     def _append(self, line: str) -> None:
         with self._path.open("a", encoding="utf-8") as out:
