@@ -273,7 +273,8 @@ def decode(body: bytes) -> Envelope | Unreadable:
 
 def _major_supported(version: str) -> bool:
     major, _, _ = version.partition(".")
-    return major.isdigit() and int(major) == SUPPORTED_MAJOR_VERSION
+    # ASCII digits only ("²".isdigit() holds, int("²") raises), and few of them (int() refuses 4,300 digits).
+    return major.isascii() and major.isdigit() and len(major) <= 9 and int(major) == SUPPORTED_MAJOR_VERSION
 
 
 def _summarise(error: ValidationError) -> str:

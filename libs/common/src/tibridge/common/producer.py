@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tibridge.common.aio import waiting_on_dependency
 from tibridge.common.bus.port import Bus, OutgoingMessage
 from tibridge.common.clock import Clock
 from tibridge.common.contracts import (
@@ -33,15 +34,13 @@ class Producer:
             return
         traceparent, tracestate = current_trace_context()
         produced_at = self._clock.now()
-        await self._bus.publish(
-            topic,
-            [
-                message_for(
-                    envelope_for(payload, produced_at=produced_at, traceparent=traceparent, tracestate=tracestate)
-                )
-                for payload in payloads
-            ],
-        )
+        messages = [
+            message_for(envelope_for(payload, produced_at=produced_at, traceparent=traceparent, tracestate=tracestate))
+            for payload in payloads
+        ]
+        # The bus may be slow to accept (throttling, reconnects): time a handler's budget does not count.
+        with waiting_on_dependency():
+            await self._bus.publish(topic, messages)
 
 
 def message_for(envelope: Envelope) -> OutgoingMessage:
