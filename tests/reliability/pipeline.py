@@ -229,7 +229,7 @@ class ThreeProcesses:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         while True:
-            await self._keep_collector_going()
+            await self.check_collector()
             if self.collector_finished and all(self._double.depth(topic, sub) == 0 for topic, sub in SUBSCRIPTIONS):
                 return
             for service in ("scorer", "publisher"):
@@ -240,7 +240,8 @@ class ThreeProcesses:
                 raise AssertionError(f"the pipeline did not settle within {within:.0f} s: {depths}")
             await asyncio.sleep(0.5)
 
-    async def _keep_collector_going(self) -> None:
+    async def check_collector(self) -> None:
+        """Notes when the collector's pass finished; a collector that failed by itself fails the test."""
         process = self._processes["collector"]
         if self.collector_finished or process.returncode is None:
             return
