@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
@@ -185,6 +186,7 @@ def configure_observability(settings: ServiceSettings, name: str) -> None:
     """Logs, traces and metrics of a process named `name`: once per process, before anything is built."""
     structured_logging.configure(settings.log_level)
     structured_logging.register_settings_secrets(settings)
+    structured_logging.register_environment_secrets(os.environ)
     telemetry.configure(name)
 
 
