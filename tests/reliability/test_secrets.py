@@ -200,6 +200,12 @@ async def test_no_secret_reaches_any_output_on_any_path(
         assert any(name.startswith("dead letter") for name in run.outputs), (
             "a refused value was meant to be dead-lettered"
         )
+        logs, spans = (
+            run.outputs["every secret in use: stderr (logs)"],
+            run.outputs["every secret in use: stdout (spans, metrics)"],
+        )
+        assert b'"level": "DEBUG"' in logs, "debug logging was meant to be on"
+        assert b'"trace_id"' in spans, "the console exporters were meant to print spans"
 
         # 2. The storage account refuses the key.
         async with sandbox_taking_our_key(sandbox_factory) as server:
