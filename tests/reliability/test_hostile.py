@@ -38,7 +38,9 @@ from tibridge.common.settings import BusKind
 from tibridge.common.topology import TOPOLOGY, SubscriptionSpec, Topology
 from tibridge.sandbox import SandboxServer
 
-pytestmark = pytest.mark.usefixtures("restored_logging")
+# A healthy run of the corpus takes seconds; a row that stalls the pipeline must fail the test, not hold the
+# suite for the default five minutes (a value worked on without awaiting cannot be interrupted any other way).
+pytestmark = [pytest.mark.usefixtures("restored_logging"), pytest.mark.timeout(150)]
 
 AUDIT = "audit"
 # The corpus's rows are hours old: a first pass that reaches back a few days reads them all.
