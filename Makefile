@@ -11,12 +11,13 @@ RUN := $(UV) run --frozen
 CHECKOV := LOG_LEVEL=ERROR $(UV) run --frozen --project deploy/checkov checkov
 RENDERED := .tools/rendered
 
-.PHONY: help setup azurite lint typecheck checkov images images-if-possible test test-fast demo bench \
+.PHONY: help setup azurite lint typecheck checkov images images-if-possible test test-fast reliability demo bench \
 	emulator-config azure-template clean
 
 help:
 	@echo "make demo   - install what is needed, then run the whole pipeline against the local sandbox"
 	@echo "make test   - install what is needed, then run ruff, mypy, checkov, build the images and run every test"
+	@echo "make reliability - the reliability suite at full size; figures in tests/reliability/results.md"
 	@echo "make images - build the five images with docker, or podman (installed and set up here when root)"
 
 $(UV):
@@ -67,6 +68,12 @@ test: lint typecheck azurite checkov images-if-possible
 
 test-fast: setup
 	$(RUN) pytest -x -q
+
+# The reliability suite at full size (tens of thousands of indicators, every fault on every API, several kills
+# per service, the hostile corpus in every mode); writes its figures to tests/reliability/results.md.
+# `make test` runs the same tests at their fast size.
+reliability: setup azurite
+	TIBRIDGE_RELIABILITY=full $(RUN) pytest tests/reliability -q -p no:cacheprovider --timeout=3600
 
 demo: setup
 	$(RUN) tibridge demo $(DEMO_ARGS)

@@ -7,10 +7,12 @@ import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from tibridge.cli.pipeline import build_pipeline, load_pipeline_settings, stop_when_drained
+from tibridge.cli.pipeline import OneShotEnd, build_pipeline, load_pipeline_settings, stop_when_done
 from tibridge.cli.registry import SERVICES
+from tibridge.common.bus.port import Bus
 from tibridge.common.clock import SystemClock
 from tibridge.common.runtime import (
+    EXIT_DEPENDENCY_REFUSED,
     Service,
     ServiceName,
     Worker,
@@ -61,14 +63,22 @@ async def run_pipeline(
     since: str | None,
     values: Mapping[str, Any] | None = None,
     on_built: Callable[[Mapping[ServiceName, Service]], None] | None = None,
+    on_bus: Callable[[Bus], None] | None = None,
 ) -> int:
-    """All services in one process; `on_built` sees them before they start (the demo watches their counts)."""
+    """All services in one process; `on_built` sees them before they start (the demo watches their counts),
+    `on_bus` sees the bus (tests read the in-memory bus's dead-letter queues after the run).
+
+    With `once`, the process stops when the collector's pass is done and everything downstream settled, or gives
+    up with EXIT_DEPENDENCY_REFUSED once it has not been ready for TIBRIDGE_ONCE_REFUSED_SECONDS."""
     settings = load_pipeline_settings({"bus": bus, **_collector_values(once, since), **(values or {})})
     configure_observability(settings.process, ALL_IN_ONE)
     stop = asyncio.Event()
     collector_done = asyncio.Event()
+    end = OneShotEnd()
     async with contextlib.AsyncExitStack() as resources:
         the_bus = await bus_from_settings(settings.process, resources)
+        if on_bus is not None:
+            on_bus(the_bus)
         services = await build_pipeline(settings, the_bus, resources, SystemClock())
         if on_built is not None:
             on_built(services)
@@ -79,10 +89,17 @@ async def run_pipeline(
                 readiness=collector.readiness,
                 counts=collector.counts,
             )
-            resources.push_async_callback(
-                _cancel, asyncio.create_task(stop_when_drained(the_bus, services, collector_done, stop))
+            watcher = stop_when_done(
+                the_bus,
+                services,
+                collector_done,
+                stop,
+                refused_seconds=settings.process.once_refused_seconds,
+                end=end,
             )
-        return await serve(settings.process, the_bus, list(services.values()), stop=stop, name=ALL_IN_ONE)
+            resources.push_async_callback(_cancel, asyncio.create_task(watcher))
+        code = await serve(settings.process, the_bus, list(services.values()), stop=stop, name=ALL_IN_ONE)
+    return EXIT_DEPENDENCY_REFUSED if end.refused is not None and code == 0 else code
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

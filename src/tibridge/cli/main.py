@@ -41,7 +41,11 @@ SinceOption = Annotated[
 @app.command()
 def run(
     once: Annotated[
-        bool, typer.Option(help="One collector pass, then stop when everything downstream settled.")
+        bool,
+        typer.Option(
+            help="One collector pass, then stop when everything downstream settled; exit 3 when a dependency keeps "
+            "refusing us for TIBRIDGE_ONCE_REFUSED_SECONDS."
+        ),
     ] = False,
     bus: Annotated[BusKind, typer.Option(help="`memory` (all in one process) or `servicebus`.")] = BusKind.MEMORY,
     since: SinceOption = None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -17,11 +18,16 @@ from tibridge.common.bus.port import Bus
 from tibridge.common.clock import Clock
 from tibridge.common.consumer import Consumer
 from tibridge.common.logging import register_settings_secrets
-from tibridge.common.runtime import Service, ServiceName
+from tibridge.common.runtime import Service, ServiceName, readiness_checks, readiness_problems
 from tibridge.common.settings import ServiceSettings, SettingsError, load_settings
 from tibridge.common.topology import TOPOLOGY
 
+log = logging.getLogger(__name__)
+
 S = TypeVar("S", bound=ServiceSettings)
+IDLE_POLL_SECONDS = 0.2
+# Readiness asks the bus too (a peek on Service Bus): less often than idleness.
+READINESS_POLL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -76,13 +82,49 @@ async def is_idle(bus: Bus, services: Mapping[ServiceName, Service]) -> bool:
     return True
 
 
-async def stop_when_drained(
-    bus: Bus, services: Mapping[ServiceName, Service], collector_done: asyncio.Event, stop: asyncio.Event
+@dataclass
+class OneShotEnd:
+    """How a one-shot run ended: drained, or given up on because a dependency kept refusing us."""
+
+    refused: str | None = None
+
+
+async def stop_when_done(
+    bus: Bus,
+    services: Mapping[ServiceName, Service],
+    collector_done: asyncio.Event,
+    stop: asyncio.Event,
+    *,
+    refused_seconds: float,
+    end: OneShotEnd,
 ) -> None:
-    """For one-shot runs: once the collector finished and everything downstream settled, stop the process."""
-    await collector_done.wait()
+    """For one-shot runs: stop the process once the collector finished and everything downstream settled — or
+    once the services have not been ready (a dependency refusing us, a paused consumer) for `refused_seconds`
+    on end, saying why in `end.refused`. Watched from the start: the collector may be what waits."""
+    loop = asyncio.get_running_loop()
+    checks = readiness_checks(list(services.values()))
+    unready_since: float | None = None
+    next_check = loop.time()
     while not stop.is_set():
-        if await is_idle(bus, services):
+        now = loop.time()
+        if now >= next_check:
+            next_check = now + READINESS_POLL_SECONDS
+            problems = await readiness_problems(bus, checks)
+            if not problems:
+                unready_since = None
+            elif unready_since is None:
+                unready_since = now
+            elif now - unready_since >= refused_seconds:
+                end.refused = "; ".join(problems)
+                log.error(
+                    "giving up the one-shot run: not ready for %.0f s (TIBRIDGE_ONCE_REFUSED_SECONDS) because %s; "
+                    "fix that and run again — what this run did not deliver is left for the next one",
+                    now - unready_since,
+                    end.refused,
+                )
+                stop.set()
+                return
+        if collector_done.is_set() and await is_idle(bus, services):
             stop.set()
             return
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(IDLE_POLL_SECONDS)

@@ -67,7 +67,14 @@ async def test_stats_reset_and_expected(sandbox: SandboxServer) -> None:
         objects = [{"srcip": "203.0.113.9", "itype": "mal_ip"}]
         await client.patch("/threatstream/api/v2/intelligence/", json={"meta": {}, "objects": objects})
         stats = (await client.get("/_sandbox/stats")).json()
-        assert set(stats) == {"requests", "inside_retry_after", "loganalytics", "graph", "threatstream"}
+        assert set(stats) == {
+            "requests",
+            "inside_retry_after",
+            "faults_injected",
+            "loganalytics",
+            "graph",
+            "threatstream",
+        }
         assert (stats["requests"]["threatstream"], stats["threatstream"]["objects"]) == ({"202": 1}, 1)
         await client.post("/_sandbox/reset")
         reset = (await client.get("/_sandbox/stats")).json()

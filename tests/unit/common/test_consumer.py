@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
@@ -14,9 +15,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tests.fixtures.messages import collected_envelope, consumer_options, scored
 from tests.fixtures.runtime import eventually
-from tibridge.common.bus.memory import MAX_DELIVERY_COUNT_EXCEEDED, MemoryBus, MemoryReceiver
+from tibridge.common import consumer as consumer_module
+from tibridge.common.aio import waiting_on_dependency
+from tibridge.common.bus.memory import MemoryBus, MemoryReceiver
 from tibridge.common.bus.port import BusUnavailable, OutgoingMessage, ReceivedMessage
 from tibridge.common.consumer import (
+    PROCESSING_ERROR,
+    PROCESSING_TIMEOUT,
     UNEXPECTED_TYPE,
     Consumer,
     ConsumerOptions,
@@ -26,7 +31,8 @@ from tibridge.common.consumer import (
     Settlement,
     TryLater,
 )
-from tibridge.common.contracts import IndicatorCollected, envelope_for
+from tibridge.common.contracts import Envelope, IndicatorCollected, Unreadable, decode, envelope_for
+from tibridge.common.logging import REDACTED, register_secret
 from tibridge.common.producer import message_for
 from tibridge.common.runtime import not_paused
 from tibridge.common.telemetry import current_trace_context
@@ -173,21 +179,185 @@ async def test_a_handler_settles_by_raising_dead_letter_or_try_later() -> None:
     )
 
 
-async def test_an_unexpected_exception_never_stops_the_consumer_and_ends_in_the_dead_letter_queue() -> None:
+async def test_an_unexpected_exception_dead_letters_its_message_at_once_with_the_reason_and_the_consumer_goes_on() -> (
+    None
+):
     bus = MemoryBus(topology())
 
     async def broken_on_one(payload: IndicatorCollected) -> None:
         if payload.indicator_id.endswith("1"):
-            raise KeyError("a bug")
+            raise OverflowError("date value out of range")
 
     handler = SettledForMe(broken_on_one)
     await publish(bus, 1, 2)
     async with running(bus, handler) as consumer:
-        await eventually(lambda: depth(bus) == 0, what="completing one and exhausting the other's deliveries")
-        assert consumer.counts().completed == 1
-    assert handler.seen.count("indicator--00000001") == MAX_DELIVERIES
+        await eventually(lambda: depth(bus) == 0, what="completing one and dead-lettering the other")
+        counts = consumer.counts()
+    assert (counts.completed, counts.dead_lettered, counts.abandoned) == (1, 1, 0)
+    # Tried once: a bug repeats on every delivery, so redelivering it would only hide its reason.
+    assert handler.seen.count("indicator--00000001") == 1
     [dead] = await dead_letters(bus)
-    assert dead.dead_letter_reason == MAX_DELIVERY_COUNT_EXCEEDED
+    assert (dead.dead_letter_reason, dead.dead_letter_description) == (
+        PROCESSING_ERROR,
+        "OverflowError: date value out of range",
+    )
+
+
+async def test_a_dead_letter_description_never_carries_a_secret() -> None:
+    secret = "leaky-Secret-4f1c2e9b"
+    register_secret(secret)
+    bus = MemoryBus(topology())
+
+    async def leaking(payload: IndicatorCollected) -> None:
+        if payload.indicator_id.endswith("1"):
+            raise ValueError(f"request failed with key {secret}")
+        raise PermanentFailure("Rejected", f"Authorization: apikey someone:{secret}-2 was refused")
+
+    handler = SettledForMe(leaking)
+    await publish(bus, 1, 2)
+    async with running(bus, handler):
+        await eventually(lambda: depth(bus) == 0, what="dead-lettering both")
+    descriptions = [dead.dead_letter_description or "" for dead in await dead_letters(bus)]
+    assert len(descriptions) == 2
+    assert all(secret not in description and REDACTED in description for description in descriptions)
+
+
+async def test_a_bus_failure_under_the_handler_gives_the_message_back() -> None:
+    bus = MemoryBus(topology())
+    failures = 0
+
+    async def output_send_fails_once(payload: IndicatorCollected) -> None:
+        nonlocal failures
+        if failures == 0:
+            failures += 1
+            raise BusUnavailable("sending to scored failed")
+
+    handler = SettledForMe(output_send_fails_once)
+    await publish(bus, 1)
+    async with running(bus, handler) as consumer:
+        await eventually(lambda: depth(bus) == 0, what="completing on the second delivery")
+        counts = consumer.counts()
+    assert (counts.abandoned, counts.completed, counts.dead_lettered) == (1, 1, 0)
+
+
+async def test_a_handler_stuck_on_one_message_is_cut_off_and_the_message_dead_lettered() -> None:
+    bus = MemoryBus(topology())
+
+    async def stuck_on_one(payload: IndicatorCollected) -> None:
+        if payload.indicator_id.endswith("1"):
+            await asyncio.Event().wait()
+
+    handler = SettledForMe(stuck_on_one)
+    await publish(bus, 1, 2, 3)
+    async with running(bus, handler, replace(FAST, handler_timeout_seconds=0.2)) as consumer:
+        await eventually(lambda: depth(bus) == 0, what="settling all three")
+        counts = consumer.counts()
+    assert (counts.completed, counts.dead_lettered) == (2, 1)
+    [dead] = await dead_letters(bus)
+    assert dead.dead_letter_reason == PROCESSING_TIMEOUT
+    assert "TIBRIDGE_HANDLER_TIMEOUT_SECONDS" in (dead.dead_letter_description or "")
+
+
+async def test_waiting_on_a_dependency_does_not_count_against_the_handling_time() -> None:
+    bus = MemoryBus(topology())
+    limiter_wait = 0.6  # three times the budget, as when a rate limiter or a Retry-After window holds a lookup
+
+    async def waits_for_a_rate_limiter(payload: IndicatorCollected) -> None:
+        with waiting_on_dependency():
+            await asyncio.sleep(limiter_wait)
+        await asyncio.sleep(0.01)
+
+    handler = SettledForMe(waits_for_a_rate_limiter)
+    await publish(bus, 1, 2)
+    async with running(bus, handler, replace(FAST, handler_timeout_seconds=0.2)) as consumer:
+        await eventually(lambda: depth(bus) == 0, what="completing both")
+        counts = consumer.counts()
+    assert (counts.completed, counts.dead_lettered) == (2, 0)
+
+
+async def test_the_budget_runs_again_once_the_dependency_answered() -> None:
+    bus = MemoryBus(topology())
+
+    async def waits_then_hangs(payload: IndicatorCollected) -> None:
+        with waiting_on_dependency():
+            await asyncio.sleep(0.3)
+        await asyncio.Event().wait()
+
+    handler = SettledForMe(waits_then_hangs)
+    await publish(bus, 1)
+    async with running(bus, handler, replace(FAST, handler_timeout_seconds=0.2)):
+        await eventually(lambda: depth(bus) == 0, what="dead-lettering the message")
+    [dead] = await dead_letters(bus)
+    assert dead.dead_letter_reason == PROCESSING_TIMEOUT
+
+
+async def test_a_manual_handler_that_raises_has_its_message_dead_lettered() -> None:
+    bus = MemoryBus(topology())
+
+    async def broken(item: InFlight[IndicatorCollected]) -> None:
+        raise RuntimeError("the handler broke")
+
+    handler = RecordingHandler(broken)
+    [message_id] = await publish(bus, 1)
+    async with running(bus, handler):
+        await eventually(lambda: depth(bus) == 0, what="dead-lettering the message")
+    assert handler.seen == [(message_id, 0)]
+    [dead] = await dead_letters(bus)
+    assert (dead.dead_letter_reason, dead.dead_letter_description) == (
+        PROCESSING_ERROR,
+        "RuntimeError: the handler broke",
+    )
+
+
+async def test_a_body_that_makes_decoding_raise_is_dead_lettered_as_unreadable(monkeypatch: pytest.MonkeyPatch) -> None:
+    bus = MemoryBus(topology())
+    handler = RecordingHandler()
+
+    def decode_that_breaks_its_promise(body: bytes) -> Envelope | Unreadable:
+        if body == b"breaks the decoder":
+            raise ValueError("the decoder broke")
+        return decode(body)
+
+    monkeypatch.setattr(consumer_module, "decode", decode_that_breaks_its_promise)
+    await bus.publish(INDICATORS_TOPIC, [OutgoingMessage(body=b"breaks the decoder", message_id="breaker")])
+    [good] = await publish(bus, 1)
+    async with running(bus, handler):
+        await eventually(lambda: depth(bus) == 0, what="settling both")
+    assert handler.seen == [(good, 0)]
+    [dead] = await dead_letters(bus)
+    assert (dead.message_id, dead.dead_letter_reason) == ("breaker", "InvalidBody")
+
+
+class RefusingDeadLetters(MemoryBus):
+    """A bus whose dead-lettering fails, as when the broker drops the connection at that moment."""
+
+    def receiver(
+        self, topic: str, subscription: str, *, dead_letter: bool = False, prefetch: int = 0
+    ) -> MemoryReceiver:
+        inner = super().receiver(topic, subscription, dead_letter=dead_letter, prefetch=prefetch)
+
+        async def refuse(message: ReceivedMessage, reason: str, description: str) -> None:
+            raise BusUnavailable("the broker did not answer")
+
+        inner.dead_letter = refuse  # type: ignore[method-assign]
+        return inner
+
+
+async def test_a_failing_dead_letter_leaves_the_message_to_its_lock_and_the_consumer_goes_on() -> None:
+    bus = RefusingDeadLetters(topology(lock_seconds=0.3))
+
+    async def poison_then_good(payload: IndicatorCollected) -> None:
+        if payload.indicator_id.endswith("1"):
+            raise PermanentFailure("Rejected", "never valid")
+
+    handler = SettledForMe(poison_then_good)
+    await bus.publish(INDICATORS_TOPIC, [OutgoingMessage(body=b"{not json", message_id="unreadable")])
+    await publish(bus, 1, 2)
+    async with running(bus, handler) as consumer:
+        await eventually(lambda: "indicator--00000002" in handler.seen, what="handling the good message")
+        await eventually(lambda: consumer.counts().completed == 1, what="completing the good message")
+        # Both poison messages come back when their locks lapse, and are handled again.
+        await eventually(lambda: handler.seen.count("indicator--00000001") >= 2, what="the lock lapsing")
 
 
 async def test_holds_no_more_than_max_in_flight() -> None:
@@ -246,21 +416,6 @@ async def test_a_payload_of_the_wrong_type_is_dead_lettered() -> None:
     [dead] = await dead_letters(bus)
     assert dead.dead_letter_reason == UNEXPECTED_TYPE
     assert "IndicatorScored" in (dead.dead_letter_description or "")
-
-
-async def test_a_failing_handler_gets_the_message_again_until_max_delivery_dead_letters_it() -> None:
-    bus = MemoryBus(topology())
-
-    async def fail(item: InFlight[IndicatorCollected]) -> None:
-        raise RuntimeError("the handler broke")
-
-    handler = RecordingHandler(fail)
-    [message_id] = await publish(bus, 1)
-    async with running(bus, handler):
-        await eventually(lambda: depth(bus) == 0, what="exhausting the deliveries")
-    assert handler.seen == [(message_id, count) for count in range(MAX_DELIVERIES)]
-    [dead] = await dead_letters(bus)
-    assert dead.dead_letter_reason == MAX_DELIVERY_COUNT_EXCEEDED
 
 
 async def test_a_permanent_failure_is_dead_lettered_at_once_with_its_reason() -> None:

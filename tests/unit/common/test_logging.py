@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+from urllib.parse import quote, quote_plus
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from pydantic import SecretStr
 
 from tibridge.common import logging as structured_logging
-from tibridge.common.logging import REDACTED, redact, register_secret, register_settings_secrets
+from tibridge.common.logging import (
+    REDACTED,
+    redact,
+    register_environment_secrets,
+    register_secret,
+    register_settings_secrets,
+)
 from tibridge.common.settings import ServiceSettings, load_settings
 
 pytestmark = pytest.mark.usefixtures("restored_logging")
@@ -57,6 +65,25 @@ def test_registered_secret_values_are_masked_wherever_they_appear() -> None:
     register_secret(SecretStr("plain-registered-value-42"))
     register_secret("ab")  # too short to mask without masking ordinary words
     assert redact("token plain-registered-value-42, about") == f"token {REDACTED}, about"
+
+
+def test_a_secret_is_masked_url_encoded_and_in_base64_too() -> None:
+    secret = "k3y+with/odd=chars"
+    register_secret(secret)
+    for form in (quote(secret, safe=""), quote_plus(secret), base64.b64encode(secret.encode()).decode()):
+        assert redact(f"sent {form} along") == f"sent {REDACTED} along"
+
+
+def test_the_keys_inside_a_connection_string_are_masked_on_their_own() -> None:
+    service_bus_key, storage_key = "c2J-key-0f9e8d7c6b5a", "c3RvcmFnZS1rZXk-4a3b2c1d=="
+    register_secret(SecretStr(f"Endpoint=sb://ns.example/;SharedAccessKeyName=Root;SharedAccessKey={service_bus_key}"))
+    register_secret(f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={storage_key};")
+    assert redact(f"hmac over {service_bus_key} and {storage_key}") == f"hmac over {REDACTED} and {REDACTED}"
+
+
+def test_the_client_secret_azure_reads_from_the_environment_is_masked() -> None:
+    register_environment_secrets({"AZURE_CLIENT_SECRET": "env-client-secret-77aa", "AZURE_CLIENT_ID": "not-a-secret"})
+    assert redact("secret env-client-secret-77aa, id not-a-secret") == f"secret {REDACTED}, id not-a-secret"
 
 
 def test_every_secret_of_the_settings_is_registered() -> None:

@@ -141,3 +141,13 @@ def test_request_limits_refuse_the_sixth_concurrent_and_past_the_window() -> Non
 def test_request_limits_can_be_switched_off() -> None:
     limits = RequestLimits(None, None, 30.0, lambda: 0.0)
     assert all(limits.admit() is None for _ in range(1000))
+
+
+def test_every_fault_decided_is_reported_by_kind() -> None:
+    reported: list[tuple[str, FaultKind]] = []
+    spec = FaultSpec(p429=0.3, p500=0.3)
+    injector = FaultInjector(5, {"graph": spec}, lambda: 0.0, lambda api, kind: reported.append((api, kind)))
+    decisions = [injector.decide("graph") for _ in range(50)] + [injector.decide_item("graph") for _ in range(50)]
+    faulted = [("graph", decision.kind) for decision in decisions if decision.kind is not FaultKind.NONE]
+    assert reported == faulted
+    assert {kind for _, kind in reported} == {FaultKind.THROTTLED, FaultKind.ERROR_500}

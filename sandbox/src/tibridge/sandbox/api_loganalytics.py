@@ -119,7 +119,10 @@ async def _query(request: web.Request) -> web.Response:
     if result.truncated:
         stats.partial_results += 1
         text += ',"error":' + json.dumps(_partial_error(state.config.row_cap))
-    return web.Response(text=text + "}", content_type="application/json")
+    # JSON text can hold a lone UTF-16 surrogate only as a \uXXXX escape, which is what backslashreplace writes
+    # (UTF-8 encodes every other character); the real service answers such values in valid UTF-8 too.
+    body = (text + "}").encode("utf-8", "backslashreplace")
+    return web.Response(body=body, content_type="application/json", charset="utf-8")
 
 
 def create_app(state: SandboxState) -> web.Application:

@@ -130,8 +130,15 @@ class TokenBucket:
 
 
 class FaultInjector:
-    def __init__(self, seed: int, faults: Mapping[Api, FaultSpec], monotonic: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        seed: int,
+        faults: Mapping[Api, FaultSpec],
+        monotonic: Callable[[], float],
+        on_fault: Callable[[Api, FaultKind], None] | None = None,
+    ) -> None:
         self._monotonic = monotonic
+        self._on_fault = on_fault
         self._random = {api: random.Random(f"{seed}:{api}") for api in APIS}
         self._buckets: dict[Api, TokenBucket | None] = {}
         self.faults: dict[Api, FaultSpec] = {}
@@ -161,6 +168,12 @@ class FaultInjector:
         return self._draw(api, self.faults[api], self._random[api], item=True, ceiling=True)
 
     def _draw(self, api: Api, spec: FaultSpec, rng: random.Random, *, item: bool, ceiling: bool) -> FaultDecision:
+        decision = self._drawn(api, spec, rng, item=item, ceiling=ceiling)
+        if decision.kind is not FaultKind.NONE and self._on_fault is not None:
+            self._on_fault(api, decision.kind)
+        return decision
+
+    def _drawn(self, api: Api, spec: FaultSpec, rng: random.Random, *, item: bool, ceiling: bool) -> FaultDecision:
         bucket = self._buckets[api]
         if bucket is not None and ceiling:
             wait = bucket.take(self._monotonic())

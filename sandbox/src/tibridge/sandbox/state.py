@@ -10,7 +10,7 @@ from tibridge.common.contracts import Classification
 from tibridge.sandbox.config import SandboxConfig
 from tibridge.sandbox.dataset import Dataset, generate
 from tibridge.sandbox.expected import ExpectedOutcome, expected_outcome
-from tibridge.sandbox.faults import Api, FaultInjector, RequestLimits, RetryAfterLedger
+from tibridge.sandbox.faults import Api, FaultInjector, FaultKind, RequestLimits, RetryAfterLedger
 from tibridge.sandbox.intel import IntelStore, StoreRules
 from tibridge.sandbox.reputation import ReputationModel
 from tibridge.sandbox.seeding import dataset_values, foreign_entries, whitelist
@@ -32,7 +32,7 @@ class SandboxState:
         )
         self.tables: dict[str, Table] = build_tables(self.dataset)
         self.reputations = ReputationModel(config.seed, config.reputations)
-        self.faults = FaultInjector(config.seed, config.faults, clock.monotonic)
+        self.faults = FaultInjector(config.seed, config.faults, clock.monotonic, self._count_fault)
         self.ledger = RetryAfterLedger(config.retry_after_grace_seconds)
         self.loganalytics_limits = RequestLimits(
             config.loganalytics_max_concurrent,
@@ -68,6 +68,9 @@ class SandboxState:
                 config.threatstream_foreign_max_values,
             ),
         )
+
+    def _count_fault(self, api: Api, kind: FaultKind) -> None:
+        self.stats.faults_injected[api][str(kind)] += 1
 
     def announce_retry_after(self, api: Api, seconds: float) -> None:
         self.ledger.announce(api, self.clock.monotonic(), seconds)

@@ -39,6 +39,8 @@ class ThreatStreamStats:
 class Stats:
     requests: dict[Api, Counter[str]] = field(default_factory=lambda: {api: Counter() for api in APIS})
     inside_retry_after: Counter[Api] = field(default_factory=Counter)
+    # Faults the injector decided on (whole requests and Graph batch items), by kind: what a test survived.
+    faults_injected: dict[Api, Counter[str]] = field(default_factory=lambda: {api: Counter() for api in APIS})
     loganalytics: LogAnalyticsStats = field(default_factory=LogAnalyticsStats)
     graph: GraphStats = field(default_factory=GraphStats)
     threatstream: ThreatStreamStats = field(default_factory=ThreatStreamStats)
@@ -50,6 +52,7 @@ class Stats:
         return {
             "requests": {api: dict(sorted(counts.items())) for api, counts in self.requests.items()},
             "inside_retry_after": {api: self.inside_retry_after[api] for api in APIS},
+            "faults_injected": {api: dict(sorted(counts.items())) for api, counts in self.faults_injected.items()},
             "loganalytics": asdict(self.loganalytics),
             "graph": {
                 "http_requests": self.graph.http_requests,

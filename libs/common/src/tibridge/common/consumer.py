@@ -3,9 +3,22 @@
 Settlement is by default the loop's: a `Handler` returns and the message is completed; it raises
 `PermanentFailure` and the message is dead-lettered with that reason; it raises `TryLater` and the message goes
 back to the bus; it raises `DependencyUnavailable` (a configuration or outage problem, not a bad message) and
-the message goes back while the consumer pauses. Any other exception is a bug, not a designed outcome: the
-message goes back to the bus (and, past the subscription's max delivery count, to its dead-letter queue) with
-the exception logged — a handler can never crash the worker.
+the message goes back while the consumer pauses. A `BusError` (the bus failed under the handler, e.g. sending its
+output) gives the message back too. Any other exception is a bug for this message, not a designed outcome: the
+message is dead-lettered at once with reason `ProcessingError` and the exception's type and (redacted) text as
+description — a handler can never crash the worker, and a bug is never "handled" by redelivering the message
+until the subscription's max delivery count dead-letters it without a reason. Retrying a bug repeats it: the
+adapters are what know which failures are transient, and they raise `TryLater`/`DependencyUnavailable` for them.
+A dead-lettered message is kept whole; `tibridge dlq replay --reason ProcessingError` sends it round again
+once the bug is fixed.
+
+Handling one message is also bounded in time (`handler_timeout_seconds`): a handler still busy past it is
+cancelled and its message dead-lettered with reason `ProcessingTimeout`. Time spent inside
+`aio.waiting_on_dependency()` — a rate limiter, a Retry-After window, an API's answer, a send to the bus — does
+not count: a handler
+that waits for a dependency is slow for everyone, not stuck on its message, and every network call has its own
+timeout. Work that never awaits (a runaway loop on one value) cannot be interrupted by any asyncio code; it is
+bounded where the value is read (length caps before normalisation).
 
 A `ManualHandler` opts into manual settlement: it owns each message (`InFlight`) until it settles it, so it
 may hold messages in a batch (the publisher). The loop bounds what is in flight, renews locks while a handler
@@ -21,15 +34,16 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Final, Generic, Protocol, TypeVar, runtime_checkable
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from tibridge.common.aio import first_of
+from tibridge.common.aio import Overrun, first_of, time_budget
 from tibridge.common.bus.port import Bus, BusError, LockLost, ReceivedMessage, Receiver
 from tibridge.common.clock import Clock, SystemClock
 from tibridge.common.contracts import Envelope, IndicatorCollected, IndicatorScored, Unreadable, decode
+from tibridge.common.logging import redact
 from tibridge.common.metrics import Snapshot, Tally
 from tibridge.common.settings import ServiceSettings
 from tibridge.common.telemetry import context_from_traceparent
@@ -40,6 +54,11 @@ _tracer = trace.get_tracer("tibridge.consumer")
 P = TypeVar("P", IndicatorCollected, IndicatorScored)
 
 UNEXPECTED_TYPE = "UnexpectedMessageType"
+PROCESSING_ERROR = "ProcessingError"
+PROCESSING_TIMEOUT = "ProcessingTimeout"
+INVALID_BODY: Final = "InvalidBody"
+# Dead-letter descriptions are for people: long enough for an exception's text, short enough to list.
+MAX_DESCRIPTION = 1024
 # Lock renewals in flight at once (each is one management request on Service Bus).
 _CONCURRENT_RENEWALS = 32
 RECEIVE_WAIT_SECONDS = 1.0
@@ -92,7 +111,8 @@ class InFlight(Generic[P]):
         return await self._settle(Settlement.ABANDONED, self._receiver.abandon(self.message))
 
     async def dead_letter(self, reason: str, description: str) -> Settlement | None:
-        operation = self._receiver.dead_letter(self.message, reason, description)
+        """The description is redacted and shortened here, so no dead-letter queue ever holds a secret."""
+        operation = self._receiver.dead_letter(self.message, reason, safe_description(description))
         return await self._settle(Settlement.DEAD_LETTERED, operation)
 
     async def _settle(self, outcome: Settlement, operation: Coroutine[Any, Any, None]) -> Settlement | None:
@@ -109,6 +129,11 @@ class InFlight(Generic[P]):
         finally:
             self._on_settled(self, outcome)
         return outcome
+
+
+def safe_description(text: str) -> str:
+    """What a dead-letter description may say: no secret (`redact`), and at most MAX_DESCRIPTION characters."""
+    return redact(text)[:MAX_DESCRIPTION]
 
 
 class Handler(Protocol[P]):
@@ -148,6 +173,8 @@ class ConsumerOptions:
     prefetch: int
     shutdown_grace_seconds: float
     probe_interval_seconds: float
+    # Handling one message, waits on dependencies not counted; None leaves it unbounded.
+    handler_timeout_seconds: float | None = None
     receive_wait_seconds: float = RECEIVE_WAIT_SECONDS
     lock_check_interval_seconds: float = LOCK_CHECK_INTERVAL_SECONDS
 
@@ -169,6 +196,7 @@ class ConsumerOptions:
             prefetch=settings.servicebus.prefetch,
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
             probe_interval_seconds=probe_interval_seconds,
+            handler_timeout_seconds=settings.handler_timeout_seconds,
         )
 
 
@@ -194,12 +222,14 @@ class Consumer(Generic[P]):
         self._topic = topic
         self._subscription = subscription
         self._handler: Handler[P] | ManualHandler[P] = handler
-        self._hold: Callable[[InFlight[P]], Awaitable[None]]
+        # The work the budget bounds; a plain handler's message is completed after it returns.
+        self._work: Callable[[InFlight[P]], Awaitable[None]]
         self._flush: Callable[[], Awaitable[None]]
+        self._completes_on_return = not isinstance(handler, ManualHandler)
         if isinstance(handler, ManualHandler):
-            self._hold, self._flush = handler.hold, handler.flush
+            self._work, self._flush = handler.hold, handler.flush
         else:
-            self._hold, self._flush = _completing_on_return(handler), _nothing_held
+            self._work, self._flush = _payload_to(handler), _nothing_held
         self._options = options
         self._clock = clock or SystemClock()
         self._in_flight: dict[int, InFlight[P]] = {}
@@ -262,7 +292,12 @@ class Consumer(Generic[P]):
                 await self._dispatch(receiver, message)
 
     async def _dispatch(self, receiver: Receiver, message: ReceivedMessage) -> None:
-        decoded = decode(message.body)
+        try:
+            decoded = decode(message.body)
+        except Exception as error:
+            # `decode` promises never to raise; a body that breaks the promise is still only an unreadable body.
+            log.exception("decoding message %s raised; treating its body as unreadable", message.message_id)
+            decoded = Unreadable(INVALID_BODY, f"decoding the body failed: {type(error).__name__}")
         if isinstance(decoded, Unreadable):
             await self._reject(receiver, message, decoded.reason, decoded.description)
             return
@@ -287,12 +322,17 @@ class Consumer(Generic[P]):
         task.add_done_callback(self._tasks.discard)
 
     async def _reject(self, receiver: Receiver, message: ReceivedMessage, reason: str, description: str) -> None:
+        description = safe_description(description)
         log.warning("dead-lettering message %s from %s: %s: %s", message.message_id, self.name, reason, description)
         try:
             await receiver.dead_letter(message, reason, description)
             self._settled.add(subscription=self.name, outcome=Settlement.DEAD_LETTERED, reason=reason)
         except LockLost:
             log.warning("lock lost before dead-lettering message %s", message.message_id)
+        except BusError as error:
+            log.warning(
+                "dead-lettering message %s failed (%s); it comes back when its lock lapses", message.message_id, error
+            )
 
     async def _handle(self, item: InFlight[P]) -> None:
         async with self._semaphore:
@@ -307,31 +347,66 @@ class Consumer(Generic[P]):
                     "messaging.message.delivery_count": item.message.delivery_count,
                 },
             ) as span:
+                message_id = item.message.message_id
                 try:
-                    await self._hold(item)
+                    await self._within_budget(self._work(item))
+                    if self._completes_on_return:
+                        await item.complete()
                 except PermanentFailure as failure:
                     span.set_status(Status(StatusCode.ERROR, failure.reason))
-                    log.warning("dead-lettering message %s: %s", item.message.message_id, failure)
-                    await item.dead_letter(failure.reason, failure.description)
+                    log.warning("dead-lettering message %s: %s", message_id, safe_description(str(failure)))
+                    await self._settle_or_let_lapse(item.dead_letter(failure.reason, failure.description))
                 except TryLater as error:
                     span.set_status(Status(StatusCode.ERROR, "try later"))
-                    log.warning("giving message %s back to the bus for later: %s", item.message.message_id, error)
-                    await item.abandon()
+                    log.warning("giving message %s back to the bus for later: %s", message_id, error)
+                    await self._settle_or_let_lapse(item.abandon())
                 except DependencyUnavailable as error:
                     span.set_status(Status(StatusCode.ERROR, "dependency unavailable"))
                     if self.paused_reason is None:
                         log.error("pausing %s: %s", self.name, error)
                     self.paused_reason = str(error)
-                    await item.abandon()
-                except Exception as error:
-                    span.record_exception(error)
-                    span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-                    log.exception(
-                        "handling message %s failed (%s); abandoning it for redelivery",
-                        item.message.message_id,
-                        type(error).__name__,
+                    await self._settle_or_let_lapse(item.abandon())
+                except BusError as error:
+                    # The bus, not the message: e.g. sending the handler's output failed. Nothing is lost by retrying.
+                    span.set_status(Status(StatusCode.ERROR, "bus error"))
+                    log.warning("the bus failed while handling message %s (%s); giving it back", message_id, error)
+                    await self._settle_or_let_lapse(item.abandon())
+                except Overrun as overrun:
+                    span.set_status(Status(StatusCode.ERROR, PROCESSING_TIMEOUT))
+                    description = (
+                        f"handling the message took longer than {overrun.seconds:g} s "
+                        "(TIBRIDGE_HANDLER_TIMEOUT_SECONDS), not counting waits on dependencies"
                     )
-                    await item.abandon()
+                    log.error("dead-lettering message %s as %s: %s", message_id, PROCESSING_TIMEOUT, description)
+                    await self._settle_or_let_lapse(item.dead_letter(PROCESSING_TIMEOUT, description))
+                except Exception as error:
+                    description = safe_description(f"{type(error).__name__}: {error}")
+                    span.add_event(
+                        "exception", {"exception.type": type(error).__name__, "exception.message": description}
+                    )
+                    span.set_status(Status(StatusCode.ERROR, PROCESSING_ERROR))
+                    log.error(
+                        "handling message %s failed; dead-lettering it as %s: %s",
+                        message_id,
+                        PROCESSING_ERROR,
+                        description,
+                        exc_info=error,
+                    )
+                    await self._settle_or_let_lapse(item.dead_letter(PROCESSING_ERROR, description))
+
+    async def _within_budget(self, work: Awaitable[None]) -> None:
+        seconds = self._options.handler_timeout_seconds
+        if seconds is None:
+            await work
+            return
+        async with time_budget(seconds):
+            await work
+
+    async def _settle_or_let_lapse(self, settlement: Awaitable[Settlement | None]) -> None:
+        try:
+            await settlement
+        except BusError as error:
+            log.warning("settling a message failed (%s); it comes back when its lock lapses", error)
 
     def _on_settled(self, item: InFlight[P], outcome: Settlement) -> None:
         self._in_flight.pop(id(item), None)
@@ -409,10 +484,9 @@ class Consumer(Generic[P]):
                 log.warning("abandoning %s failed (%s); its lock will lapse", item.message.message_id, error)
 
 
-def _completing_on_return(handler: Handler[P]) -> Callable[[InFlight[P]], Awaitable[None]]:
+def _payload_to(handler: Handler[P]) -> Callable[[InFlight[P]], Awaitable[None]]:
     async def handle(item: InFlight[P]) -> None:
         await handler.handle(item.payload)
-        await item.complete()
 
     return handle
 

@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SCHEMA_VERSION = "1.0"
 SUPPORTED_MAJOR_VERSION = 1
@@ -109,6 +109,27 @@ class DropReason(StrEnum):
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _sendable(cls, value: Any) -> Any:
+        """Whatever validates can be sent: text JSON in UTF-8 cannot carry (a lone UTF-16 surrogate, as a JSON body's
+        `\\ud800` escape decodes to) is replaced by U+FFFD instead of failing the encoding of the whole message."""
+        if isinstance(value, str):
+            return _sendable_text(value)
+        if isinstance(value, tuple) and any(isinstance(item, str) for item in value):
+            return tuple(_sendable_text(item) if isinstance(item, str) else item for item in value)
+        return value
+
+
+def _sendable_text(text: str) -> str:
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 class Observable(_Model):
@@ -273,13 +294,18 @@ def decode(body: bytes) -> Envelope | Unreadable:
 
 def _major_supported(version: str) -> bool:
     major, _, _ = version.partition(".")
-    return major.isdigit() and int(major) == SUPPORTED_MAJOR_VERSION
+    # ASCII digits only ("²".isdigit() holds, int("²") raises), and few of them (int() refuses 4,300 digits).
+    return major.isascii() and major.isdigit() and len(major) <= 9 and int(major) == SUPPORTED_MAJOR_VERSION
+
+
+# Validation messages that quote the input; described by their type instead.
+_QUOTING_ERRORS = {"union_tag_invalid": "the payload's kind is not one of indicator.collected, indicator.scored"}
 
 
 def _summarise(error: ValidationError) -> str:
     # Locations and messages only: the offending input values stay out of dead-letter descriptions.
     parts = [
-        f"{'.'.join(str(p) for p in item['loc']) or 'body'}: {item['msg']}"
+        f"{'.'.join(str(p) for p in item['loc']) or 'body'}: {_QUOTING_ERRORS.get(item['type'], item['msg'])}"
         for item in error.errors(include_input=False)
     ]
     return "; ".join(parts)[:_MAX_DESCRIPTION]

@@ -2,19 +2,21 @@
 
 `configure(level)` installs one handler on the root logger. Every record passing it goes through
 `RedactingFilter`, which masks the secret values registered at startup (`register_secret`,
-`register_settings_secrets`) and anything shaped like a credential (ThreatStream `apikey user:key`,
-`Bearer` tokens, Service Bus / storage keys, SAS signatures); the JSON formatter masks once more what it
-adds itself (formatted exceptions, extra fields).
+`register_settings_secrets`, `register_environment_secrets`; also URL-encoded and in base64) and anything
+shaped like a credential (ThreatStream `apikey user:key`, `Bearer` tokens, Service Bus / storage keys, SAS
+signatures); the JSON formatter masks once more what it adds itself (formatted exceptions, extra fields).
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 import sys
 import threading
 from collections.abc import Mapping
 from typing import Any, Final, TextIO
+from urllib.parse import quote, quote_plus
 
 from opentelemetry import trace
 from pydantic import BaseModel, SecretStr
@@ -32,6 +34,10 @@ _CREDENTIAL_PATTERNS: Final = (
     re.compile(r"(?P<keep>\b(?:sig|api_key|client_secret)=)[^&;\s\"']+", re.IGNORECASE),
 )
 
+# Parts of Service Bus and storage connection strings that are keys.
+_CONNECTION_STRING_KEYS = frozenset({"sharedaccesskey", "accountkey", "sharedaccesssignature"})
+_ENVIRONMENT_SECRETS = ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PASSWORD", "AZURE_PASSWORD")
+
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 _HANDLER_MARK = "_tibridge_handler"
@@ -40,11 +46,33 @@ _CHATTY_LOGGER = "azure"
 
 
 def register_secret(value: str | SecretStr | None) -> None:
-    """Masks this exact value wherever it appears in a log record from now on."""
+    """Masks this value wherever it appears in a log record from now on — also URL-encoded or in base64, and, for
+    a connection string, each key inside it on its own (an SDK may log the key without its label)."""
     plain = value.get_secret_value() if isinstance(value, SecretStr) else value
-    if plain and len(plain) >= _MIN_SECRET_LENGTH:
-        with _secrets_lock:
-            _secrets.add(plain)
+    if not plain or len(plain) < _MIN_SECRET_LENGTH:
+        return
+    forms = {plain, quote(plain, safe=""), quote_plus(plain), base64.b64encode(plain.encode()).decode()}
+    with _secrets_lock:
+        _secrets.update(form for form in forms if len(form) >= _MIN_SECRET_LENGTH)
+    for key in _connection_string_keys(plain):
+        if key != plain:
+            register_secret(key)
+
+
+def register_environment_secrets(environ: Mapping[str, str]) -> None:
+    """Registers the secrets Azure's libraries read from the environment themselves (DefaultAzureCredential's
+    client secret and certificate password), which no setting of ours carries."""
+    for name in _ENVIRONMENT_SECRETS:
+        register_secret(environ.get(name))
+
+
+def _connection_string_keys(text: str) -> list[str]:
+    keys = []
+    for part in text.split(";"):
+        name, separator, value = part.partition("=")
+        if separator and value and name.strip().lower() in _CONNECTION_STRING_KEYS:
+            keys.append(value.strip())
+    return keys
 
 
 def register_settings_secrets(settings: BaseModel) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tibridge.common.aio import waiting_on_dependency
 from tibridge.common.bus.port import Bus, OutgoingMessage
 from tibridge.common.clock import Clock
 from tibridge.common.contracts import (
@@ -38,7 +39,9 @@ class Producer:
             message_for(envelope_for(payload, produced_at=produced_at, traceparent=traceparent, tracestate=tracestate))
             for payload in payloads
         ]
-        await self._bus.publish(topic, messages)
+        # The bus may be slow to accept (throttling, reconnects): time a handler's budget does not count.
+        with waiting_on_dependency():
+            await self._bus.publish(topic, messages)
         return [message.message_id for message in messages]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
@@ -43,6 +44,8 @@ READINESS_TIMEOUT_SECONDS = 5.0
 EXIT_OK = 0
 EXIT_WORKER_CRASHED = 1
 EXIT_BAD_SETTINGS = 2
+# A one-shot run gave up because a dependency kept refusing us (TIBRIDGE_ONCE_REFUSED_SECONDS).
+EXIT_DEPENDENCY_REFUSED = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -183,6 +186,7 @@ def configure_observability(settings: ServiceSettings, name: str) -> None:
     """Logs, traces and metrics of a process named `name`: once per process, before anything is built."""
     structured_logging.configure(settings.log_level)
     structured_logging.register_settings_secrets(settings)
+    structured_logging.register_environment_secrets(os.environ)
     telemetry.configure(name)
 
 
@@ -202,8 +206,7 @@ async def serve(
     """
     stop = stop or asyncio.Event()
     workers = [worker for service in services for worker in service.workers]
-    checks = [check for service in services for check in service.readiness]
-    checks += [not_paused(worker) for worker in workers if isinstance(worker, Pausable)]
+    checks = readiness_checks(services)
 
     async def readiness() -> list[str]:
         return await readiness_problems(bus, checks, stopping=stop.is_set())
@@ -216,6 +219,13 @@ async def serve(
         log.info("%s stopped", name, extra={"counts": service.counts().as_json()})
     telemetry.flush()
     return code
+
+
+def readiness_checks(services: Sequence[Service]) -> list[ReadinessCheck]:
+    """Every check that decides whether these services are ready: their own, and no worker paused."""
+    checks = [check for service in services for check in service.readiness]
+    workers = [worker for service in services for worker in service.workers]
+    return checks + [not_paused(worker) for worker in workers if isinstance(worker, Pausable)]
 
 
 async def readiness_problems(bus: Bus, checks: Sequence[ReadinessCheck], *, stopping: bool = False) -> list[str]:

@@ -116,6 +116,18 @@ class ServiceSettings(TibridgeSettings):
         ge=0,
         description="Time in-flight work gets to finish on SIGTERM; give the orchestrator's kill deadline 10 s more.",
     )
+    handler_timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="Most time handling one message may take, not counting waits on a dependency (rate limits, "
+        "Retry-After, API answers, the bus); past it the message is dead-lettered as ProcessingTimeout.",
+    )
+    once_refused_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="`--once` runs: how long a dependency may keep refusing us (401/403, a paused consumer) before "
+        "the run stops with exit code 3, leaving what it did not deliver for the next run.",
+    )
 
     @field_validator("log_level")
     @classmethod

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from tibridge.common.aio import waiting_on_dependency
 from tibridge.common.consumer import SettledCounts
 from tibridge.common.contracts import IndicatorCollected, IndicatorScored, Reputation, Verdict
 from tibridge.common.metrics import Snapshot, Tally
@@ -84,7 +85,9 @@ class ScorerHandler:
         reputation: Reputation | None = None
         if needs_lookup(indicator):
             observable = indicator.observable
-            reputation = await self._cache.get(observable.key, lambda: self._reputations.lookup(observable.value))
+            # Rate limits and Retry-After windows make lookups wait; that is not time this message costs.
+            with waiting_on_dependency():
+                reputation = await self._cache.get(observable.key, lambda: self._reputations.lookup(observable.value))
         scored = decide(indicator, reputation, self._rules)
         await self._producer.send(SCORED_TOPIC, [scored])
         self._count(scored)
