@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 VENV := .venv
 RUN := $(UV) run --frozen
 
-.PHONY: help setup azurite lint typecheck test test-fast demo bench emulator-config clean
+.PHONY: help setup azurite lint typecheck test test-fast demo bench bench-quick emulator-config clean
 
 help:
 	@echo "make demo   - install what is needed, then run the whole pipeline against the local sandbox"
@@ -43,8 +43,13 @@ test-fast: setup
 demo: setup
 	$(RUN) tibridge demo $(DEMO_ARGS)
 
+# Every scenario against a fresh sandbox each, into bench/results/ (see bench/README.md); BENCH_ARGS adds
+# e.g. --timeout 3600 or --note "what else ran on the machine".
 bench: setup
-	$(RUN) python -m bench
+	$(RUN) python -m bench --plan full $(BENCH_ARGS)
+
+bench-quick: setup
+	$(RUN) python -m bench --plan quick $(BENCH_ARGS)
 
 emulator-config: setup
 	$(RUN) tibridge topology emulator-config > servicebus/config.json
