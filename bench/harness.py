@@ -15,7 +15,7 @@ from typing import Any
 
 from bench import figures
 from bench.counts import PipelineCounts, pipeline_counts
-from bench.processes import Child, Children, base_environment, children
+from bench.processes import Child, Children, base_environment, children, peak_rss_mib
 from bench.sandbox import LATENCIES_MS, Sandbox, SandboxOptions, StatsSampler, start_sandbox
 from bench.scenarios import Kind, Scenario
 from tibridge.cli.demo import reconcile
@@ -244,10 +244,30 @@ def run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, Any]:
                 sandbox.close()
 
 
+@dataclass
+class Observed:
+    """Everything a scenario left behind, read before its sandbox stopped."""
+
+    scenario: Scenario
+    options: RunOptions
+    timing: Timing
+    stats: dict[str, Any]  # the sandbox's traffic counters, before the harness's own requests
+    expected: dict[str, Any]
+    sessions: list[dict[str, Any]]
+    approved: int
+    objects: list[dict[str, Any]]
+    counts: PipelineCounts
+    reports: dict[str, dict[str, Any]]  # the runners' reports by process name
+    model_report: dict[str, Any]
+    processes: list[dict[str, Any]]
+    lookup_samples: list[tuple[float, int]]  # (seconds since the origin, Graph lookups answered)
+    sandbox_ready_seconds: float
+    load_average: dict[str, list[float]]
+
+
 def _measure(
     scenario: Scenario, options: RunOptions, group: Children, sandbox: Sandbox, directory: Path
 ) -> dict[str, Any]:
-    expected = sandbox.expected()
     env = _tibridge_env(sandbox, directory, scenario)
     model_report: dict[str, Any] = {}
     paths: dict[str, Path] = {}
@@ -262,41 +282,64 @@ def _measure(
     for child in group.started:  # all but the sandbox: what it holds is read below
         if child.name != "sandbox":
             child.stop(STOP_GRACE_SECONDS)
-    reports_by_name = _read_reports(paths)
-    runner_reports = list(reports_by_name.values())
-    stats = sandbox.stats()  # the traffic of the run, before the harness's own requests below
+    reports = _read_reports(paths)
+    # The sandbox's peak while it served the run, before it renders the big answers below.
+    own_reports = reports | {
+        "logic-app-model": model_report,
+        "sandbox": {"peak_rss_mib": peak_rss_mib(sandbox.child.pid)},
+    }
+    stats = sandbox.stats()
+    expected = sandbox.expected()
     sandbox.without_latency()
     sessions = sandbox.sessions(stats["threatstream"]["import_sessions"])
     approved = sandbox.approve_pending(sessions)
     objects = sandbox.objects()
-    counts = pipeline_counts(_stage_counts(runner_reports))
+    counts = pipeline_counts(_stage_counts(list(reports.values())))
     if scenario.kind is Kind.ALL_IN_ONE:
-        _stage_times(runner_reports, counts, timing)
+        _stage_times(list(reports.values()), counts, timing)
     group.stop_all()
-    load_after = os.getloadavg()
+    return run_figures(
+        Observed(
+            scenario=scenario,
+            options=options,
+            timing=timing,
+            stats=stats,
+            expected=expected,
+            sessions=sessions,
+            approved=approved,
+            objects=objects,
+            counts=counts,
+            reports=reports,
+            model_report=model_report,
+            processes=[_process_figures(child, own_reports.get(child.name)) for child in group.started],
+            lookup_samples=[(t - timing.origin, n) for t, n, _, _ in sampler.samples],
+            sandbox_ready_seconds=sandbox.ready_seconds,
+            load_average={
+                "before": [round(x, 2) for x in load_before],
+                "after": [round(x, 2) for x in os.getloadavg()],
+            },
+        )
+    )
 
-    active_expected = expected["threatstream"]["active"]
-    not_active_expected = expected["threatstream"]["not_active"]
-    active_objects = [obj["value"] for obj in objects if obj["status"] == "active"]
+
+def run_figures(seen: Observed) -> dict[str, Any]:
+    """The run's record: every figure of issue 11, computed from what the scenario left behind."""
+    scenario, stats, counts, timing = seen.scenario, seen.stats, seen.counts, seen.timing
+    active_expected = seen.expected["threatstream"]["active"]
+    not_active_expected = seen.expected["threatstream"]["not_active"]
+    active_objects = [obj["value"] for obj in seen.objects if obj["status"] == "active"]
     delivery = figures.delivery(active_expected, not_active_expected, active_objects)
     unique_scorable = len(
         {
             e["value"]
-            for e in expected["indicators"].values()
+            for e in seen.expected["indicators"].values()
             if e["outcome"] in ("publish", "drop") and e["observable_type"] in SCORABLE and e["value"]
         }
     )
     elapsed = _seconds(timing.finished, timing.origin)
-    graph_requests = stats["graph"]["http_requests"]
-    threatstream_requests = sum(stats["threatstream"]["requests"].values())
-    lookups = [(t - timing.origin, n) for t, n, _, _ in sampler.samples]
-    achieved = figures.sustained_rate(lookups)
-    profiles = _profiles(scenario, sessions, counts)
-    processes = []
-    for child in group.started:
-        own = model_report if child.name == "logic-app-model" else reports_by_name.get(child.name)
-        processes.append(_process_figures(child, own))
-    tibridge_processes = [p for p in processes if p["name"] not in ("sandbox", "sbdouble", "logic-app-model")]
+    achieved = figures.sustained_rate(seen.lookup_samples)
+    profiles = _profiles(scenario, seen.sessions, counts)
+    tibridge_processes = [p for p in seen.processes if p["name"] not in ("sandbox", "sbdouble", "logic-app-model")]
     work_cpu = sum((p["cpu_seconds"] or 0) - p.get("cpu_seconds_at_start", 0) for p in tibridge_processes)
     startup_cpu = sum(p.get("cpu_seconds_at_start", 0) for p in tibridge_processes)
     problems: list[str] = []
@@ -304,13 +347,15 @@ def _measure(
         problems = reconcile(
             set(active_expected),
             set(not_active_expected),
-            objects,
+            seen.objects,
             stats,
             {"dead_lettered": counts.dead_lettered, "held": counts.held},
         )
     if elapsed is None:
-        problems.insert(0, _unfinished(options, counts, delivery, unique_scorable, stats, achieved))
+        problems.insert(0, _unfinished(seen.options, counts, delivery, unique_scorable, stats, achieved))
     published = counts.completed
+    per_thousand = figures.per_thousand(work_cpu, scenario.indicators)
+    ceiling_share = figures.ratio(achieved, scenario.graph_ceiling)
     return {
         "scenario": scenario.name,
         "title": scenario.title,
@@ -338,17 +383,17 @@ def _measure(
         "duplicates": stats["threatstream"]["duplicates_created"],
         "problems": problems,
         "graph": {
-            "requests": graph_requests,
+            "requests": stats["graph"]["http_requests"],
             "lookups": stats["graph"]["lookups"],
             "unique_scorable": unique_scorable,
             "floor": figures.graph_floor(unique_scorable),
-            "retries": counts.graph_retries if scenario.is_tibridge else model_report.get("retries"),
+            "retries": counts.graph_retries if scenario.is_tibridge else seen.model_report.get("retries"),
         },
         "threatstream": {
-            "requests": threatstream_requests,
+            "requests": sum(stats["threatstream"]["requests"].values()),
             "by_endpoint": stats["threatstream"]["requests"],
             "import_sessions": stats["threatstream"]["import_sessions"],
-            "sessions_approved_afterwards": approved,
+            "sessions_approved_afterwards": seen.approved,
             "published": published,
             "batch_size": BATCH_SIZE,
             "profiles": profiles,
@@ -359,25 +404,25 @@ def _measure(
         + sum(by_status.get("429", 0) for by_status in stats["requests"].values()),
         "inside_retry_after": sum(stats["inside_retry_after"].values()),
         "lookups_per_second": round(achieved, 1) if achieved is not None else None,
-        "ceiling_ratio": round(r, 3) if (r := figures.ratio(achieved, scenario.graph_ceiling)) is not None else None,
+        "ceiling_ratio": round(ceiling_share, 3) if ceiling_share is not None else None,
         "cpu": {
             "tibridge_work_seconds": round(work_cpu, 2) if scenario.is_tibridge else None,
             "tibridge_startup_seconds": round(startup_cpu, 2) if scenario.is_tibridge else None,
-            "seconds_per_1000_indicators": round(v, 3)
-            if scenario.is_tibridge and (v := figures.per_thousand(work_cpu, scenario.indicators)) is not None
+            "seconds_per_1000_indicators": round(per_thousand, 3)
+            if scenario.is_tibridge and per_thousand is not None
             else None,
         },
         "tibridge_peak_rss_mib": max((p["peak_rss_mib"] or 0 for p in tibridge_processes), default=None),
-        "processes": processes,
+        "processes": seen.processes,
         "counts": counts.__dict__ | {"verdicts": dict(counts.verdicts)},
-        "logic_app_model": model_report or None,
-        "sandbox_ready_seconds": sandbox.ready_seconds,
-        "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in load_after]},
+        "logic_app_model": seen.model_report or None,
+        "sandbox_ready_seconds": seen.sandbox_ready_seconds,
+        "load_average": seen.load_average,
         "latencies_ms": dict(LATENCIES_MS),
-        "lookup_samples": [[round(t, 2), n] for t, n in lookups],
+        "lookup_samples": [[round(t, 2), n] for t, n in seen.lookup_samples],
         "stage_timeline": [
             [round(t - timing.origin, 2), e, s, c]
-            for report in runner_reports
+            for report in seen.reports.values()
             if report["role"] == "pipeline"
             for t, e, s, c in report["timeline"]
         ],

@@ -120,6 +120,7 @@ class Model:
         self._slots = asyncio.Semaphore(FOR_EACH_PARALLELISM)
         self.report = Report()
         self._failed_windows: set[int] = set()
+        self._windows: set[int] = set()  # five-minute runs that had any row
 
     async def _send(self, api: str, make: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
         """One action with the Default retry policy; raises ItemFailed once the retries are spent."""
@@ -231,7 +232,7 @@ class Model:
         runs: dict[int, list[dict[str, Any]]] = {}
         for row in rows:
             runs.setdefault(_window(row["TimeGenerated"]), []).append(row)
-        self.report.windows = max(self.report.windows, len(runs))
+        self._windows.update(runs)
         items: list[tuple[int, Awaitable[None]]] = []
         for window, run in runs.items():
             if window in self._failed_windows:
@@ -252,6 +253,7 @@ class Model:
     async def run(self) -> None:
         for scope in SCOPES:
             await self.run_scope(scope)
+        self.report.windows = len(self._windows)
         self.report.failed_windows = len(self._failed_windows)
 
 
