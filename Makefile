@@ -11,7 +11,7 @@ RUN := $(UV) run --frozen
 CHECKOV := LOG_LEVEL=ERROR $(UV) run --frozen --project deploy/checkov checkov
 RENDERED := .tools/rendered
 
-.PHONY: help setup azurite lint typecheck checkov images images-if-possible test test-fast reliability demo bench \
+.PHONY: help setup azurite lint typecheck checkov images images-if-possible test test-fast reliability demo bench bench-quick \
 	emulator-config azure-template clean
 
 help:
@@ -78,8 +78,13 @@ reliability: setup azurite
 demo: setup
 	$(RUN) tibridge demo $(DEMO_ARGS)
 
+# Every scenario against a fresh sandbox each, into bench/results/ (see bench/README.md); BENCH_ARGS adds
+# e.g. --timeout 3600 or --note "what else ran on the machine".
 bench: setup
-	$(RUN) python -m bench
+	$(RUN) python -m bench --plan full $(BENCH_ARGS)
+
+bench-quick: setup
+	$(RUN) python -m bench --plan quick $(BENCH_ARGS)
 
 emulator-config: setup
 	$(RUN) tibridge topology emulator-config > servicebus/config.json

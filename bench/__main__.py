@@ -1,85 +1,115 @@
-"""`make bench` / `python -m bench`: end-to-end runs against the sandbox, numbers into bench/results/.
+"""`make bench` / `make bench-quick`: every scenario of a plan, each against a fresh sandbox, into bench/results/.
 
-Scenarios: `clean` (latency only) and `storm` (Graph 429s and a rate ceiling, ThreatStream 5xx). Each run
-reports indicators per second, Graph requests against the floor of ceil(unique observables / 20),
-ThreatStream requests against batches, 429s honoured, requests inside Retry-After windows and peak memory.
+    python -m bench [--plan full|quick] [--only SCENARIO ...] [--timeout SECONDS] [--note TEXT]
+
+Writes <plan>.json, <plan>.md and <plan>-*.png after every scenario, so an interrupted invocation still
+leaves what it measured. Nothing in the test suite times anything: these numbers are for comparing changes
+on the same machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import resource
-import tempfile
-from datetime import UTC, datetime
+import shlex
+import sys
+import traceback
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from bench import charts, report
+from bench.harness import RunOptions, run_scenario
+from bench.scenarios import PLANS
 
-from tibridge.cli.demo import DEMO_FAULTS, demo
-
-SCENARIOS: dict[str, dict[str, Any]] = {
-    "clean": DEMO_FAULTS,
-    "storm": {
-        "graph": {"p429": 0.15, "retry_after_seconds": 1, "rate_ceiling": 200, "p503": 0.02},
-        "threatstream": {"latency_ms": 40, "p503": 0.05},
-        "loganalytics": {"latency_ms": 20},
-    },
-}
 RESULTS = Path(__file__).parent / "results"
+SEED = 7
 
 
-async def run(scenario: str, indicators: int, mode: str) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as out:
-        result = await demo(
-            indicators=indicators,
-            seed=7,
-            out=Path(out),
-            mode=mode,
-            console=Console(quiet=True),
-            faults=SCENARIOS[scenario],
-        )
-    s, counts = result.summary, result.counts
-    elapsed = s["run"]["elapsed_seconds"]
-    return {
-        "scenario": scenario,
-        "indicators": indicators,
-        "threatstream_mode": mode,
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "reconciled": result.reconciled,
-        "problems": result.problems,
-        "elapsed_seconds": elapsed,
-        "messages_emitted": counts.collector.emitted,
-        "messages_per_second": round(counts.collector.emitted / elapsed, 1) if elapsed else None,
-        "graph_http_requests": s["graph"]["http_requests"],
-        "graph_floor_requests": s["graph"]["floor_requests"],
-        "graph_unique_observables": s["graph"]["unique_scorable_observables"],
-        "graph_429_honoured": counts.scorer.graph.throttled,
-        "threatstream_requests": counts.publisher.requests,
-        "threatstream_batches": counts.publisher.batches,
-        "inside_retry_after": s["inside_retry_after"],
-        "duplicates_created": s["threatstream"]["duplicates_created"],
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+def _anchor(now: datetime) -> datetime:
+    """One anchor for every scenario of the invocation (the same data each time), an hour or more in the
+    past so the collector's settle delay leaves no row for a later pass."""
+    return now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--plan", choices=sorted(PLANS), default="full")
+    parser.add_argument("--only", nargs="+", metavar="SCENARIO", help="run only these scenarios of the plan")
+    parser.add_argument("--timeout", type=float, help="stop a scenario after this many seconds (reported as such)")
+    parser.add_argument("--note", default="", help="said in the results, e.g. what else ran on the machine")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--render", type=Path, metavar="JSON", help="only write the Markdown and charts again")
+    arguments = parser.parse_args(argv)
+    if arguments.render:
+        render(arguments.render)
+        return 0
+    scenarios = PLANS[arguments.plan]
+    if arguments.only:
+        unknown = set(arguments.only) - {s.name for s in scenarios}
+        if unknown:
+            parser.error(
+                f"no scenario {', '.join(sorted(unknown))} in plan {arguments.plan}; "
+                f"choose from {', '.join(s.name for s in scenarios)}"
+            )
+        scenarios = [s for s in scenarios if s.name in arguments.only]
+    name = arguments.plan if not arguments.only else f"{arguments.plan}-partial"
+    started = datetime.now(UTC)
+    invocation: dict[str, Any] = {
+        "plan": arguments.plan,
+        "command": "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": None,
+        "revision": report.git_revision(),
+        "machine": report.machine(),
+        "seed": SEED,
+        "anchor": _anchor(started).isoformat(),
+        "timeout_seconds": arguments.timeout,
+        "note": arguments.note,
+        "charts": [],
     }
+    options = RunOptions(SEED, _anchor(started), arguments.timeout)
+    arguments.out.mkdir(parents=True, exist_ok=True)
+    runs: list[dict[str, Any]] = []
+    failed = False
+    for number, scenario in enumerate(scenarios, start=1):
+        print(f"[{number}/{len(scenarios)}] {scenario.name} ...", flush=True)
+        try:
+            run = run_scenario(scenario, options)
+        except Exception:  # one broken scenario must not cost the others' figures
+            failed = True
+            print(f"{scenario.name} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+            continue
+        runs.append(run)
+        print(
+            f"    {run['end_to_end_seconds']} s, delivered {run['delivered']['ratio']:.3f}, "
+            f"Graph {run['graph']['requests']}, ThreatStream {run['threatstream']['requests']}",
+            flush=True,
+        )
+        if number == len(scenarios):
+            invocation["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        _write(arguments.out, name, invocation, runs)
+    return 1 if failed or not runs else 0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--scenario", choices=sorted(SCENARIOS), action="append")
-    parser.add_argument("--indicators", type=int, default=10_000)
-    parser.add_argument("--mode", choices=["approval", "direct"], default="direct")
-    args = parser.parse_args()
-    RESULTS.mkdir(exist_ok=True)
-    console = Console()
-    for scenario in args.scenario or sorted(SCENARIOS):
-        numbers = asyncio.run(run(scenario, args.indicators, args.mode))
-        path = RESULTS / f"{scenario}-{args.indicators}-{args.mode}.json"
-        path.write_text(json.dumps(numbers, indent=2) + "\n")
-        console.print_json(data=numbers)
-        console.print(f"wrote {path}")
+def _write(directory: Path, name: str, invocation: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+    """After every scenario; a failure to render is reported, never allowed to stop the measuring."""
+    try:
+        invocation["charts"] = charts.draw(runs, directory, name)
+        json_path, markdown_path = report.write(directory, name, report.document(invocation, runs))
+    except Exception:
+        print(f"could not write the results:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        (directory / f"{name}.raw.json").write_text(json.dumps({"invocation": invocation, "runs": runs}) + "\n")
+        return
+    print(f"    wrote {json_path} and {markdown_path}", flush=True)
+
+
+def render(path: Path) -> None:
+    """Writes the Markdown and charts again from a results JSON (e.g. after changing how they look)."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    name = path.name.removesuffix(".raw.json").removesuffix(".json")
+    _write(path.parent, name, doc["invocation"], doc["runs"])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
