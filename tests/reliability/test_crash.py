@@ -168,11 +168,15 @@ class FreezingStore:
     async def load(self) -> datetime | None:
         return await self._inner.load()
 
-    async def save(self, watermark: datetime) -> None:
+    @property
+    def quiet_since(self) -> datetime | None:
+        return self._inner.quiet_since
+
+    async def save(self, watermark: datetime, *, quiet_since: datetime | None = None) -> None:
         if self._freeze_from is not None and watermark >= self._freeze_from:
             self.frozen.set()
             await asyncio.Event().wait()
-        await self._inner.save(watermark)
+        await self._inner.save(watermark, quiet_since=quiet_since)
 
 
 @contextlib.asynccontextmanager
