@@ -16,7 +16,11 @@ budget of attempts per logical operation.
   underneath.
 * `Engine.call` — the retry loop for an operation that is one request at a time: bounded, Retry-After honoured,
   every attempt paced. `tibridge.common.http` has the judge for HTTP answers (`judge_response`,
-  `retry_of_status`) and the older `ResilientSender` shape over it.
+  `retry_of_status`).
+
+Every API client of tibridge uses it: the scorer's Graph lookups (adaptive, `$batch` items spending their own
+attempts), the publisher's ThreatStream requests (adaptive, its rate setting an optional hard cap) and the
+collector's Log Analytics queries (fixed at the documented limits: `PaceLimits.fixed` with a `RequestWindow`).
 
 Adopting it: one `Pacer` per API per process, shared by every task that calls the API; an `Engine` on it with
 the API's `RetryPolicy` and the exception types its client raises for transport failures (`transient`); each
