@@ -1,21 +1,26 @@
 """Counts a service keeps: each moves an OpenTelemetry instrument and the process's own total together.
 
 A `Tally` is a counter and a `Distribution` a histogram: what they record goes to the instrument (for
-dashboards, by the standard OTEL_* exporters) and into totals per attribute set, from which a service builds
-its `Snapshot` — a frozen dataclass the demo, the bench and the log line at exit read by attribute.
-Attributes carry categories only (verdicts, reasons, outcomes), never an indicator value.
+dashboards, by the standard OTEL_* exporters and /metrics) and into totals per attribute set, from which a
+service builds its `Snapshot` — a frozen dataclass the demo, the bench and the log line at exit read by attribute.
+A `Gauge` is a value read only when metrics are collected (a backlog, the watermark's age): nothing is recorded
+between collections. Attributes carry categories only (verdicts, reasons, outcomes), never an indicator value.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
+import weakref
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from enum import Enum
+from types import MethodType
 from typing import Any
 
 from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 
 _METER = "tibridge"
 _AttributeSet = tuple[tuple[str, str], ...]
@@ -66,6 +71,64 @@ class Distribution:
     @property
     def mean(self) -> float:
         return self.sum / self.count if self.count else 0.0
+
+
+# A gauge's reading: the value now, or None when there is none to report (nothing to measure yet).
+Reading = Callable[[], float | None]
+
+
+class Gauge:
+    """A value read at each collection: `watch(read, subscription="scorer")` adds a series whose value is what
+    `read()` returns then (None leaves the series out). The instrument is made once per name per process
+    (`Gauge.named`), and every watcher of the name reports through it. A bound method is held weakly, so an
+    object that is gone stops reporting."""
+
+    _named: dict[str, Gauge] = {}
+    _made = threading.Lock()
+
+    def __init__(self, name: str, description: str, unit: str) -> None:
+        self._lock = threading.Lock()
+        self._watchers: list[tuple[Callable[[], Reading | None], dict[str, str]]] = []
+        metrics.get_meter(_METER).create_observable_gauge(
+            name, callbacks=[self._observe], unit=unit, description=description
+        )
+
+    @classmethod
+    def named(cls, name: str, description: str, unit: str = "") -> Gauge:
+        with cls._made:
+            if name not in cls._named:
+                cls._named[name] = cls(name, description, unit)
+            return cls._named[name]
+
+    def watch(self, read: Reading, **attributes: str) -> None:
+        # A plain function is held as it is.
+        reference: Callable[[], Reading | None] = (
+            weakref.WeakMethod(read) if isinstance(read, MethodType) else _held_strongly(read)
+        )
+        with self._lock:
+            self._watchers.append((reference, attributes))
+
+    def read(self, **attributes: str) -> list[float]:
+        """The values the watchers with these attributes report now (what a collection would see)."""
+        return [float(value) for value, key in self._readings() if _matches(key, attributes)]
+
+    def _readings(self) -> list[tuple[float, _AttributeSet]]:
+        with self._lock:
+            live = [(reference(), attributes) for reference, attributes in self._watchers]
+            self._watchers = [watcher for watcher, (read, _) in zip(self._watchers, live, strict=True) if read]
+        readings = []
+        for read, attributes in live:
+            value = read() if read is not None else None
+            if value is not None:
+                readings.append((value, tuple(sorted(attributes.items()))))
+        return readings
+
+    def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(value, dict(key)) for value, key in self._readings()]
+
+
+def _held_strongly(read: Reading) -> Callable[[], Reading]:
+    return lambda: read
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,7 +35,7 @@ from tibridge.common.aio import first_of
 from tibridge.common.bus.port import BusError
 from tibridge.common.clock import Clock
 from tibridge.common.contracts import IndicatorCollected
-from tibridge.common.metrics import Distribution, Snapshot, Tally
+from tibridge.common.metrics import Distribution, Gauge, Snapshot, Tally
 from tibridge.common.producer import Producer
 from tibridge.common.topology import INDICATORS_TOPIC
 
@@ -131,6 +131,9 @@ class _Metrics:
         self.lag = Distribution(
             "tibridge.collector.watermark_lag", "How far the saved watermark trails the clock", unit="s"
         )
+        self.watermark_age = Gauge.named(
+            "tibridge.collector.watermark_age", "How far the watermark trails the clock now", unit="s"
+        )
 
 
 class Collector:
@@ -165,6 +168,7 @@ class Collector:
         self._quiet_since: datetime | None = None
         self._last_error: str | None = None
         self._quiet_note: str | None = None
+        self._metrics.watermark_age.watch(self._watermark_age)
 
     def counts(self) -> CollectorCounts:
         metrics = self._metrics
@@ -183,6 +187,9 @@ class Collector:
             quiet_since=self._quiet_since,
             last_error=self._last_error,
         )
+
+    def _watermark_age(self) -> float | None:
+        return None if self._watermark is None else (self._clock.now() - self._watermark).total_seconds()
 
     async def readiness(self) -> str | None:
         return self._last_error or self._quiet_note
