@@ -101,7 +101,14 @@ async def count_backfill(settings: CollectorSettings, clock: Clock, rates: Rates
         scorable = None
         if collecting.table is IndicatorTable.NEW:
             scorable = await source(scorable_keys).count(span, DAY) if scorable_keys else []
-    rates = dataclasses.replace(rates, **dataclasses.asdict(reading_rates(settings, seconds_per_query)))
+    reading = reading_rates(settings, seconds_per_query)
+    rates = dataclasses.replace(
+        rates,
+        rows_per_query=reading.rows_per_query,
+        concurrent_queries=reading.concurrent_queries,
+        queries_per_30_seconds=reading.queries_per_30_seconds,
+        seconds_per_query=reading.seconds_per_query,
+    )
     return plan_backfill(span, days, rates, scorable_days=scorable)
 
 

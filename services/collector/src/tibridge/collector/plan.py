@@ -58,6 +58,7 @@ class BackfillPlan:
     scorable_rows: int | None  # rows whose key is an IP or a domain (what Graph is asked about); None: not counted
     queries: int  # Log Analytics queries the pass sends: its reads and counts
     stages: Sequence[Stage]
+    rates: Rates  # what the estimate assumed
 
     @property
     def seconds(self) -> float:
@@ -95,7 +96,7 @@ def plan_backfill(
     if rates.batch_size and rates.threatstream_requests_per_second:
         requests = math.ceil(rows / rates.batch_size) * REQUESTS_PER_BATCH
         stages.append(Stage("ThreatStream", requests, requests / rates.threatstream_requests_per_second))
-    return BackfillPlan(span, tuple(days), rows, scorable, queries, tuple(stages))
+    return BackfillPlan(span, tuple(days), rows, scorable, queries, tuple(stages), rates)
 
 
 def pass_queries(rows: int, rows_per_query: int) -> int:
@@ -124,15 +125,16 @@ def budget_refusal(plan: BackfillPlan, max_rows: int | None, *, confirmed: bool)
     )
 
 
-def describe(plan: BackfillPlan, rates: Rates, *, per_day: bool = True) -> list[str]:
+def describe(plan: BackfillPlan, *, per_day: bool = True) -> list[str]:
     """The plan as lines for a person: what it reads (`per_day`: each day's rows), what it will ask of each API,
     how long, and on what it rests."""
-    span = plan.span
+    span, rates = plan.span, plan.rates
     lines = [
         f"backfill {span.start:%Y-%m-%d %H:%M} → {span.end:%Y-%m-%d %H:%M} UTC ({_duration(span.span)}): "
         f"{plan.rows:,} rows in Log Analytics",
         *(f"  {max(day.start, span.start):%Y-%m-%d}  {day.rows:>12,}" for day in plan.days if per_day),
-        f"Log Analytics: {plan.queries:,} queries (windows of at most {rates.rows_per_query:,} rows, "
+        f"Log Analytics: {plan.queries:,} {'query' if plan.queries == 1 else 'queries'} "
+        f"(windows of at most {rates.rows_per_query:,} rows, "
         f"{rates.concurrent_queries} at once, {rates.seconds_per_query:.1f} s each as the count took)",
     ]
     stages = {stage.name: stage for stage in plan.stages}
@@ -173,4 +175,5 @@ def _duration(span: timedelta) -> str:
     hours, minutes = divmod(minutes, 60)
     if hours < 48:
         return f"{hours} h {minutes:02d} min"
-    return f"{span.days} days {round((span.total_seconds() % 86400) / 3600)} h"
+    days, hours = divmod(round(seconds / 3600), 24)
+    return f"{days} days {hours} h"

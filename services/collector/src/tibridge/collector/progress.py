@@ -3,7 +3,8 @@
 A backfill pass counts its rows per day first (`plan.py`), then tells its `BackfillProgress` how many of those
 counted rows lie before the end of each window it has published. In a terminal the `tibridge` command shows a
 progress bar; everywhere else (a container, a CronJob, a pipe) `LogProgress` writes a log line every
-`every_seconds` with the share done, the rows and an ETA from the pace so far.
+`every_seconds` (TIBRIDGE_COLLECTOR_PROGRESS_INTERVAL) with the share done, the rows and an ETA from the pace so
+far.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from tibridge.collector.plan import BackfillPlan
 from tibridge.common.clock import Clock
 
 log = logging.getLogger(__name__)
-
-PROGRESS_LOG_SECONDS = 30.0
 
 
 class BackfillProgress(Protocol):
@@ -33,7 +32,7 @@ class BackfillProgress(Protocol):
 class LogProgress:
     """Progress as log lines: at the start, at most every `every_seconds` while it runs, and at the end."""
 
-    def __init__(self, clock: Clock, every_seconds: float = PROGRESS_LOG_SECONDS) -> None:
+    def __init__(self, clock: Clock, every_seconds: float) -> None:
         self._clock = clock
         self._every = every_seconds
         self._plan: BackfillPlan | None = None

@@ -119,6 +119,14 @@ class CollectingSettings(Section):
         False,
         description="Run a backfill past TIBRIDGE_COLLECTOR_BACKFILL_MAX_ROWS anyway (what `--yes` sets).",
     )
+    progress_interval: timedelta = Field(
+        timedelta(seconds=30),
+        ge=timedelta(0),
+        description=(
+            "A backfill not shown in a terminal logs how far it has come this often (ISO 8601; PT0S: after "
+            "every window)."
+        ),
+    )
     initial_lookback: timedelta = Field(
         timedelta(days=14), gt=timedelta(0), description="How far back the very first pass (no watermark) reads."
     )

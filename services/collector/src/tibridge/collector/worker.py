@@ -182,7 +182,7 @@ class Collector:
             queries_per_30_seconds=LOG_ANALYTICS_QUERIES_PER_30_SECONDS,
             seconds_per_query=0.0,
         )
-        self._progress = progress or LogProgress(clock)
+        self._progress = progress or LogProgress(clock, settings.progress_interval.total_seconds())
         self._metrics = _Metrics()
         self._watermark: datetime | None = None
         self._quiet_since: datetime | None = None
@@ -256,7 +256,7 @@ class Collector:
         refusal = budget_refusal(plan, self._settings.backfill_max_rows, confirmed=self._settings.backfill_confirmed)
         if refusal is not None:
             raise BackfillRefused(refusal)
-        log.info("%s", "; ".join(describe(plan, rates, per_day=False)))
+        log.info("%s", "; ".join(describe(plan, per_day=False)))
         return plan
 
     # -- what a pass calls -------------------------------------------------------------------------------------
