@@ -49,11 +49,13 @@ def run(
     ] = False,
     bus: Annotated[BusKind, typer.Option(help="`memory` (all in one process) or `servicebus`.")] = BusKind.MEMORY,
     since: SinceOption = None,
+    yes: Annotated[bool, typer.Option(help="Run a backfill past TIBRIDGE_COLLECTOR_BACKFILL_MAX_ROWS.")] = False,
 ) -> None:
     """Run all three services in one process (the embedded deployment)."""
     from tibridge.cli.commands import run_pipeline
 
-    _run(lambda: run_pipeline(bus=bus, once=once, since=since))
+    confirmed = {"collector_backfill_confirmed": True} if yes else None
+    _run(lambda: run_pipeline(bus=bus, once=once, since=since, values=confirmed))
 
 
 @app.command()
