@@ -69,7 +69,8 @@ def _environment(**settings: str) -> dict[str, str]:
 @contextlib.contextmanager
 def _process(command: Sequence[str], log: Path, environment: dict[str, str] | None = None) -> Iterator[None]:
     with log.open("wb") as output:
-        process = subprocess.Popen(list(command), env=environment, stdout=output, stderr=output)
+        # Our own fixed commands: this interpreter, prometheus, chromium.
+        process = subprocess.Popen(list(command), env=environment, stdout=output, stderr=output)  # noqa: S603
         try:
             yield
         finally:
@@ -157,7 +158,7 @@ def snapshot(out: Path, *, indicators: int, seconds: float, work: Path) -> dict[
     }
     page = work / "snapshot.html"
     page.write_text(PAGE.read_text().replace("/*DATA*/null", json.dumps(data)))
-    subprocess.run(
+    subprocess.run(  # noqa: S603 - Debian's chromium, found on PATH above
         [
             chromium,
             *CHROMIUM_FLAGS,
@@ -189,7 +190,8 @@ def _evaluate(prometheus_url: str, start: float, end: float) -> list[dict[str, A
             ).json()
             if answer.get("status") != "success":
                 raise SystemExit(f"Prometheus refused {expression!r}: {answer.get('error')}")
-            targets.append({"expr": target["expr"], "legend": target["legendFormat"], "result": answer["data"]["result"]})
+            result = answer["data"]["result"]
+            targets.append({"expr": target["expr"], "legend": target["legendFormat"], "result": result})
         if not any(target["result"] for target in targets):
             raise SystemExit(f"the panel {panel['title']!r} has no data in this run")
         panels.append(
