@@ -202,7 +202,7 @@ async def undisturbed_collector_run(server: SandboxServer, tmp_path: Path, **set
         return {envelope.message_id for envelope in envelopes_on(double)}
 
 
-COLLECTOR_SETTINGS: dict[str, Any] = {"collector_batch_size": BATCH, "collector_window": "P1D"}
+COLLECTOR_SETTINGS: dict[str, Any] = {"collector_batch_size": BATCH, "collector_rows_per_query": 300}
 # A watermark in the middle of the data: windows before it hold indicators, and so do windows after it.
 FREEZE_FROM = ANCHOR - timedelta(days=7)
 
