@@ -58,6 +58,7 @@ def test_without_the_other_services_settings_only_log_analytics_is_priced() -> N
     lines = describe(plan)
     assert "Graph: not estimated (the scorer's settings are not known here)" in lines
     assert "ThreatStream: not estimated (the publisher's settings are not known here)" in lines
+    assert not any("not estimated" in line for line in describe(plan, unpriced=False))
 
 
 @pytest.mark.parametrize(("rows", "queries"), [(0, 1), (5_000, 1), (5_001, 4), (50_000, 12)])

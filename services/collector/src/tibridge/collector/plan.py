@@ -125,9 +125,9 @@ def budget_refusal(plan: BackfillPlan, max_rows: int | None, *, confirmed: bool)
     )
 
 
-def describe(plan: BackfillPlan, *, per_day: bool = True) -> list[str]:
-    """The plan as lines for a person: what it reads (`per_day`: each day's rows), what it will ask of each API,
-    how long, and on what it rests."""
+def describe(plan: BackfillPlan, *, per_day: bool = True, unpriced: bool = True) -> list[str]:
+    """The plan as lines for a person: what it reads (`per_day`: each day's rows), what it will ask of each API
+    (`unpriced`: saying so of a stage it has no rates for), how long, and on what it rests."""
     span, rates = plan.span, plan.rates
     lines = [
         f"backfill {span.start:%Y-%m-%d %H:%M} → {span.end:%Y-%m-%d %H:%M} UTC ({_duration(span.span)}): "
@@ -139,7 +139,8 @@ def describe(plan: BackfillPlan, *, per_day: bool = True) -> list[str]:
     ]
     stages = {stage.name: stage for stage in plan.stages}
     if plan.scorable_rows is None or "Graph" not in stages:
-        lines.append("Graph: not estimated (the scorer's settings are not known here)")
+        if unpriced:
+            lines.append("Graph: not estimated (the scorer's settings are not known here)")
     else:
         graph = stages["Graph"]
         rate = f"{rates.lookups_per_second:g} lookups/s ({'its cap' if rates.lookup_rate_is_a_cap else 'its start'})"
@@ -156,7 +157,7 @@ def describe(plan: BackfillPlan, *, per_day: bool = True) -> list[str]:
             f"{rates.batch_size:,}; only what the scorer publishes or expires is sent), "
             f"{_duration(timedelta(seconds=threatstream.seconds))} at {rates.threatstream_requests_per_second:g}/s"
         )
-    else:
+    elif unpriced:
         lines.append("ThreatStream: not estimated (the publisher's settings are not known here)")
     lines.append(
         f"estimate: at most {_duration(timedelta(seconds=plan.seconds))}, set by {plan.slowest} (stages overlap; "

@@ -256,7 +256,7 @@ class Collector:
         refusal = budget_refusal(plan, self._settings.backfill_max_rows, confirmed=self._settings.backfill_confirmed)
         if refusal is not None:
             raise BackfillRefused(refusal)
-        log.info("%s", "; ".join(describe(plan, per_day=False)))
+        log.info("%s", "; ".join(describe(plan, per_day=False, unpriced=False)))
         return plan
 
     # -- what a pass calls -------------------------------------------------------------------------------------
