@@ -49,22 +49,28 @@ def run(
     ] = False,
     bus: Annotated[BusKind, typer.Option(help="`memory` (all in one process) or `servicebus`.")] = BusKind.MEMORY,
     since: SinceOption = None,
+    yes: Annotated[bool, typer.Option(help="Run a backfill past TIBRIDGE_COLLECTOR_BACKFILL_MAX_ROWS.")] = False,
 ) -> None:
     """Run all three services in one process (the embedded deployment)."""
     from tibridge.cli.commands import run_pipeline
 
-    _run(lambda: run_pipeline(bus=bus, once=once, since=since))
+    confirmed = {"collector_backfill_confirmed": True} if yes else None
+    _run(lambda: run_pipeline(bus=bus, once=once, since=since, values=confirmed))
 
 
 @app.command()
 def collector(
     once: Annotated[bool, typer.Option(help="One pass, then exit (CronJob / Container Apps job).")] = False,
     since: SinceOption = None,
+    plan: Annotated[
+        bool, typer.Option(help="With --since: count the backfill's rows per day and print what it would cost, only.")
+    ] = False,
+    yes: Annotated[bool, typer.Option(help="Run a backfill past TIBRIDGE_COLLECTOR_BACKFILL_MAX_ROWS.")] = False,
 ) -> None:
-    """Run the collector over Service Bus."""
-    from tibridge.cli.commands import run_one_service
+    """Run the collector over Service Bus; a backfill (--since) is counted and shown before it is read."""
+    from tibridge.cli.backfill import backfill
 
-    _run(lambda: run_one_service(ServiceName.COLLECTOR, once=once, since=since))
+    _run(lambda: backfill(since=since, once=once, plan_only=plan, yes=yes))
 
 
 @app.command()
