@@ -35,14 +35,21 @@ async def build(settings: CollectorSettings, bus: Bus, resources: contextlib.Asy
         endpoints.append(settings.checkpoint.account_url)
     credential = build_credential(settings.credential, *endpoints)
     resources.push_async_callback(credential.close)
+    source = log_analytics_source(settings, credential, resources, clock)
+    store = checkpoint_store(settings.checkpoint, credential, resources)
+    return assemble(settings, bus, clock, source=source, store=store)
+
+
+def log_analytics_source(
+    settings: CollectorSettings, credential: AsyncTokenCredential, resources: contextlib.AsyncExitStack, clock: Clock
+) -> LogAnalyticsSource:
+    """The workspace as the collector reads it (also what `tibridge preflight`, `explain` and `reconcile` read)."""
     # One retry layer for queries, ours (pacing.py): bounded, honouring Retry-After, on the injected clock.
     client = LogsQueryClient(credential, endpoint=settings.loganalytics.endpoint, retry_total=0)
     resources.push_async_callback(client.close)
     collecting = settings.collector
     spec = QuerySpec(collecting.table, collecting.source_systems, collecting.observable_keys)
-    source = LogAnalyticsSource(client, settings.loganalytics, spec, query_attempts(settings.loganalytics, clock))
-    store = checkpoint_store(settings.checkpoint, credential, resources)
-    return assemble(settings, bus, clock, source=source, store=store)
+    return LogAnalyticsSource(client, settings.loganalytics, spec, query_attempts(settings.loganalytics, clock))
 
 
 def query_attempts(settings: LogAnalyticsSettings, clock: Clock) -> LimitedRetries:
