@@ -84,7 +84,8 @@ def not_ours_because(obj: Mapping[str, Any], publishing: PublishingSettings) -> 
     if obj.get("itype") not in OUR_ITYPES:
         return f"its itype {obj.get('itype')!r} is not one tibridge publishes"
     if obj.get("is_public", public) is not public:
-        return f"it is {'public' if obj.get('is_public') else 'private'}; tibridge publishes {publishing.classification}"
+        visibility = "public" if obj.get("is_public") else "private"
+        return f"it is {visibility}; tibridge publishes {publishing.classification}"
     if obj.get("is_editable", True) is False:
         return "our organisation may not edit it (another organisation's)"
     if not all(isinstance(obj.get(name), kind) for name, kind in _REQUIRED_FIELDS):
