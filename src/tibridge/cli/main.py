@@ -96,6 +96,17 @@ def demo(
     _run(lambda: run_demo(indicators=indicators, seed=seed, out=out, mode=mode))
 
 
+@app.command()
+def preflight(
+    service: Annotated[list[ServiceName] | None, typer.Argument(help="Which services (default: all three).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON document instead of lines.")] = False,
+) -> None:
+    """Check every dependency of each service with a harmless call; name what is missing. Exit 0 when none failed."""
+    from tibridge.cli.preflight import run_preflight
+
+    _run(lambda: run_preflight(service or list(ServiceName), as_json=json_output))
+
+
 @config_app.command("check")
 def config_check(
     service: Annotated[list[ServiceName] | None, typer.Argument(help="Which services (default: all three).")] = None,
