@@ -107,6 +107,21 @@ def preflight(
     _run(lambda: run_preflight(service or list(ServiceName), as_json=json_output))
 
 
+@app.command()
+def reconcile(
+    repair: Annotated[
+        bool, typer.Option(help="Send the differences through the publisher (messages on the scored topic).")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON document instead of lines.")] = False,
+    report: Annotated[Path | None, typer.Option(help="Also write a Markdown report to this file.")] = None,
+) -> None:
+    """Compare Sentinel's indicators (after normalisation and the verdict rules) with what tibridge owns in
+    ThreatStream. Exit 0 in sync (or repaired), 1 with differences, 4 when a source could not be read whole."""
+    from tibridge.cli.reconcile import run_reconcile
+
+    _run(lambda: run_reconcile(repair=repair, as_json=json_output, report=report))
+
+
 @config_app.command("check")
 def config_check(
     service: Annotated[list[ServiceName] | None, typer.Argument(help="Which services (default: all three).")] = None,
