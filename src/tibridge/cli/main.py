@@ -108,6 +108,18 @@ def preflight(
 
 
 @app.command()
+def explain(
+    value: Annotated[str, typer.Argument(help="The observable: an IP, domain, URL, email or file hash.")],
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON document instead of lines.")] = False,
+) -> None:
+    """Why a value is (not) in ThreatStream: its Sentinel rows, their normalisation, its reputation, the verdict
+    under the current settings, and every ThreatStream entry of it, ours or not."""
+    from tibridge.cli.explain import run_explain
+
+    _run(lambda: run_explain(value, as_json=json_output))
+
+
+@app.command()
 def reconcile(
     repair: Annotated[
         bool, typer.Option(help="Send the differences through the publisher (messages on the scored topic).")
