@@ -27,6 +27,7 @@ from tibridge.cli.state import (
     pipeline_parts,
     read_owned,
     read_sentinel,
+    read_whitelist,
     reading_gateway,
     sentinel_span,
 )
@@ -73,6 +74,7 @@ class Reconciliation:
             "threatstream": {"objects_of_ours": self.owned, "pages_read": self.pages},
             "in_sync": drift.in_sync,
             "false_positive": drift.false_positive,
+            "whitelisted": drift.whitelisted,
             "settling": drift.settling,
             "missing": {
                 "count": len(drift.missing),
@@ -103,7 +105,8 @@ class Reconciliation:
             + ", ".join(f"{verdict} {count}" for verdict, count in self.desired.items())
             + f"), {self.lookups} Graph lookups",
             f"ThreatStream: {self.owned} objects of ours (active or false positive) in {self.pages} pages",
-            f"in sync {drift.in_sync}, analyst's false positive {drift.false_positive}, settling {drift.settling}",
+            f"in sync {drift.in_sync}, analyst's false positive {drift.false_positive}, on the organisation's "
+            f"whitelist {drift.whitelisted}, settling {drift.settling}",
             f"missing {len(drift.missing)}, stale-active {len(drift.stale)}, unexpected {len(drift.unexpected)}",
         ]
         out += [f"  missing: {value}" for value in report["missing"]["samples"]]
@@ -131,6 +134,7 @@ class Reconciliation:
             *(f"| desired: {verdict} | {count} |" for verdict, count in self.desired.items()),
             f"| in sync | {self.drift.in_sync} |",
             f"| analyst's false positive (left alone) | {self.drift.false_positive} |",
+            f"| on the organisation's whitelist (ThreatStream refuses them) | {self.drift.whitelisted} |",
             f"| settling (changed in the last TIBRIDGE_RECONCILE_SETTLE_SECONDS) | {self.drift.settling} |",
             f"| **missing** | {len(self.drift.missing)} |",
             f"| **stale-active** | {len(self.drift.stale)} |",
@@ -162,9 +166,11 @@ async def reconcile(clock: Clock, values: dict[str, Any] | None = None) -> tuple
         indicators = newest_per_indicator(normalise_rows(collecting, read.rows, now))
         scoring = Scoring(scoring_settings, resources, clock)
         desired = desired_state(await scoring.score_all(indicators))
-        owned = await read_owned(publishing, reading_gateway(publishing, resources, clock))
+        gateway = reading_gateway(publishing, resources, clock)
+        owned = await read_owned(publishing, gateway)
+        whitelist = await read_whitelist(publishing, gateway)
         settled_before = now - timedelta(seconds=publishing.reconcile.settle_seconds)
-        drift = diff(desired, owned.objects, settled_before=settled_before)
+        drift = diff(desired, owned.objects, settled_before=settled_before, whitelist=whitelist)
         by_verdict = {str(verdict): sum(s.verdict is verdict for s in desired.values()) for verdict in Verdict}
         result = Reconciliation(
             window,

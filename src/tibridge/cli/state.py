@@ -24,8 +24,8 @@ from tibridge.common.contracts import IndicatorCollected, IndicatorScored, Reput
 from tibridge.common.identity import build_credential
 from tibridge.common.metrics import Tally
 from tibridge.publisher.app import gateway_for
-from tibridge.publisher.ownership import KEPT_STATUSES, OwnedObject, read_page
-from tibridge.publisher.payloads import owned_search
+from tibridge.publisher.ownership import KEPT_STATUSES, OwnedObject, read_page, read_whitelist_page
+from tibridge.publisher.payloads import PAGE_SIZE, owned_search, whitelist_request
 from tibridge.publisher.settings import PublisherSettings
 from tibridge.publisher.threatstream import Gateway, Outcome
 from tibridge.scorer.app import graph_reputations
@@ -190,6 +190,20 @@ async def read_owned(settings: PublisherSettings, gateway: Gateway) -> OwnedRead
         if page.last or page.highest_update_id is None:
             return OwnedRead(actual_state(pages), len(pages))
         after = page.highest_update_id
+
+
+async def read_whitelist(settings: PublisherSettings, gateway: Gateway) -> frozenset[str]:
+    """The organisation's whitelist (what ThreatStream refuses), at most TIBRIDGE_RECONCILE_MAX_PAGES pages."""
+    values: set[str] = set()
+    for page in range(settings.reconcile.max_pages):
+        answer = await gateway.send(whitelist_request(page * PAGE_SIZE))
+        read = read_whitelist_page(answer.body) if answer.outcome is Outcome.ACCEPTED else None
+        if read is None:
+            raise StateError(f"ThreatStream's whitelist could not be read: {answer.detail}")
+        values |= read[0]
+        if read[1]:
+            return frozenset(values)
+    raise StateError("ThreatStream's whitelist is longer than TIBRIDGE_RECONCILE_MAX_PAGES pages; raise it")
 
 
 def pipeline_parts(settings: PipelineSettings) -> tuple[CollectorSettings, ScorerSettings, PublisherSettings]:

@@ -134,3 +134,10 @@ def test_an_object_tells_its_observable_by_its_itype() -> None:
         "sha256",
     )
     assert observable_of(ipv4).type is ObservableType.IPV4
+
+
+def test_a_whitelisted_value_is_refused_not_missing() -> None:
+    desired = desired_state([scored("allowed.example", Verdict.PUBLISH), scored("gap.example", Verdict.PUBLISH)])
+    drift = diff(desired, [], settled_before=SETTLED, whitelist=frozenset({"allowed.example"}))
+    assert [s.observable.value for s in drift.missing] == ["gap.example"]
+    assert drift.whitelisted == 1

@@ -69,6 +69,17 @@ def read_page(body: Any, publishing: PublishingSettings) -> Page | None:
     )
 
 
+def read_whitelist_page(body: Any) -> tuple[frozenset[str], bool] | None:
+    """A page of the organisation's whitelist (`GET v1/orgwhitelist/`): its values and whether it was the last;
+    None when it is not shaped like one."""
+    entries = body.get("objects") if isinstance(body, Mapping) else None
+    if not isinstance(entries, list):
+        return None
+    values = frozenset(str(entry["value"]) for entry in entries if isinstance(entry, Mapping) and entry.get("value"))
+    meta = body.get("meta")
+    return values, not (isinstance(meta, Mapping) and meta.get("next"))
+
+
 def _last(meta: Any, count: int) -> bool:
     """Tastypie says whether more follow (`meta.next`); without it, only an empty page is surely the last."""
     if isinstance(meta, Mapping) and "next" in meta:

@@ -62,6 +62,7 @@ class Drift:
     in_sync: int
     false_positive: int  # publish wanted, an analyst marked ours false positive: their decision stands
     settling: int
+    whitelisted: int = 0  # publish wanted, but on the organisation's whitelist: ThreatStream refuses it
 
     @property
     def differences(self) -> int:
@@ -91,7 +92,15 @@ def actual_state(pages: Iterable[Iterable[OwnedObject]]) -> list[OwnedObject]:
     return list(by_id.values())
 
 
-def diff(desired: Mapping[str, IndicatorScored], owned: Iterable[OwnedObject], *, settled_before: datetime) -> Drift:
+def diff(
+    desired: Mapping[str, IndicatorScored],
+    owned: Iterable[OwnedObject],
+    *,
+    settled_before: datetime,
+    whitelist: frozenset[str] = frozenset(),
+) -> Drift:
+    """The differences (see the module's doc); a value on the organisation's `whitelist` is never missing:
+    ThreatStream refuses it, and the publisher dead-letters it with that reason."""
     by_value: dict[str, list[OwnedObject]] = {}
     for obj in owned:
         by_value.setdefault(obj.value, []).append(obj)
@@ -103,7 +112,7 @@ def diff(desired: Mapping[str, IndicatorScored], owned: Iterable[OwnedObject], *
     missing: list[IndicatorScored] = []
     stale: list[Stale] = []
     unexpected: list[Unexpected] = []
-    in_sync = false_positive = 0
+    in_sync = false_positive = whitelisted = 0
     for value in sorted(set(desired) | set(by_value)):
         if value in settling:
             continue
@@ -123,9 +132,11 @@ def diff(desired: Mapping[str, IndicatorScored], owned: Iterable[OwnedObject], *
             in_sync += 1
         elif any(obj.status == FALSE_POSITIVE for obj in objects):
             false_positive += 1
+        elif value in whitelist:
+            whitelisted += 1
         else:
             missing.append(scored)
-    return Drift(tuple(missing), tuple(stale), tuple(unexpected), in_sync, false_positive, len(settling))
+    return Drift(tuple(missing), tuple(stale), tuple(unexpected), in_sync, false_positive, len(settling), whitelisted)
 
 
 def repairs(drift: Drift, now: datetime) -> list[IndicatorScored]:
