@@ -57,6 +57,7 @@ class Reconciliation:
     owned: int
     pages: int
     lookups: int
+    graph_requests: int
     drift: Drift
     samples: int
 
@@ -70,6 +71,7 @@ class Reconciliation:
                 "indicators": self.indicators,
                 "values_by_verdict": self.desired,
                 "graph_lookups": self.lookups,
+                "graph_requests": self.graph_requests,
             },
             "threatstream": {"objects_of_ours": self.owned, "pages_read": self.pages},
             "in_sync": drift.in_sync,
@@ -103,7 +105,7 @@ class Reconciliation:
             f"Sentinel {report['sentinel']['from']} → {report['sentinel']['to']}: {self.rows} rows, {self.indicators} "
             f"indicators, {sum(self.desired.values())} values ("
             + ", ".join(f"{verdict} {count}" for verdict, count in self.desired.items())
-            + f"), {self.lookups} Graph lookups",
+            + f"), {self.lookups} Graph lookups in {self.graph_requests} requests",
             f"ThreatStream: {self.owned} objects of ours (active or false positive) in {self.pages} pages",
             f"in sync {drift.in_sync}, analyst's false positive {drift.false_positive}, on the organisation's "
             f"whitelist {drift.whitelisted}, settling {drift.settling}",
@@ -127,7 +129,7 @@ class Reconciliation:
             "",
             f"Sentinel from {report['sentinel']['from']} to {report['sentinel']['to']}: {self.rows} rows, "
             f"{self.indicators} indicators; ThreatStream: {self.owned} objects of ours in {self.pages} pages; "
-            f"{self.lookups} Graph lookups.",
+            f"{self.lookups} Graph lookups in {self.graph_requests} requests.",
             "",
             "| | values |",
             "|---|---|",
@@ -180,6 +182,7 @@ async def reconcile(clock: Clock, values: dict[str, Any] | None = None) -> tuple
             len(owned.objects),
             owned.pages,
             scoring.lookups,
+            scoring.requests,
             drift,
             publishing.reconcile.samples,
         )

@@ -134,6 +134,10 @@ class Scoring:
     def lookups(self) -> int:
         return self._batcher.counts().items
 
+    @property
+    def requests(self) -> int:
+        return self._batcher.counts().requests
+
     async def reputation(self, indicator: IndicatorCollected) -> Reputation | None:
         if not needs_lookup(indicator):
             return None

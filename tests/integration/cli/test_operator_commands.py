@@ -3,21 +3,26 @@ apart from ours, drift found exactly and repaired through the publisher."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from tests.fixtures.sandbox import SandboxFactory
 from tests.sbdouble import ServiceBusDouble
 from tibridge.cli.commands import run_pipeline
-from tibridge.cli.explain import explain
-from tibridge.cli.preflight import CheckResult, Status, exit_code_of, preflight
-from tibridge.cli.reconcile import reconcile, send_repairs
+from tibridge.cli.explain import explain, run_explain
+from tibridge.cli.preflight import CheckResult, Status, exit_code_of, preflight, run_preflight
+from tibridge.cli.reconcile import reconcile, run_reconcile, send_repairs
 from tibridge.cli.state import StateError
+from tibridge.common.bus.servicebus import ServiceBusBus
 from tibridge.common.clock import SystemClock
+from tibridge.common.contracts import Envelope, IndicatorScored, decode
 from tibridge.common.runtime import ServiceName
 from tibridge.common.settings import BusKind
+from tibridge.common.topology import PUBLISHER_SUBSCRIPTION, SCORED_TOPIC
 from tibridge.publisher.reconciliation import repairs
 from tibridge.sandbox import SandboxServer
 
@@ -214,3 +219,86 @@ async def test_reconcile_refuses_to_judge_on_part_of_threatstream(
         requests = server.stats()["threatstream"]["requests"]
     # One page read, then refused: never more than the bound.
     assert requests["search"] == 1 + publisher_searches
+
+
+async def test_preflight_checks_a_blob_checkpoint_for_reading_and_writing(
+    environment: pytest.MonkeyPatch, sandbox_factory: SandboxFactory, azurite: str
+) -> None:
+    environment.setenv("TIBRIDGE_CHECKPOINT_STORE", "blob")
+    environment.setenv("TIBRIDGE_CHECKPOINT_CONTAINER", "preflight")
+    environment.setenv("TIBRIDGE_CHECKPOINT_CONNECTION_STRING", azurite)
+    async with sandbox_factory(anchor=None, indicators=20) as server:
+        _point_at(environment, server)
+        granted = _by_check(await preflight([ServiceName.COLLECTOR], CLOCK))[("collector", "checkpoint")]
+        wrong_key = azurite.replace("AccountKey=", "AccountKey=AAAA")
+        environment.setenv("TIBRIDGE_CHECKPOINT_CONNECTION_STRING", wrong_key)
+        refused = _by_check(await preflight([ServiceName.COLLECTOR], CLOCK))[("collector", "checkpoint")]
+    assert granted.status is Status.OK
+    assert "blob preflight/collector-checkpoint.json readable and writable" in granted.detail
+    assert refused.status is Status.FAIL
+    assert "checkpoint" in refused.detail
+
+
+async def test_repairs_over_service_bus_are_messages_on_scored_for_the_publisher(
+    environment: pytest.MonkeyPatch, sandbox_factory: SandboxFactory, sb_double: ServiceBusDouble
+) -> None:
+    async with sandbox_factory(anchor=None, indicators=300, threatstream_processing_seconds=0) as server:
+        _point_at(environment, server)
+        await _run_pipeline()
+        async with httpx.AsyncClient(base_url=server.base_url) as control:
+            drift = (await control.post("/_sandbox/threatstream/drift")).json()
+        found, publishing = await reconcile(CLOCK)
+    over_the_bus = publishing.model_copy(
+        update={
+            "bus": BusKind.SERVICEBUS,
+            "servicebus": publishing.servicebus.model_copy(
+                update={"connection_string": SecretStr(sb_double.connection_string)}
+            ),
+        }
+    )
+    said = await send_repairs(over_the_bus, repairs(found.drift, CLOCK.now()), CLOCK)
+    assert "sent 3 messages to topic scored" in said
+    bus = ServiceBusBus.from_connection_string(sb_double.connection_string)
+    try:
+        async with bus.receiver(SCORED_TOPIC, PUBLISHER_SUBSCRIPTION) as receiver:
+            received = await receiver.receive(10, 5.0)
+            for message in received:
+                await receiver.complete(message)
+    finally:
+        await bus.close()
+    verdicts = {}
+    for message in received:
+        envelope = decode(message.body)
+        assert isinstance(envelope, Envelope)
+        assert isinstance(envelope.payload, IndicatorScored)
+        verdicts[envelope.payload.observable.value] = str(envelope.payload.verdict)
+    assert verdicts == {drift["missing"]: "publish", drift["stale"]: "expire", drift["unexpected"]: "expire"}
+
+
+async def test_the_commands_exit_codes_json_and_report(
+    environment: pytest.MonkeyPatch,
+    sandbox_factory: SandboxFactory,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with sandbox_factory(anchor=None, indicators=300, threatstream_processing_seconds=0) as server:
+        _point_at(environment, server)
+        await _run_pipeline()
+        async with httpx.AsyncClient(base_url=server.base_url) as control:
+            drift = (await control.post("/_sandbox/threatstream/drift")).json()
+        capsys.readouterr()
+        report = tmp_path / "reconcile.md"
+        assert await run_reconcile(repair=False, as_json=True, report=report) == 1
+        found = json.loads(capsys.readouterr().out)
+        assert found["missing"]["samples"] == [drift["missing"]]
+        assert [item["value"] for item in found["unexpected"]["samples"]] == [drift["unexpected"]]
+        assert "| **stale-active** | 1 |" in report.read_text()
+        assert await run_reconcile(repair=True, as_json=False, report=None) == 0
+        capsys.readouterr()
+        assert await run_reconcile(repair=False, as_json=True, report=None) == 0
+        assert json.loads(capsys.readouterr().out)["missing"]["count"] == 0
+        assert await run_explain(drift["missing"], as_json=True) == 0
+        story = json.loads(capsys.readouterr().out)
+        assert story["verdict"]["verdict"] == "publish"
+        assert await run_preflight([ServiceName.PUBLISHER], as_json=True) == 0
+        assert json.loads(capsys.readouterr().out)["ok"] is True
