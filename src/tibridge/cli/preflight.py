@@ -409,7 +409,7 @@ async def _bus_checks(name: ServiceName, settings: ServiceSettings) -> list[Chec
                 "from the topology; there is nothing to check",
             )
         ]
-    from tibridge.common.bus.servicebus import ServiceBusBus
+    from tibridge.common.bus.servicebus import READINESS_SUBSCRIPTION, ServiceBusBus
 
     results: list[CheckResult] = []
     async with contextlib.AsyncExitStack() as resources:
@@ -426,7 +426,28 @@ async def _bus_checks(name: ServiceName, settings: ServiceSettings) -> list[Chec
             results.append(await _receive_check(name, bus, topic, subscription))
             if TOPOLOGY.topic(topic).subscription(subscription).rule is not None:
                 results.append(await _rule_check(name, settings, topic, subscription))
+        if READINESS_SUBSCRIPTION not in RECEIVES[name]:
+            results.append(await _readiness_check(name, bus))
     return results
+
+
+async def _readiness_check(name: ServiceName, bus: ServiceBusBus) -> CheckResult:
+    """Every service's /readyz peeks at the readiness subscription (`ServiceBusBus.check`): that needs Listen too."""
+    from tibridge.common.bus.servicebus import READINESS_SUBSCRIPTION
+
+    topic, subscription = READINESS_SUBSCRIPTION
+    check = f"peek at {topic}/{subscription} (readiness)"
+    try:
+        await bus.check()
+    except BusError as error:
+        return CheckResult(
+            str(name),
+            check,
+            Status.FAIL,
+            f"{error}; /readyz peeks here, which needs Azure Service Bus Data Receiver (on the namespace or this "
+            "subscription)",
+        )
+    return CheckResult(str(name), check, Status.OK, "/readyz may peek here (Data Receiver)")
 
 
 async def _send_check(name: ServiceName, bus: ServiceBusBus, topic: str) -> CheckResult:

@@ -130,6 +130,8 @@ async def test_preflight_over_service_bus_checks_send_and_receive_per_service(
     assert checks[("scorer", "receive from indicators/scorer")].status is Status.OK
     assert checks[("scorer", "send to topic scored")].status is Status.OK
     assert checks[("publisher", "receive from scored/publisher")].status is Status.OK
+    assert checks[("collector", "peek at indicators/scorer (readiness)")].status is Status.OK
+    assert checks[("publisher", "peek at indicators/scorer (readiness)")].status is Status.OK
     # The double has no management API: the rule is said to be unchecked, with the rule to look for.
     rule = checks[("publisher", "rule of scored/publisher")]
     assert rule.status is Status.UNCHECKED
