@@ -109,7 +109,8 @@ def permission_probe(permission: Permission, status: int | None, detail: str, *,
     publisher, check = str(ServiceName.PUBLISHER), f"ThreatStream '{permission}'"
     if status == 403:
         if needed:
-            return CheckResult(publisher, check, Status.FAIL, f"{detail}; this deployment needs it for {needed}")
+            said = detail if needed in detail else f"{detail}; this deployment needs it for {needed}"
+            return CheckResult(publisher, check, Status.FAIL, said)
         return CheckResult(publisher, check, Status.OK, f"missing, and this deployment does not need it: {detail}")
     if status == 404:
         return CheckResult(
