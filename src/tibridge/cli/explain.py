@@ -32,6 +32,7 @@ from tibridge.cli.state import (
 )
 from tibridge.collector.normalise import KeyKind, normalise
 from tibridge.collector.rows import RowRejected
+from tibridge.collector.windows import Window
 from tibridge.common.clock import Clock, SystemClock
 from tibridge.common.contracts import HashAlgorithm, IndicatorCollected, IndicatorScored, ObservableType
 from tibridge.publisher.ownership import not_ours_because
@@ -155,8 +156,8 @@ async def explain(value: str, clock: Clock) -> Story:
     settings = load_pipeline_settings({"health_port": 0})
     collecting, scoring_settings, publishing = pipeline_parts(settings)
     async with contextlib.AsyncExitStack() as resources:
-        window = await sentinel_span(collecting, resources, clock)
-        window = type(window)(window.start, max(window.end, clock.now()))  # every row, collected or not
+        collected = await sentinel_span(collecting, resources, clock)
+        window = Window(collected.start, clock.now())  # every row, collected or not
         read = await read_sentinel(collecting, window, resources, clock)
         found = matching_rows(normalise_rows(collecting, read.rows, clock.now()), value)
         indicators = [item.result for item in found if isinstance(item.result, IndicatorCollected)]

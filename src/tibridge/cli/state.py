@@ -18,6 +18,7 @@ from tibridge.collector.rows import Row, RowReader, RowRejected
 from tibridge.collector.settings import CollectorSettings
 from tibridge.collector.source import IndicatorSource
 from tibridge.collector.windows import Window, bin_size_for, pass_span, plan_from_counts
+from tibridge.collector.worker import BYTES_PER_ROW
 from tibridge.common.clock import Clock
 from tibridge.common.consumer import DependencyUnavailable, PermanentFailure, TryLater
 from tibridge.common.contracts import IndicatorCollected, IndicatorScored, Reputation
@@ -32,9 +33,6 @@ from tibridge.scorer.app import graph_reputations
 from tibridge.scorer.cache import SingleFlightCache
 from tibridge.scorer.settings import ScorerSettings
 from tibridge.scorer.verdicts import decide, needs_lookup
-
-# A row a JSON answer may spend at most, before a read is cut by the collector's planner (as the collector's).
-BYTES_PER_ROW = 4096
 
 
 class StateError(Exception):
@@ -56,9 +54,10 @@ class Normalised:
 async def sentinel_span(settings: CollectorSettings, resources: contextlib.AsyncExitStack, clock: Clock) -> Window:
     """What the pipeline has read so far: the collector's first-pass span (TIBRIDGE_COLLECTOR_INITIAL_LOOKBACK
     back), up to the watermark — rows after it are not collected yet, so nothing can be expected of them."""
-    credential = build_credential(settings.credential)
+    checkpoint = settings.checkpoint
+    credential = build_credential(settings.credential, *([checkpoint.account_url] if checkpoint.account_url else []))
     resources.push_async_callback(credential.close)
-    watermark = await checkpoint_store(settings.checkpoint, credential, resources).load()
+    watermark = await checkpoint_store(checkpoint, credential, resources).load()
     now = clock.now()
     collecting = settings.collector.model_copy(update={"since": None})
     first = pass_span(collecting, now, None)
@@ -71,26 +70,27 @@ async def sentinel_span(settings: CollectorSettings, resources: contextlib.Async
 async def read_sentinel(
     settings: CollectorSettings, window: Window, resources: contextlib.AsyncExitStack, clock: Clock
 ) -> SentinelRead:
-    """The newest row per indicator in `window`, read as one query or, when too big, in the windows the collector's
-    planner cuts from a count."""
+    """The newest row per indicator in `window`, as the collector reads a pass: the whole span in one query first,
+    and a span that comes back too big counted and cut by the collector's planner into windows of at most
+    TIBRIDGE_COLLECTOR_ROWS_PER_QUERY rows."""
     credential = build_credential(settings.credential, settings.loganalytics.endpoint)
     resources.push_async_callback(credential.close)
     source = log_analytics_source(settings, credential, resources, clock)
-    limit = settings.collector.rows_per_query
-    whole = await source.read(window, max_bytes=limit * 4 * BYTES_PER_ROW)
-    if whole.complete:
+    limit, row_cap = settings.collector.rows_per_query, settings.loganalytics.row_cap
+    whole = await source.read(window, max_bytes=limit * BYTES_PER_ROW)
+    if whole.complete and len(whole) < row_cap:
         return SentinelRead(window, list(whole.rows()))
     size = bin_size_for(window, settings.collector.min_window)
     planned = plan_from_counts(window, await source.count(window, size), size, limit)
     rows: list[Row] = []
     for part in planned:
-        rows += await _read_complete(source, part.window, limit)
+        rows += await _read_counted(source, part.window, row_cap)
     return SentinelRead(window, rows)
 
 
-async def _read_complete(source: IndicatorSource, window: Window, limit: int) -> list[Row]:
-    answer = await source.read(window, max_bytes=limit * 4 * BYTES_PER_ROW)
-    if not answer.complete:
+async def _read_counted(source: IndicatorSource, window: Window, row_cap: int) -> list[Row]:
+    answer = await source.read(window)
+    if not answer.complete or len(answer) >= row_cap:
         raise StateError(
             f"Sentinel's rows of {window.start.isoformat()} → {window.end.isoformat()} do not fit one query even "
             "after counting; lower TIBRIDGE_COLLECTOR_ROWS_PER_QUERY"

@@ -304,3 +304,22 @@ async def test_the_commands_exit_codes_json_and_report(
         assert story["verdict"]["verdict"] == "publish"
         assert await run_preflight([ServiceName.PUBLISHER], as_json=True) == 0
         assert json.loads(capsys.readouterr().out)["ok"] is True
+
+
+async def test_reconcile_reads_a_big_span_as_the_collector_plans_it(
+    environment: pytest.MonkeyPatch, sandbox_factory: SandboxFactory
+) -> None:
+    async with sandbox_factory(anchor=None, indicators=300, threatstream_processing_seconds=0) as server:
+        _point_at(environment, server)
+        await _run_pipeline()
+        whole, _ = await reconcile(CLOCK)
+        counts_before = server.stats()["loganalytics"]["count_queries"]
+        environment.setenv("TIBRIDGE_COLLECTOR_ROWS_PER_QUERY", "40")
+        cut, _ = await reconcile(CLOCK)
+        counted = server.stats()["loganalytics"]["count_queries"] - counts_before
+    assert counted == 1
+    # Each window has the newest row of each indicator in it, so an indicator re-published across windows is read
+    # more than once; the newest of its rows decides, as in one read.
+    assert cut.rows >= whole.rows
+    assert (cut.indicators, cut.desired) == (whole.indicators, whole.desired)
+    assert cut.drift.differences == whole.drift.differences == 0
