@@ -27,6 +27,7 @@ from tibridge.cli.state import (
     normalise_rows,
     pipeline_parts,
     read_sentinel,
+    read_whitelist,
     reading_gateway,
     sentinel_span,
 )
@@ -94,6 +95,7 @@ class Story:
     verdict: IndicatorScored | None
     lookup: str
     entries: list[dict[str, Any]]
+    whitelisted: bool = False
 
     def to_json(self) -> dict[str, Any]:
         verdict = self.verdict
@@ -104,6 +106,7 @@ class Story:
             "reputation_source": self.lookup,
             "verdict": {"verdict": str(verdict.verdict), "reason": verdict.reason} if verdict else None,
             "threatstream": self.entries,
+            "on_whitelist": self.whitelisted,
         }
 
     def lines(self) -> list[str]:
@@ -124,6 +127,8 @@ class Story:
             said = f"score {reputation.score}, {reputation.classification}" if reputation else "none"
             out.append(f"reputation ({self.lookup}): {said}")
             out.append(f"verdict under the current settings: {verdict.verdict} ({verdict.reason})")
+        if self.whitelisted:
+            out.append("the value is on the organisation's ThreatStream whitelist: ThreatStream refuses to import it")
         ours = [entry for entry in self.entries if entry["ours"]]
         out.append(f"ThreatStream: {len(self.entries)} entries, {len(ours)} of them tibridge's")
         for entry in self.entries:
@@ -174,6 +179,7 @@ async def explain(value: str, clock: Clock) -> Story:
             Operation.SEARCH, "GET", INTELLIGENCE_PATH, params={"value": search_value, "limit": str(PAGE_SIZE)}
         )
         answer = await gateway.send(search)
+        whitelist = await read_whitelist(publishing, gateway)
     if answer.outcome is not Outcome.ACCEPTED:
         raise StateError(f"ThreatStream's search failed: {answer.detail}")
     objects = answer.body.get("objects") if isinstance(answer.body, dict) else None
@@ -182,7 +188,8 @@ async def explain(value: str, clock: Clock) -> Story:
         for obj in objects or ()
         if isinstance(obj, Mapping)
     ]
-    return Story(search_value, [_row_story(item) for item in found], verdict, lookup, entries)
+    rows = [_row_story(item) for item in found]
+    return Story(search_value, rows, verdict, lookup, entries, whitelisted=search_value in whitelist)
 
 
 async def run_explain(value: str, *, as_json: bool, clock: Clock | None = None) -> int:

@@ -40,7 +40,7 @@ from tibridge.common.settings import BusKind
 from tibridge.common.topology import SCORED_TOPIC
 from tibridge.publisher.app import SPEC as PUBLISHER
 from tibridge.publisher.reconciliation import Drift, desired_state, diff, repairs
-from tibridge.publisher.settings import PublisherSettings
+from tibridge.publisher.settings import PublisherSettings, PublishMode
 
 EXIT_IN_SYNC = 0
 EXIT_DRIFT = 1
@@ -60,6 +60,7 @@ class Reconciliation:
     graph_requests: int
     drift: Drift
     samples: int
+    approval_mode: bool = False
 
     def to_json(self) -> dict[str, Any]:
         drift = self.drift
@@ -111,6 +112,11 @@ class Reconciliation:
             f"whitelist {drift.whitelisted}, settling {drift.settling}",
             f"missing {len(drift.missing)}, stale-active {len(drift.stale)}, unexpected {len(drift.unexpected)}",
         ]
+        if drift.missing and self.approval_mode:
+            out.append(
+                "  (approval mode: a missing value may be waiting in an import session for an analyst; "
+                "ThreatStream's search does not show those)"
+            )
         out += [f"  missing: {value}" for value in report["missing"]["samples"]]
         out += [
             f"  stale-active: {item['value']} (upstream {item['upstream']}; active ids {item['ids']})"
@@ -185,6 +191,7 @@ async def reconcile(clock: Clock, values: dict[str, Any] | None = None) -> tuple
             scoring.requests,
             drift,
             publishing.reconcile.samples,
+            approval_mode=publishing.publisher.mode is PublishMode.APPROVAL,
         )
     return result, publishing
 

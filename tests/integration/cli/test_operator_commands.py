@@ -174,11 +174,15 @@ async def test_explain_tells_our_entry_from_foreign_ones(
 async def test_explain_a_value_sentinel_never_had(
     environment: pytest.MonkeyPatch, sandbox_factory: SandboxFactory
 ) -> None:
-    async with sandbox_factory(anchor=None, indicators=50) as server:
+    async with sandbox_factory(
+        anchor=None, indicators=50, threatstream_whitelist=("never-seen.example.org",)
+    ) as server:
         _point_at(environment, server)
         story = await explain("never-seen.example.org", CLOCK)
     assert (story.rows, story.verdict, story.entries) == ([], None, [])
-    assert "nothing reaches the scorer" in "\n".join(story.lines())
+    told = "\n".join(story.lines())
+    assert "nothing reaches the scorer" in told
+    assert "whitelist" in told
 
 
 async def test_reconcile_finds_seeded_drift_exactly_and_repair_clears_it(
