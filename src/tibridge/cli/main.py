@@ -102,6 +102,44 @@ def demo(
     _run(lambda: run_demo(indicators=indicators, seed=seed, out=out, mode=mode))
 
 
+@app.command()
+def preflight(
+    service: Annotated[list[ServiceName] | None, typer.Argument(help="Which services (default: all three).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON document instead of lines.")] = False,
+) -> None:
+    """Check every dependency of each service with a harmless call; name what is missing. Exit 0 when none failed."""
+    from tibridge.cli.preflight import run_preflight
+
+    _run(lambda: run_preflight(service or list(ServiceName), as_json=json_output))
+
+
+@app.command()
+def explain(
+    value: Annotated[str, typer.Argument(help="The observable: an IP, domain, URL, email or file hash.")],
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON document instead of lines.")] = False,
+) -> None:
+    """Why a value is (not) in ThreatStream: its Sentinel rows, their normalisation, its reputation, the verdict
+    under the current settings, and every ThreatStream entry of it, ours or not."""
+    from tibridge.cli.explain import run_explain
+
+    _run(lambda: run_explain(value, as_json=json_output))
+
+
+@app.command()
+def reconcile(
+    repair: Annotated[
+        bool, typer.Option(help="Send the differences through the publisher (messages on the scored topic).")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON document instead of lines.")] = False,
+    report: Annotated[Path | None, typer.Option(help="Also write a Markdown report to this file.")] = None,
+) -> None:
+    """Compare Sentinel's indicators (after normalisation and the verdict rules) with what tibridge owns in
+    ThreatStream. Exit 0 in sync (or repaired), 1 with differences, 4 when a source could not be read whole."""
+    from tibridge.cli.reconcile import run_reconcile
+
+    _run(lambda: run_reconcile(repair=repair, as_json=json_output, report=report))
+
+
 @config_app.command("check")
 def config_check(
     service: Annotated[list[ServiceName] | None, typer.Argument(help="Which services (default: all three).")] = None,

@@ -51,15 +51,20 @@ async def build(
         endpoints.append(settings.checkpoint.account_url)
     credential = build_credential(settings.credential, *endpoints)
     resources.push_async_callback(credential.close)
-    collecting = settings.collector
-    spec = QuerySpec(collecting.table, collecting.source_systems, collecting.observable_keys)
-    client = logs_client(credential, settings.loganalytics)
-    resources.push_async_callback(client.close)
-    source = LogAnalyticsSource(client, settings.loganalytics, spec, query_engine(settings.loganalytics, clock))
+    source = log_analytics_source(settings, credential, resources, clock)
     store = checkpoint_store(settings.checkpoint, credential, resources)
     return assemble(settings, bus, clock, source=source, store=store, progress=progress)
+
+
+def log_analytics_source(
+    settings: CollectorSettings, credential: AsyncTokenCredential, resources: contextlib.AsyncExitStack, clock: Clock
+) -> LogAnalyticsSource:
+    """The workspace as the collector reads it (also what `tibridge preflight`, `explain` and `reconcile` read)."""
+    client = logs_client(credential, settings.loganalytics)
     resources.push_async_callback(client.close)
-    return client
+    collecting = settings.collector
+    spec = QuerySpec(collecting.table, collecting.source_systems, collecting.observable_keys)
+    return LogAnalyticsSource(client, settings.loganalytics, spec, query_engine(settings.loganalytics, clock))
 
 
 def reading_rates(settings: CollectorSettings, seconds_per_query: float = 0.0) -> Rates:
