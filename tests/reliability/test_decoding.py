@@ -158,7 +158,8 @@ reputations = st.builds(
     score=st.integers(0, 100),
     classification=st.sampled_from(Classification),
     rules=st.lists(
-        st.builds(ReputationRule, name=model_texts, description=model_texts, severity=st.sampled_from(RuleSeverity)), max_size=3
+        st.builds(ReputationRule, name=model_texts, description=model_texts, severity=st.sampled_from(RuleSeverity)),
+        max_size=3,
     ).map(tuple),
 )
 scored = st.builds(
