@@ -50,7 +50,7 @@ MAX_DESCRIPTION = 1024
 texts = st.text(st.characters(codec=None), max_size=40)
 # What a message may carry: every text but lone surrogates, which pydantic refuses in any str field (so no
 # message holding one validates, and the collector rejects such rows before).
-model_chars = st.characters(codec=None, exclude_categories=("Cs",))
+model_chars = st.characters(codec=None, exclude_categories=["Cs"])
 model_texts = st.text(model_chars, max_size=40)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | texts,

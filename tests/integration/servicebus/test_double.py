@@ -17,7 +17,7 @@ from azure.servicebus.aio import ServiceBusClient
 
 from tests.fixtures.servicebus import EMULATOR_CONFIG
 from tests.sbdouble import ServiceBusDouble
-from tibridge.common.bus.port import BusUnavailable, OutgoingMessage
+from tibridge.common.bus.port import BusUnavailable, LockLost, OutgoingMessage
 from tibridge.common.bus.servicebus import ServiceBusBus
 from tibridge.common.topology import INDICATORS_TOPIC, SCORED_TOPIC, SCORER_SUBSCRIPTION
 
@@ -196,3 +196,19 @@ async def test_the_standalone_process_serves_until_sigterm() -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_settling_through_a_receiver_that_shut_down_is_a_lost_lock_not_a_crash(
+    sb_double: ServiceBusDouble,
+) -> None:
+    # The SDK raises ValueError for a message whose receiver has shut down (as after a failed link reopen); the
+    # adapter must answer with the port's LockLost, which every consumer survives, and the message comes back.
+    bus = ServiceBusBus.from_connection_string(sb_double.connection_string, operation_timeout=10)
+    try:
+        await bus.publish(INDICATORS_TOPIC, [OutgoingMessage(b"{}", "settled-too-late")])
+        async with bus.receiver(INDICATORS_TOPIC, SCORER_SUBSCRIPTION) as receiver:
+            [received] = await receiver.receive(max_messages=1, max_wait=5)
+        with pytest.raises(LockLost, match="settled-too-late"):
+            await receiver.complete(received)
+    finally:
+        await bus.close()

@@ -296,6 +296,10 @@ def _translated(operation: str) -> Iterator[None]:
         ) from None
     except MessageAlreadySettled:
         raise BusError(f"{operation}: the message was already settled") from None
+    except ValueError as error:
+        # The SDK's word for a message whose receiver link has shut down since (e.g. after a reconnect): its lock
+        # is gone with the link, so the bus delivers it again, as for a lost lock.
+        raise LockLost(f"{operation}: {error}; the message will be redelivered") from None
     except _PERMANENT_ERRORS as error:
         raise BusError(f"{operation}: {type(error).__name__}: {error.message}") from None
     except ServiceBusError as error:
