@@ -3,7 +3,7 @@ process of its own and every API latency at zero, so what is measured is tibridg
 
     python -m bench.cpu                                  # 10,000 indicators, 3 runs, the median
     python -m bench.cpu --indicators 2000 --runs 1
-    python -m bench.cpu --runs 1 --profile profile       # + pyinstrument: profile.html and profile.txt
+    python -m bench.cpu --runs 1 --profile stacks        # + where the CPU goes: stacks (collapsed), stacks.txt
 
 Each run resets the sandbox (ThreatStream empty again, same rows), then starts a fresh child process. The child
 counts its CPU seconds (user + system, getrusage) from the moment the services are built to the end of the run,
@@ -19,14 +19,16 @@ import contextlib
 import json
 import os
 import resource
+import signal
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import FrameType
 
 import httpx
 
@@ -51,31 +53,83 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _system_seconds() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
+class CpuSampler:
+    """Where the process spends its CPU: the main thread's stack every `interval` seconds of CPU time (SIGPROF),
+    so waiting costs nothing and, unlike a wall-clock profiler, other processes on the machine do not skew it."""
+
+    def __init__(self, interval: float = 0.001) -> None:
+        self._interval = interval
+        self.stacks: Counter[tuple[str, ...]] = Counter()
+
+    def start(self) -> None:
+        signal.signal(signal.SIGPROF, self._sample)
+        signal.setitimer(signal.ITIMER_PROF, self._interval, self._interval)
+
+    def stop(self) -> None:
+        signal.setitimer(signal.ITIMER_PROF, 0, 0)
+        signal.signal(signal.SIGPROF, signal.SIG_DFL)
+
+    def _sample(self, _: int, frame: FrameType | None) -> None:
+        stack = []
+        while frame is not None:
+            code = frame.f_code
+            stack.append(f"{code.co_qualname} ({_short(code.co_filename)})")
+            frame = frame.f_back
+        self.stacks[tuple(reversed(stack))] += 1
+
+    def write(self, path: Path, top: int = 40) -> None:
+        """PATH: collapsed stacks (flamegraph.pl, speedscope); PATH.txt: the top functions, inclusive and self."""
+        path.write_text(
+            "".join(f"{';'.join(stack)} {count}\n" for stack, count in self.stacks.most_common()), encoding="utf-8"
+        )
+        total = sum(self.stacks.values()) or 1
+        inclusive: Counter[str] = Counter()
+        itself: Counter[str] = Counter()
+        for stack, count in self.stacks.items():
+            for function in set(stack):
+                inclusive[function] += count
+            itself[stack[-1]] += count
+        lines = [f"{total} samples, one per {self._interval * 1000:g} ms of CPU", "", "inclusive:"]
+        lines += [f"{100 * n / total:6.1f} %  {function}" for function, n in inclusive.most_common(top)]
+        lines += ["", "self:"]
+        lines += [f"{100 * n / total:6.1f} %  {function}" for function, n in itself.most_common(top)]
+        path.with_suffix(".txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _short(filename: str) -> str:
+    """A source file as a profile names it: from the package directory on."""
+    for marker in ("site-packages/", "/src/", "/lib/python3.11/"):
+        if marker in filename:
+            return filename.rsplit(marker, 1)[1]
+    return filename
+
+
 def _child(report: Path, profile: Path | None) -> int:
     """In the measured process: one `tibridge run --once`, CPU counted from the services being built."""
     from tibridge.cli.commands import run_pipeline
     from tibridge.common.settings import BusKind
 
     marks: dict[str, float] = {}
-    profiler: Any = None
-    if profile is not None:
-        from pyinstrument import Profiler
-
-        profiler = Profiler(async_mode="disabled")
+    sampler = CpuSampler() if profile is not None else None
 
     def built(_: object) -> None:
         marks["cpu_at_start"] = _cpu_seconds()
+        marks["system_at_start"] = _system_seconds()
         marks["wall_at_start"] = time.monotonic()
-        if profiler is not None:
-            profiler.start()
+        if sampler is not None:
+            sampler.start()
 
     code = asyncio.run(run_pipeline(bus=BusKind.MEMORY, once=True, since=None, on_built=built))
     marks["cpu_at_finish"] = _cpu_seconds()
+    marks["system_at_finish"] = _system_seconds()
     marks["wall_at_finish"] = time.monotonic()
-    if profiler is not None and profile is not None:
-        profiler.stop()
-        profile.with_suffix(".html").write_text(profiler.output_html(), encoding="utf-8")
-        profile.with_suffix(".txt").write_text(profiler.output_text(unicode=True, show_all=False), encoding="utf-8")
+    if sampler is not None and profile is not None:
+        sampler.stop()
+        sampler.write(profile)
     report.write_text(json.dumps({"exit_code": code, **marks}), encoding="utf-8")
     return code
 
@@ -150,7 +204,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.cpu", description=__doc__.splitlines()[0])
     parser.add_argument("--indicators", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--profile", type=Path, help="pyinstrument profile of the run(s) to PATH.html / PATH.txt")
+    parser.add_argument("--profile", type=Path, help="sample CPU: collapsed stacks to PATH, a summary to PATH.txt")
     parser.add_argument("--child-report", type=Path, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.child_report is not None:

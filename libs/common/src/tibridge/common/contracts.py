@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 SCHEMA_VERSION = "1.0"
 SUPPORTED_MAJOR_VERSION = 1
@@ -210,7 +210,8 @@ class Envelope(_Model):
     produced_at: datetime
     traceparent: Text | None = None
     tracestate: Text | None = None
-    payload: Payload
+    # Serialised by the payload's own type: pydantic would otherwise try the union's members one by one.
+    payload: SerializeAsAny[Payload]
 
 
 def message_id_for(observable: Observable, upstream_version: str) -> str:
