@@ -217,8 +217,12 @@ def main() -> None:
             f"({run.cpu_seconds:.2f} s after start-up, {run.start_up_cpu_seconds:.2f} s start-up, "
             f"{run.wall_seconds:.1f} s wall, {'reconciled' if run.reconciled else 'NOT RECONCILED'})"
         )
-    median = statistics.median(run.ms_per_indicator(arguments.indicators) for run in results)
-    print(f"CPU per indicator: {median:.3f} ms (median of {len(results)}, {arguments.indicators} indicators)")
+    per_indicator = [run.ms_per_indicator(arguments.indicators) for run in results]
+    # Other work on the machine only ever adds CPU time (shared caches, switches): the least run is the truest.
+    print(
+        f"CPU per indicator: {min(per_indicator):.3f} ms, least of {len(results)} runs "
+        f"(median {statistics.median(per_indicator):.3f} ms; {arguments.indicators} indicators)"
+    )
     with contextlib.suppress(OSError):
         print(f"load average: {' '.join(f'{value:.2f}' for value in os.getloadavg())}")
     if not all(run.reconciled for run in results):
