@@ -32,7 +32,10 @@ class Tally:
     def add(self, amount: int = 1, **attributes: str) -> None:
         if amount:
             self._instrument.add(amount, attributes)
-            self._totals[tuple(sorted(attributes.items()))] += amount
+            key = tuple(attributes.items())
+            if len(key) > 1:  # one attribute set, whatever order the caller named them in
+                key = tuple(sorted(key))
+            self._totals[key] += amount
 
     def total(self, **attributes: str) -> int:
         """The sum over every attribute set that has these attributes (all of them when none are given)."""

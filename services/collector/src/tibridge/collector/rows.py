@@ -271,15 +271,12 @@ def _confidence(value: Any) -> int | None:
     return rounded if 0 <= rounded <= 100 else None
 
 
+_TLP_LEVELS: Mapping[str, Tlp] = {**{level.value: level for level in Tlp}, "white": Tlp.CLEAR}
+
+
 def _tlp_level(value: Any) -> Tlp | None:
     """`Amber`, `TLP:AMBER`, `amber` → Tlp.AMBER; TLP 1.0's `white` is TLP 2.0's `clear`."""
-    level = _text(value).lower().removeprefix("tlp:").strip()
-    if level == "white":
-        return Tlp.CLEAR
-    try:
-        return Tlp(level)
-    except ValueError:
-        return None
+    return _TLP_LEVELS.get(_text(value).lower().removeprefix("tlp:").strip())
 
 
 def _tlp_marking(value: Any) -> Tlp | None:
