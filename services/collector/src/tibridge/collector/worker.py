@@ -233,8 +233,9 @@ class Collector:
         bins = await self._source.count(window, size)
         planned = plan_from_counts(window, bins, size, limit)
         if len(planned) == 1 and not planned[0].dense:
-            # The count says the window fits, yet its read did not: the limit is no guide here, so halve it.
-            return self._halves(window)
+            # The count says the rows fit: the uncounted read gave up at its byte budget (long rows), so read it
+            # again counted, without one; a counted read that still comes back too big is halved.
+            return [_Entry(window, counted=True, empty=planned[0].rows == 0)]
         self._metrics.splits.add()
         log.info(
             "window %s → %s is cut into %d by its rows", window.start.isoformat(), window.end.isoformat(), len(planned)

@@ -118,6 +118,10 @@ class ThreatStreamClient:
         said = self._message(response)
         if response.is_success:
             body = _json(response)
+            if body is None and response.content:
+                # Cut short on the way (a proxy, a dropped connection): what ThreatStream did is unknown, so the
+                # messages are given back and sent again, which updates rather than duplicates.
+                return Answer(Outcome.UNAVAILABLE, f"ThreatStream's {status} answer is not JSON: {said}", status)
             if request.operation is Operation.IMPORT and not (isinstance(body, dict) and body.get("success") is True):
                 return Answer(Outcome.REJECTED, f"ThreatStream did not take the import: {said}", status)
             return Answer(Outcome.ACCEPTED, said, status, body)
