@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import typing
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from tests.fixtures.messages import collected, scored
 from tibridge.common.contracts import (
@@ -23,6 +26,7 @@ from tibridge.common.contracts import (
     Reputation,
     ReputationRule,
     RuleSeverity,
+    Text,
     Tlp,
     Unreadable,
     Verdict,
@@ -176,3 +180,39 @@ def test_only_file_hashes_carry_a_hash_algorithm() -> None:
 def test_an_inactive_indicator_says_why() -> None:
     with pytest.raises(ValidationError, match="inactive_reason"):
         IndicatorCollected.model_validate({**collected(1).model_dump(), "active": False})
+
+
+def _unchecked_text(annotation: Any, metadata: Sequence[Any] = (), where: str = "") -> list[str]:
+    """Where inside `annotation` text is held without `Text`'s check."""
+    if annotation is str:
+        return [] if any(item in typing.get_args(Text)[1:] for item in metadata) else [where]
+    if typing.get_origin(annotation) is typing.Annotated:
+        base, *inner = typing.get_args(annotation)
+        return _unchecked_text(base, [*metadata, *inner], where)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [
+            found
+            for name, field in annotation.model_fields.items()
+            for found in _unchecked_text(field.annotation, field.metadata, f"{annotation.__name__}.{name}")
+        ]
+    return [found for argument in typing.get_args(annotation) for found in _unchecked_text(argument, (), where)]
+
+
+def test_every_text_field_of_a_message_is_sendable_text() -> None:
+    """A plain `str` field would let a lone surrogate through validation and fail the message's encoding later."""
+    assert _unchecked_text(Envelope) == []
+
+
+@pytest.mark.parametrize(
+    ("model", "field", "value"),
+    [
+        (IndicatorCollected, "description", "broken \ud800 text"),
+        (IndicatorCollected, "tags", ["broken \ud800 text"]),
+        (IndicatorScored, "reason", "broken \ud800 text"),
+    ],
+)
+def test_a_lone_surrogate_becomes_a_replacement_character(model: type[BaseModel], field: str, value: Any) -> None:
+    base = collected(1) if model is IndicatorCollected else scored(1, Verdict.DROP)
+    fixed = model.model_validate({**base.model_dump(), field: value})
+    assert "broken \ufffd text" in str(getattr(fixed, field))
+    assert decoded(encode(envelope_for(fixed))).payload == fixed  # type: ignore[arg-type]

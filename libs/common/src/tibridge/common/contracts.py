@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 SCHEMA_VERSION = "1.0"
 SUPPORTED_MAJOR_VERSION = 1
@@ -107,22 +107,9 @@ class DropReason(StrEnum):
     CLASSIFICATION_NOT_ALLOWED = "classification_not_allowed"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _sendable(cls, value: Any) -> Any:
-        """Whatever validates can be sent: text JSON in UTF-8 cannot carry (a lone UTF-16 surrogate, as a JSON body's
-        `\\ud800` escape decodes to) is replaced by U+FFFD instead of failing the encoding of the whole message."""
-        if isinstance(value, str):
-            return _sendable_text(value)
-        if isinstance(value, tuple) and any(isinstance(item, str) for item in value):
-            return tuple(_sendable_text(item) if isinstance(item, str) else item for item in value)
-        return value
-
-
 def _sendable_text(text: str) -> str:
+    """Whatever validates can be sent: text JSON in UTF-8 cannot carry (a lone UTF-16 surrogate, as a JSON body's
+    `\\ud800` escape decodes to) is replaced by U+FFFD instead of failing the encoding of the whole message."""
     if text.isascii():
         return text
     try:
@@ -132,9 +119,18 @@ def _sendable_text(text: str) -> str:
     return text
 
 
+# Every text field of a message is `Text` (tests/unit/common/test_contracts.py holds them to it): a check per value
+# where it is validated, cheaper than a validator over every field or every model.
+Text = Annotated[str, AfterValidator(_sendable_text)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
 class Observable(_Model):
     type: ObservableType
-    value: Annotated[str, Field(min_length=1, max_length=8192)]
+    value: Annotated[Text, Field(min_length=1, max_length=8192)]
     hash_algorithm: HashAlgorithm | None = None
 
     @model_validator(mode="after")
@@ -157,21 +153,21 @@ class Observable(_Model):
 class IndicatorCollected(_Model):
     kind: Literal["indicator.collected"] = "indicator.collected"
     observable: Observable
-    indicator_id: Annotated[str, Field(min_length=1)]
+    indicator_id: Annotated[Text, Field(min_length=1)]
     # What distinguishes one upstream revision of the indicator from another (e.g. its Modified time).
-    upstream_version: Annotated[str, Field(min_length=1)]
-    source_system: str
+    upstream_version: Annotated[Text, Field(min_length=1)]
+    source_system: Text
     time_generated: datetime
     confidence: Annotated[int, Field(ge=0, le=100)] | None = None
     valid_from: datetime | None = None
     valid_until: datetime | None = None
     active: bool = True
     inactive_reason: InactiveReason | None = None
-    labels: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
+    labels: tuple[Text, ...] = ()
+    tags: tuple[Text, ...] = ()
     tlp: Tlp | None = None
-    description: str | None = None
-    threat_types: tuple[str, ...] = ()
+    description: Text | None = None
+    threat_types: tuple[Text, ...] = ()
 
     @model_validator(mode="after")
     def _inactive_needs_reason(self) -> IndicatorCollected:
@@ -181,10 +177,10 @@ class IndicatorCollected(_Model):
 
 
 class ReputationRule(_Model):
-    name: str
-    description: str = ""
+    name: Text
+    description: Text = ""
     severity: RuleSeverity = RuleSeverity.UNKNOWN
-    related_details_url: str | None = None
+    related_details_url: Text | None = None
 
 
 class Reputation(_Model):
@@ -198,7 +194,7 @@ class IndicatorScored(_Model):
     indicator: IndicatorCollected
     reputation: Reputation | None = None
     verdict: Verdict
-    reason: str
+    reason: Text
 
     @property
     def observable(self) -> Observable:
@@ -209,12 +205,13 @@ Payload = Annotated[IndicatorCollected | IndicatorScored, Field(discriminator="k
 
 
 class Envelope(_Model):
-    schema_version: str = SCHEMA_VERSION
-    message_id: str
+    schema_version: Text = SCHEMA_VERSION
+    message_id: Text
     produced_at: datetime
-    traceparent: str | None = None
-    tracestate: str | None = None
-    payload: Payload
+    traceparent: Text | None = None
+    tracestate: Text | None = None
+    # Serialised by the payload's own type: pydantic would otherwise try the union's members one by one.
+    payload: SerializeAsAny[Payload]
 
 
 def message_id_for(observable: Observable, upstream_version: str) -> str:
@@ -271,6 +268,19 @@ _MAX_DESCRIPTION = 1024
 
 
 def decode(body: bytes) -> Envelope | Unreadable:
+    # The common case in one step (pydantic-core parses and validates at once); any doubt takes the careful path.
+    try:
+        envelope = Envelope.model_validate_json(body)
+    except ValidationError:
+        return _decode_carefully(body)
+    if not _major_supported(envelope.schema_version):
+        return _unsupported(envelope.schema_version)
+    return envelope
+
+
+def _decode_carefully(body: bytes) -> Envelope | Unreadable:
+    """Which reason a body is unreadable for, in order: not JSON, a major version we do not read, not an envelope;
+    and what Python's JSON reader accepts beyond pydantic-core's (a lone surrogate's escape) is still read."""
     try:
         raw = json.loads(body)
     except json.JSONDecodeError as error:
@@ -282,14 +292,18 @@ def decode(body: bytes) -> Envelope | Unreadable:
         return Unreadable("InvalidBody", f"body is not readable JSON: {type(error).__name__}")
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if isinstance(version, str) and not _major_supported(version):
-        return Unreadable(
-            "UnsupportedSchemaVersion",
-            f"schema_version {version[:32]!r} is not supported; this reader handles major {SUPPORTED_MAJOR_VERSION}",
-        )
+        return _unsupported(version)
     try:
         return Envelope.model_validate(raw)
     except ValidationError as error:
         return Unreadable("InvalidBody", _summarise(error))
+
+
+def _unsupported(version: str) -> Unreadable:
+    return Unreadable(
+        "UnsupportedSchemaVersion",
+        f"schema_version {version[:32]!r} is not supported; this reader handles major {SUPPORTED_MAJOR_VERSION}",
+    )
 
 
 def _major_supported(version: str) -> bool:

@@ -39,7 +39,10 @@ class Tally:
 
     def add(self, amount: int = 1, **attributes: str) -> None:
         if amount:
-            self._totals[tuple(sorted(attributes.items()))] += amount
+            key = tuple(attributes.items())
+            if len(key) > 1:  # one attribute set, whatever order the caller named them in
+                key = tuple(sorted(key))
+            self._totals[key] += amount
 
     def totals(self) -> dict[_AttributeSet, int]:
         """A copy of the totals per attribute set (a C-level copy: safe from an exporter's thread)."""

@@ -48,5 +48,8 @@ class Producer:
 def message_for(envelope: Envelope) -> OutgoingMessage:
     """The bus message that carries `envelope`: its id, its JSON body and the properties rules filter on."""
     return OutgoingMessage(
-        body=encode(envelope), message_id=envelope.message_id, application_properties=application_properties(envelope)
+        body=encode(envelope),
+        message_id=envelope.message_id,
+        application_properties=application_properties(envelope),
+        decoded=envelope,
     )

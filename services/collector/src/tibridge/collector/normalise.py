@@ -11,6 +11,7 @@ runs, one split, one encode).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import string
@@ -92,16 +93,27 @@ def kind_of_key(key: str) -> KeyKind | None:
     Every `file:hashes.` key is a hash key whatever its spelling (`'SHA-256'`, `SHA256`, `'sha256'`); the
     algorithm it names decides, and one the collector does not know is unsupported.
     """
+    known = _KNOWN_KEYS.get(key)
+    if known is not None:
+        return known
     if len(key) > MAX_KEY_LENGTH:
         return None
-    if key in _IP_KEYS:
-        return KeyKind(None)
-    if key in _SIMPLE_KEYS:
-        return KeyKind(_SIMPLE_KEYS[key])
     if key[: len(HASH_KEY_PREFIX)].lower() == HASH_KEY_PREFIX:
-        algorithm = hash_algorithm_named(key[len(HASH_KEY_PREFIX) :])
-        return KeyKind(ObservableType.FILE_HASH, algorithm) if algorithm else None
+        return _hash_key_kind(key)
     return None
+
+
+# Every row names one of a few keys: their kinds made once.
+_KNOWN_KEYS: Mapping[str, KeyKind] = {
+    **{key: KeyKind(None) for key in _IP_KEYS},
+    **{key: KeyKind(observable_type) for key, observable_type in _SIMPLE_KEYS.items()},
+}
+
+
+@functools.lru_cache(maxsize=64)  # the spellings of four algorithms; a hostile key costs a miss, never memory
+def _hash_key_kind(key: str) -> KeyKind | None:
+    algorithm = hash_algorithm_named(key[len(HASH_KEY_PREFIX) :])
+    return KeyKind(ObservableType.FILE_HASH, algorithm) if algorithm else None
 
 
 def hash_algorithm_named(name: str) -> HashAlgorithm | None:
@@ -120,7 +132,10 @@ def refang(text: str) -> str:
 
     What it returns holds none of them any more, so refanging it again changes nothing.
     """
-    refanged = _DEFANGED.sub(_undefang, text)
+    # Nearly every value is not defanged at all: two scans in C decide that.
+    refanged = _DEFANGED.sub(_undefang, text) if "[" in text or "(" in text else text
+    if refanged[:4].lower() != "hxxp":
+        return refanged
     return _DEFANGED_SCHEME.sub(lambda match: "http" + match.group(1).lower(), refanged)
 
 

@@ -226,9 +226,11 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 
 def _strings(value: Any) -> tuple[str, ...]:
+    if not value:
+        return ()
     items = [value] if isinstance(value, str) else value if isinstance(value, list) else []
-    kept = (item.strip() for item in items[:MAX_LIST_ITEMS] if isinstance(item, str))
-    return tuple(item for item in kept if item and len(item) <= MAX_ITEM_LENGTH)
+    kept = [item.strip() for item in items[:MAX_LIST_ITEMS] if isinstance(item, str)]
+    return tuple([item for item in kept if item and len(item) <= MAX_ITEM_LENGTH])
 
 
 def _flag(value: Any, *, default: bool) -> bool:
@@ -258,7 +260,8 @@ def _datetime(value: Any) -> datetime | None:
 
 
 def _version(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """`2026-11-01T10:00:00.000000Z` (what strftime's `%Y-%m-%dT%H:%M:%S.%fZ` writes for a clamped date, faster)."""
+    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _confidence(value: Any) -> int | None:
@@ -268,15 +271,12 @@ def _confidence(value: Any) -> int | None:
     return rounded if 0 <= rounded <= 100 else None
 
 
+_TLP_LEVELS: Mapping[str, Tlp] = {**{level.value: level for level in Tlp}, "white": Tlp.CLEAR}
+
+
 def _tlp_level(value: Any) -> Tlp | None:
     """`Amber`, `TLP:AMBER`, `amber` → Tlp.AMBER; TLP 1.0's `white` is TLP 2.0's `clear`."""
-    level = _text(value).lower().removeprefix("tlp:").strip()
-    if level == "white":
-        return Tlp.CLEAR
-    try:
-        return Tlp(level)
-    except ValueError:
-        return None
+    return _TLP_LEVELS.get(_text(value).lower().removeprefix("tlp:").strip())
 
 
 def _tlp_marking(value: Any) -> Tlp | None:

@@ -49,9 +49,13 @@ class SingleFlightCache(Generic[V]):
 
     async def get(self, key: str, load: Callable[[], Awaitable[V]]) -> V:
         """The cached value, or the result of `load()`; concurrent callers for one key share one `load()`."""
-        if key in self._entries:
+        try:
+            value = self._entries[key]  # one look (a TTLCache checks expiry on each)
+        except KeyError:
+            pass
+        else:
             self._lookups.add(outcome=HIT)
-            return self._entries[key]
+            return value
         task = self._loading.get(key)
         if task is None:
             self._lookups.add(outcome=MISS)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
+import itertools
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -49,6 +49,7 @@ class _Stored:
     delivery_count: int = 0
     dead_letter_reason: str | None = None
     dead_letter_description: str | None = None
+    decoded: object = None
 
 
 @dataclass
@@ -130,7 +131,10 @@ class _Queue:
         self._clock = clock
         self._ledger = ledger
         self._ready: deque[_Stored] = deque()
-        self._locked: dict[uuid.UUID, _Lock] = {}
+        # In the order the locks lapse, as every lock (and renewal) lasts the lock duration from its moment (were
+        # the wall clock to step back, a lock could only lapse late, never early).
+        self._locked: dict[int, _Lock] = {}
+        self._tokens = itertools.count()
         self.arrived = asyncio.Event()
 
     @property
@@ -155,15 +159,16 @@ class _Queue:
 
     def lock_next(self, max_messages: int) -> list[ReceivedMessage]:
         """Up to `max_messages` live messages, locked; lapsed locks are released first."""
-        self._expire_locks()
+        now = self._clock.now()
+        self._expire_locks(now)
         batch: list[ReceivedMessage] = []
-        while len(batch) < max_messages and (stored := self._take()) is not None:
-            batch.append(self._lock(stored))
+        while len(batch) < max_messages and (stored := self._take(now)) is not None:
+            batch.append(self._lock(stored, now))
         return batch
 
     def seconds_to_next_lock_expiry(self) -> float | None:
-        expiry = min((lock.locked_until for lock in self._locked.values()), default=None)
-        return None if expiry is None else max(0.0, (expiry - self._clock.now()).total_seconds())
+        first = next(iter(self._locked.values()), None)
+        return None if first is None else max(0.0, (first.locked_until - self._clock.now()).total_seconds())
 
     def complete(self, message: ReceivedMessage) -> None:
         self._ended(self._settle(message), lost=False)
@@ -177,22 +182,24 @@ class _Queue:
         self._ended(stored, lost=False)  # the consumer's own verdict on the message: its fate is decided
 
     def renew(self, message: ReceivedMessage) -> datetime:
-        lock = self._held(message)
+        token, lock = self._held(message)
         lock.locked_until = self._clock.now() + self.spec.lock_duration
         message.locked_until = lock.locked_until
+        self._locked[token] = self._locked.pop(token)  # now the last to lapse
         return lock.locked_until
 
-    def _expire_locks(self) -> None:
-        """Lapsed locks go back for redelivery (count + 1)."""
-        now = self._clock.now()
-        for token, lock in list(self._locked.items()):
-            if lock.locked_until <= now:
-                del self._locked[token]
-                self._give_back(lock.stored)
+    def _expire_locks(self, now: datetime | None = None) -> None:
+        """Lapsed locks go back for redelivery (count + 1); they are the first in `_locked`."""
+        now = now or self._clock.now()
+        while self._locked:
+            token, lock = next(iter(self._locked.items()))
+            if lock.locked_until > now:
+                return
+            del self._locked[token]
+            self._give_back(lock.stored)
 
-    def _take(self) -> _Stored | None:
+    def _take(self, now: datetime) -> _Stored | None:
         """The next live message; those past their TTL are dead-lettered on the way."""
-        now = self._clock.now()
         while self._ready:
             stored = self._ready.popleft()
             if self.is_dead_letter or stored.expires_at > now:
@@ -223,14 +230,14 @@ class _Queue:
             raise LockLost("a message in a dead-letter queue cannot be dead-lettered again")
         dead.append(replace(stored, dead_letter_reason=reason, dead_letter_description=description))
 
-    def _lock(self, stored: _Stored) -> ReceivedMessage:
-        token = uuid.uuid4()
-        locked_until = self._clock.now() + self.spec.lock_duration
+    def _lock(self, stored: _Stored, now: datetime) -> ReceivedMessage:
+        token = next(self._tokens)
+        locked_until = now + self.spec.lock_duration
         self._locked[token] = _Lock(stored, locked_until)
         return ReceivedMessage(
             body=stored.body,
             message_id=stored.message_id,
-            application_properties=dict(stored.application_properties),
+            application_properties=stored.application_properties,  # read-only, copied once when published
             delivery_count=stored.delivery_count,
             sequence_number=stored.sequence_number,
             enqueued_time=stored.enqueued_time,
@@ -238,23 +245,24 @@ class _Queue:
             dead_letter_reason=stored.dead_letter_reason,
             dead_letter_description=stored.dead_letter_description,
             handle=token,
+            decoded=stored.decoded,
         )
 
-    def _held(self, message: ReceivedMessage) -> _Lock:
+    def _held(self, message: ReceivedMessage) -> tuple[int, _Lock]:
         """The message's live lock; a lapsed one is released for redelivery (only this one: settling stays O(1))."""
         token = message.handle
-        lock = self._locked.get(token) if isinstance(token, uuid.UUID) else None
-        if lock is not None and lock.locked_until <= self._clock.now():
-            del self._locked[token]  # type: ignore[arg-type]
-            self._give_back(lock.stored)
-            lock = None
-        if lock is None:
+        lock = self._locked.get(token) if isinstance(token, int) else None
+        if lock is None or not isinstance(token, int):
             raise LockLost(f"the lock on message {message.message_id} has expired or was already settled")
-        return lock
+        if lock.locked_until <= self._clock.now():
+            del self._locked[token]
+            self._give_back(lock.stored)
+            raise LockLost(f"the lock on message {message.message_id} has expired or was already settled")
+        return token, lock
 
     def _settle(self, message: ReceivedMessage) -> _Stored:
-        lock = self._held(message)
-        del self._locked[message.handle]  # type: ignore[arg-type]
+        token, lock = self._held(message)
+        del self._locked[token]
         return lock.stored
 
 
@@ -279,20 +287,28 @@ class MemoryBus:
     async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
         spec = self._topic(topic)
         now = self._clock.now()
+        seen = self._recently_seen(spec, now)
+        targets = [
+            (sub, self._queues[(topic, sub.name, False)], now + min(spec.message_ttl, sub.message_ttl))
+            for sub in spec.subscriptions
+        ]
         for message in messages:
-            if self._is_duplicate(spec, message.message_id, now):
+            if message.message_id in seen:
                 continue
-            for sub in spec.subscriptions:
-                if sub.accepts(message.application_properties):
+            seen[message.message_id] = now
+            properties = dict(message.application_properties)
+            for sub, queue, expires_at in targets:
+                if sub.accepts(properties):
                     self._sequence += 1
-                    self._queues[(topic, sub.name, False)].append(
+                    queue.append(
                         _Stored(
                             body=message.body,
                             message_id=message.message_id,
-                            application_properties=dict(message.application_properties),
+                            application_properties=properties,  # read-only from here on
                             sequence_number=self._sequence,
                             enqueued_time=now,
-                            expires_at=now + min(spec.message_ttl, sub.message_ttl),
+                            expires_at=expires_at,
+                            decoded=message.decoded,
                         )
                     )
 
@@ -336,17 +352,15 @@ class MemoryBus:
         except KeyError as error:
             raise EntityNotFound(str(error)) from None
 
-    def _is_duplicate(self, spec: TopicSpec, message_id: str, now: datetime) -> bool:
+    def _recently_seen(self, spec: TopicSpec, now: datetime) -> OrderedDict[str, datetime]:
+        """The topic's message ids of the duplicate detection window (older ones are let go here)."""
         seen = self._seen[spec.name]
         while seen:
             oldest_id, oldest_time = next(iter(seen.items()))
             if now - oldest_time < spec.duplicate_detection_window:
                 break
             del seen[oldest_id]
-        if message_id in seen:
-            return True
-        seen[message_id] = now
-        return False
+        return seen
 
 
 class MemoryReceiver(ClosesOnExit):

@@ -22,6 +22,9 @@ class OutgoingMessage:
     message_id: str
     application_properties: Mapping[str, PropertyValue] = field(default_factory=dict)
     content_type: str = "application/json"
+    # What the body says, as the producer had it (an immutable object): a bus within the process may hand it on
+    # so its consumer need not parse the body again. Never sent anywhere.
+    decoded: object = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -41,6 +44,8 @@ class ReceivedMessage:
     dead_letter_reason: str | None = None
     dead_letter_description: str | None = None
     handle: object = None
+    # The producer's `OutgoingMessage.decoded`, when the bus kept it (only within one process).
+    decoded: object = field(default=None, compare=False, repr=False)
 
 
 class Receiver(Protocol):
