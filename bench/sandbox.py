@@ -30,9 +30,10 @@ class SandboxOptions:
     anchor: datetime
     graph_ceiling: float | None = None
     never_seen: str = "404"
+    latencies_ms: Mapping[str, int] = field(default_factory=lambda: dict(LATENCIES_MS))
 
     def arguments(self, env_file: Path) -> list[str]:
-        faults = [f"{api}.latency_ms={ms}" for api, ms in LATENCIES_MS.items()]
+        faults = [f"{api}.latency_ms={ms}" for api, ms in self.latencies_ms.items()]
         if self.graph_ceiling is not None:
             faults.append(f"graph.rate_ceiling={self.graph_ceiling}")
         arguments = [
@@ -85,11 +86,16 @@ class Sandbox:
         result: dict[str, Any] = self.get("/_sandbox/stats")
         return result
 
-    def expected(self) -> dict[str, Any]:
-        """What a correct pipeline with tibridge's default policy must leave (threshold 75, URLs and hashes
-        dropped, non-global IPs refused)."""
-        result: dict[str, Any] = self.get("/_sandbox/expected")
+    def expected(self, policy: Mapping[str, str]) -> dict[str, Any]:
+        """What a correct pipeline with this policy (`expected_policy`) must leave."""
+        result: dict[str, Any] = self.get("/_sandbox/expected", **policy)
         return result
+
+    def reconcile(self, policy: Mapping[str, str]) -> list[str]:
+        """Every way ThreatStream's contents differ from what a correct run with this policy leaves, as the
+        sandbox judges it (the demo's reconciliation asks the same)."""
+        problems: list[str] = self.get("/_sandbox/reconcile", **policy)["problems"]
+        return problems
 
     def objects(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.get("/_sandbox/threatstream/objects")["objects"]
