@@ -77,7 +77,8 @@ class PipelineCounts:
     scored: int = 0  # verdicts the scorer(s) reached
     publish_verdicts: int = 0
     expire_verdicts: int = 0
-    graph_requests: int = 0  # HTTP requests to Graph as the scorer(s) counted them
+    graph_requests: int = 0  # HTTP requests to Graph as the scorer(s) counted them: $batch, single GETs, probes
+    graph_batch_requests: int = 0
     graph_retries: int = 0  # lookups sent again (429s included)
     graph_throttled: int = 0  # 429 answers, to a whole request or to one item
     completed: int = 0  # messages the publisher settled after ThreatStream accepted them
@@ -109,6 +110,7 @@ def pipeline_counts(stages: StageCounts) -> PipelineCounts:
         publish_verdicts=sum(sum(s.verdicts.publish.values()) for s in scorers),
         expire_verdicts=sum(sum(s.verdicts.expire.values()) for s in scorers),
         graph_requests=sum(s.graph.requests for s in scorers),
+        graph_batch_requests=sum(s.graph.batch_requests for s in scorers),
         graph_retries=sum(s.graph.retries for s in scorers),
         graph_throttled=sum(s.graph.throttled for s in scorers),
         completed=sum(p.completed for p in publishers),

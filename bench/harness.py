@@ -24,7 +24,7 @@ from tibridge.cli.demo import reconcile
 from tibridge.cli.pipeline import PipelineSettings, load_pipeline_settings
 from tibridge.collector.settings import CollectorSettings
 from tibridge.common.contracts import SCORABLE_TYPES
-from tibridge.common.settings import from_environment
+from tibridge.common.settings import BusKind, from_environment
 from tibridge.common.topology import (
     INDICATORS_TOPIC,
     PUBLISHER_SUBSCRIPTION,
@@ -75,12 +75,14 @@ def _tibridge_env(sandbox: Sandbox, directory: Path, scenario: Scenario) -> dict
 
 
 def tibridge_settings(env: Mapping[str, str]) -> PipelineSettings:
-    """tibridge's settings as its processes load them from `env`. A TIBRIDGE_* variable no service reads is
-    refused: a renamed setting would otherwise be silently left at its default."""
+    """tibridge's settings as its processes load them from `env`, for the policy and batch size they ran with.
+    A TIBRIDGE_* variable no service reads is refused: a renamed setting would otherwise be silently left at
+    its default. The bus is left out: the three-process run learns the double's address only once it listens,
+    and nothing read from these settings depends on it."""
     unknown = unknown_settings(env)
     if unknown:
         raise ValueError("; ".join(unknown))
-    return load_pipeline_settings(from_environment(env))
+    return load_pipeline_settings({**from_environment(env), "bus": BusKind.MEMORY})
 
 
 def expected_policy(settings: PipelineSettings) -> dict[str, str]:
@@ -431,6 +433,9 @@ def run_figures(seen: Observed) -> dict[str, Any]:
             "unique_scorable": unique_scorable,
             "floor": figures.graph_floor(unique_scorable),
             "retries": counts.graph_retries if scenario.is_tibridge else seen.model_report.get("retries"),
+            # tibridge's own count of the same requests: $batch, and the rest (single GETs and probes)
+            "batch_requests": counts.graph_batch_requests if scenario.is_tibridge else None,
+            "other_requests": counts.graph_requests - counts.graph_batch_requests if scenario.is_tibridge else None,
         },
         "threatstream": {
             "requests": sum(stats["threatstream"]["requests"].values()),
