@@ -46,6 +46,8 @@ class RunOptions:
     seed: int
     anchor: datetime
     timeout_seconds: float | None  # per scenario; None: as long as it takes
+    # time.monotonic() at which any run still going is stopped (the invocation's --deadline); None: no deadline
+    deadline: float | None = None
     # Per API; the issue's by default. Only the harness's own test turns them off.
     latencies_ms: Mapping[str, int] = field(default_factory=lambda: dict(LATENCIES_MS))
 
@@ -101,7 +103,8 @@ def expected_policy(settings: PipelineSettings) -> dict[str, str]:
 
 
 def _deadline(origin: float, options: RunOptions) -> float:
-    return origin + options.timeout_seconds if options.timeout_seconds is not None else float("inf")
+    timeout = origin + options.timeout_seconds if options.timeout_seconds is not None else float("inf")
+    return min(timeout, options.deadline if options.deadline is not None else float("inf"))
 
 
 def _wait_for_exit(child: Child, deadline: float) -> float | None:
@@ -223,6 +226,7 @@ def _process_figures(child: Child, report: Mapping[str, Any] | None) -> dict[str
 
 def _unfinished(
     options: RunOptions,
+    origin: float,
     counts: PipelineCounts,
     delivery: figures.Delivery,
     unique_scorable: int,
@@ -230,8 +234,12 @@ def _unfinished(
     achieved: float | None,
 ) -> str:
     """How far a run got before the timeout stopped it, and what the lookups still needed at its pace."""
+    ran = _deadline(origin, options) - origin
+    why = (
+        "timeout" if options.timeout_seconds is not None and ran >= options.timeout_seconds else "invocation's deadline"
+    )
     text = (
-        f"stopped at the {options.timeout_seconds:.0f} s timeout before it finished: {counts.emitted:,} indicators "
+        f"stopped by the {why} after {ran:.0f} s, before it finished: {counts.emitted:,} indicators "
         f"on the bus, {counts.scored:,} scored, {counts.completed:,} settled by the publisher; "
         f"{delivery.delivered:,} of {delivery.expected:,} expected values delivered"
     )
@@ -323,7 +331,7 @@ def _measure(
     expected = sandbox.expected(policy)
     sandbox.without_latency()
     sessions = sandbox.sessions(stats["threatstream"]["import_sessions"])
-    approved = sandbox.approve_pending(sessions)
+    approved = sandbox.approve_pending(len(sessions))
     threatstream_problems = sandbox.reconcile(policy) if scenario.is_tibridge else []
     objects = sandbox.objects()
     stages = read_stage_counts(report["counts"] for report in reports.values())
@@ -397,7 +405,7 @@ def run_figures(seen: Observed) -> dict[str, Any]:
     if scenario.is_tibridge:
         problems = _reconciliation(seen)
     if elapsed is None:
-        problems.insert(0, _unfinished(seen.options, counts, delivery, unique_scorable, stats, achieved))
+        problems.insert(0, _unfinished(seen.options, timing.origin, counts, delivery, unique_scorable, stats, achieved))
     published = counts.completed
     per_thousand = figures.per_thousand(work_cpu, scenario.indicators)
     ceiling_share = figures.ratio(achieved, scenario.graph_ceiling)

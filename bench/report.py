@@ -262,6 +262,14 @@ def markdown(doc: Mapping[str, Any]) -> str:
     ]
     if invocation.get("note"):
         lines += [f"> **Note.** {invocation['note']}", ""]
+    if invocation.get("not_started"):
+        lines += [
+            f"**Not started**, the invocation's deadline ({invocation['deadline']}) having passed: "
+            f"{', '.join(invocation['not_started'])}.",
+            "",
+        ]
+    if invocation.get("failed"):
+        lines += [f"**Failed in the harness** (no figures): {', '.join(invocation['failed'])}.", ""]
     lines += ["## Summary", "", *summary_table(runs), "", "## Results", "", *_results_table(runs), ""]
     lines += [
         "End-to-end: from starting the process(es) until the last ThreatStream write was acknowledged (for the three "

@@ -7,7 +7,7 @@ import re
 import shlex
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +20,8 @@ from bench.processes import Child, Children
 # The latencies of issue 11: Log Analytics 1 s per query, Graph 100 ms and ThreatStream 500 ms per request.
 LATENCIES_MS: Mapping[str, int] = {"loganalytics": 1000, "graph": 100, "threatstream": 500}
 READY_SECONDS = 1800.0  # generating a million indicators takes minutes on a loaded machine
+APPROVAL_WAIT_SECONDS = 120.0  # for ThreatStream to finish processing and approving the sessions
+APPROVAL_POLL_SECONDS = 0.5
 _LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 
 
@@ -123,17 +125,27 @@ class Sandbox:
             found.append(response.json())
         return found
 
-    def approve_pending(self, sessions: Sequence[dict[str, Any]]) -> int:
-        """What an analyst does in ThreatStream's UI: approve every session that waits, through the API."""
+    def approve_pending(self, count: int) -> int:
+        """What an analyst does in ThreatStream's UI, through the API: approves each of the import sessions
+        1…count once ThreatStream has finished processing it (`done`), until none is still processing or being
+        approved (bounded); how many it approved."""
         base = self.env["TIBRIDGE_THREATSTREAM_BASE_URL"]
         headers = self._threatstream_headers()
-        approved = 0
-        for session in sessions:
-            if session.get("numPending"):
-                response = self.client.patch(f"{base}/v1/importsession/{session['id']}/approve_all/", headers=headers)
-                response.raise_for_status()
-                approved += 1
-        return approved
+        approved: set[int] = set()
+        for _round in range(int(APPROVAL_WAIT_SECONDS / APPROVAL_POLL_SECONDS)):
+            unfinished = 0
+            for session_id in range(1, count + 1):
+                status = self.client.get(f"{base}/v1/importsession/{session_id}/", headers=headers).json()["status"]
+                if status == "done" and session_id not in approved:
+                    url = f"{base}/v1/importsession/{session_id}/approve_all/"
+                    self.client.patch(url, headers=headers).raise_for_status()
+                    approved.add(session_id)
+                    status = "approving"
+                unfinished += status in ("processing", "approving")
+            if not unfinished:
+                break
+            time.sleep(APPROVAL_POLL_SECONDS)
+        return len(approved)
 
     def close(self) -> None:
         self.client.close()
