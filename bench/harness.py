@@ -55,7 +55,8 @@ class RunOptions:
 @dataclass
 class Timing:
     origin: float  # monotonic: when the measured process(es) were started
-    finished: float | None = None  # None: stopped at the timeout
+    finished: float | None = None  # None: stopped at the timeout, or `gave_up`
+    gave_up: str | None = None  # why the harness stopped waiting before the deadline (a process died)
     collected: float | None = None
     scored: float | None = None
 
@@ -134,8 +135,17 @@ def _run_all_in_one(group: Children, env: dict[str, str], options: RunOptions) -
     return timing, {child.name: report}
 
 
-async def _drained(connection_string: str, collector: Child, timing: Timing, deadline: float) -> None:
+def _exited(consumers: Sequence[Child]) -> str | None:
+    """Which of the long-running processes has exited (none should before the harness stops it)."""
+    gone = [f"{child.name} (exit code {usage.exit_code})" for child in consumers if (usage := child.reap(block=False))]
+    return f"{', '.join(gone)} exited before the subscriptions were empty" if gone else None
+
+
+async def _drained(
+    connection_string: str, collector: Child, consumers: Sequence[Child], timing: Timing, deadline: float
+) -> None:
     """Once the collector finished: when the scorers' subscription, then the publisher's, hold nothing.
+    Gives up (`timing.gave_up`) as soon as one of the consumers exits: nothing would drain its subscription.
 
     A peek sees locked messages too, and a service publishes its output before it completes its input, so
     looking upstream first never misses work moving between the topics."""
@@ -144,11 +154,15 @@ async def _drained(connection_string: str, collector: Child, timing: Timing, dea
     bus = ServiceBusBus.from_connection_string(connection_string)
     try:
         while collector.reap(block=False) is None:
-            if time.monotonic() > deadline:
+            timing.gave_up = _exited(consumers)
+            if time.monotonic() > deadline or timing.gave_up:
                 return
             await asyncio.sleep(POLL_SECONDS)
         timing.collected = time.monotonic()
         while time.monotonic() <= deadline:
+            timing.gave_up = _exited(consumers)
+            if timing.gave_up:
+                return
             if not await bus.has_pending(INDICATORS_TOPIC, SCORER_SUBSCRIPTION):
                 timing.scored = timing.scored or time.monotonic()
                 if not await bus.has_pending(SCORED_TOPIC, PUBLISHER_SUBSCRIPTION):
@@ -176,7 +190,9 @@ def _run_three_process(
         child.wait_for_line(lambda line: line == "started", SERVICE_READY_SECONDS)
     collector, collector_report = runner("collector", "collector")
     timing = Timing(collector.spawned)
-    asyncio.run(_drained(connection_string, collector, timing, _deadline(collector.spawned, options)))
+    consumer_children = [child for child, _ in consumers]
+    deadline = _deadline(collector.spawned, options)
+    asyncio.run(_drained(connection_string, collector, consumer_children, timing, deadline))
     for child, _ in consumers:
         child.stop(STOP_GRACE_SECONDS)
     collector.stop(STOP_GRACE_SECONDS)
@@ -226,20 +242,23 @@ def _process_figures(child: Child, report: Mapping[str, Any] | None) -> dict[str
 
 def _unfinished(
     options: RunOptions,
-    origin: float,
+    timing: Timing,
     counts: PipelineCounts,
     delivery: figures.Delivery,
     unique_scorable: int,
     stats: Mapping[str, Any],
     achieved: float | None,
 ) -> str:
-    """How far a run got before the timeout stopped it, and what the lookups still needed at its pace."""
-    ran = _deadline(origin, options) - origin
-    why = (
-        "timeout" if options.timeout_seconds is not None and ran >= options.timeout_seconds else "invocation's deadline"
-    )
+    """How far a run got before the timeout stopped it (or a process died), and what the lookups still needed
+    at its pace."""
+    if timing.gave_up is not None:
+        stopped = f"did not finish: {timing.gave_up}"
+    else:
+        ran = _deadline(timing.origin, options) - timing.origin
+        by_timeout = options.timeout_seconds is not None and ran >= options.timeout_seconds
+        stopped = f"stopped by the {'timeout' if by_timeout else 'invocation’s deadline'} after {ran:.0f} s"
     text = (
-        f"stopped by the {why} after {ran:.0f} s, before it finished: {counts.emitted:,} indicators "
+        f"{stopped}, before it finished: {counts.emitted:,} indicators "
         f"on the bus, {counts.scored:,} scored, {counts.completed:,} settled by the publisher; "
         f"{delivery.delivered:,} of {delivery.expected:,} expected values delivered"
     )
@@ -404,8 +423,10 @@ def run_figures(seen: Observed) -> dict[str, Any]:
     problems: list[str] = []
     if scenario.is_tibridge:
         problems = _reconciliation(seen)
+        crashed = [p for p in tibridge_processes if p["exit_code"] not in (0, None)]
+        problems += [f"{p['name']} exited with code {p['exit_code']}" for p in crashed]
     if elapsed is None:
-        problems.insert(0, _unfinished(seen.options, timing.origin, counts, delivery, unique_scorable, stats, achieved))
+        problems.insert(0, _unfinished(seen.options, timing, counts, delivery, unique_scorable, stats, achieved))
     published = counts.completed
     per_thousand = figures.per_thousand(work_cpu, scenario.indicators)
     ceiling_share = figures.ratio(achieved, scenario.graph_ceiling)

@@ -140,7 +140,7 @@ def summary_table(runs: Sequence[Run]) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
-        elapsed = _number(run["end_to_end_seconds"], 1, " s") if run["finished"] else "stopped at the timeout"
+        elapsed = _number(run["end_to_end_seconds"], 1, " s") if run["finished"] else "did not finish (see Problems)"
         speed = run["versus_logic_app_model"]["speedup"]
         lines.append(
             f"| {run['title']} | {run['indicators']:,} | {elapsed} | {run['delivered']['ratio']:.3f} | "
