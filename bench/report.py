@@ -220,7 +220,8 @@ def _model_section(runs: Sequence[Run]) -> list[str]:
         f"retries {report['retries']:,}; "
         f"five-minute runs with rows {report['windows']:,}, of which {report['failed_windows']:,} lost a scope. "
         "Log Analytics "
-        "queries are one-day slices sent at once (the sandbox's KQL needs `summarize`); the playbook itself makes four "
+        "queries are five slices per pass sent at once (the sandbox's KQL needs `summarize`; Log Analytics runs five "
+        "at once); the playbook itself makes four "
         "queries every five minutes, 16,128 over 14 days.",
         "",
     ]
