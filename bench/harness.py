@@ -37,6 +37,7 @@ from tibridge.scorer.settings import ScorerSettings, UnscorableHandling
 SERVICE_READY_SECONDS = 180.0
 STOP_GRACE_SECONDS = 60.0
 POLL_SECONDS = 0.1
+LOG_TAIL_CHARACTERS = 200_000
 PEEK_SECONDS = 1.0
 SCORABLE = frozenset(str(kind) for kind in SCORABLE_TYPES)
 
@@ -237,7 +238,23 @@ def _process_figures(child: Child, report: Mapping[str, Any] | None) -> dict[str
     if report is not None and report.get("cpu_seconds_at_start") is not None:
         figures_["cpu_seconds_at_start"] = round(report["cpu_seconds_at_start"], 2)
         figures_["startup_seconds"] = round(report["started_monotonic"] - child.spawned, 2)
+    if usage is not None and usage.exit_code != 0:
+        figures_["last_error"] = _last_error(child.stderr_tail(LOG_TAIL_CHARACTERS))
     return figures_
+
+
+def _last_error(log: str) -> str | None:
+    """The last ERROR of a process's JSON log, with the last line of its exception (the temporary directory
+    with the whole log is gone once the scenario ends)."""
+    for line in reversed(log.splitlines()):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("ERROR", "CRITICAL"):
+            exception = str(entry.get("exception", "")).strip().splitlines()
+            return str(entry.get("message", "")) + (f" — {exception[-1]}" if exception else "")
+    return None
 
 
 def _unfinished(
@@ -424,7 +441,10 @@ def run_figures(seen: Observed) -> dict[str, Any]:
     if scenario.is_tibridge:
         problems = _reconciliation(seen)
         crashed = [p for p in tibridge_processes if p["exit_code"] not in (0, None)]
-        problems += [f"{p['name']} exited with code {p['exit_code']}" for p in crashed]
+        problems += [
+            f"{p['name']} exited with code {p['exit_code']}" + (f": {p['last_error']}" if p.get("last_error") else "")
+            for p in crashed
+        ]
     if elapsed is None:
         problems.insert(0, _unfinished(seen.options, timing, counts, delivery, unique_scorable, stats, achieved))
     published = counts.completed
