@@ -63,8 +63,11 @@ images:
 images-if-possible:
 	bash scripts/containers.sh images --if-possible
 
+# Two pytest workers: most tests wait on sockets and subprocesses, so two keep both cores busy.
+PYTEST_WORKERS ?= 2
+
 test: lint typecheck azurite checkov images-if-possible
-	$(RUN) pytest
+	$(RUN) pytest -n $(PYTEST_WORKERS)
 
 test-fast: setup
 	$(RUN) pytest -x -q

@@ -44,7 +44,7 @@ QUICK: dict[str, Any] = {
     "health_port": 0,
     "log_level": "WARNING",
     "shutdown_grace_seconds": 5,
-    "collector_window": "P2D",
+    "collector_rows_per_query": 400,
     "publisher_batch_age_seconds": 0.5,
     "graph_request_timeout_seconds": 2.0,
     "graph_retry_base_delay_seconds": 0.05,

@@ -24,7 +24,13 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.collector_sandbox import ANCHOR, assert_matches_expected, collector_for, rejections_logged
+from tests.fixtures.collector_sandbox import (
+    ANCHOR,
+    assert_matches_expected,
+    collector_for,
+    rejections_logged,
+    sandbox_on_clock,
+)
 from tests.fixtures.sandbox import SandboxFactory
 from tests.fixtures.servicebus import EMULATOR_CONFIG
 from tests.reliability.figures import Figure, Figures
@@ -202,13 +208,12 @@ async def undisturbed_collector_run(server: SandboxServer, tmp_path: Path, **set
         return {envelope.message_id for envelope in envelopes_on(double)}
 
 
-COLLECTOR_SETTINGS: dict[str, Any] = {"collector_batch_size": BATCH, "collector_window": "P1D"}
+COLLECTOR_SETTINGS: dict[str, Any] = {"collector_batch_size": BATCH, "collector_rows_per_query": 300}
 # A watermark in the middle of the data: windows before it hold indicators, and so do windows after it.
 FREEZE_FROM = ANCHOR - timedelta(days=7)
 
 
 async def test_the_collector_killed_between_publishing_and_saving_its_watermark_loses_and_doubles_nothing(
-    sandbox_factory: SandboxFactory,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
@@ -223,7 +228,7 @@ async def test_the_collector_killed_between_publishing_and_saving_its_watermark_
         stores.append(store)
         return store
 
-    async with sandbox_factory(indicators=1500, seed=SEED, anchor=ANCHOR) as server:
+    async with sandbox_on_clock(indicators=1500, seed=SEED) as server:
         calm = await undisturbed_collector_run(server, tmp_path, **COLLECTOR_SETTINGS)
         monkeypatch.setattr(collector_app, "checkpoint_store", freezing_store)
         with fresh_double() as double, rejections_logged(caplog) as rejections:
@@ -261,7 +266,6 @@ async def test_the_collector_killed_between_publishing_and_saving_its_watermark_
 
 @pytest.mark.azurite
 async def test_two_collectors_on_one_blob_checkpoint_one_stops_with_a_conflict_and_nothing_is_lost(
-    sandbox_factory: SandboxFactory,
     azurite: str,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
@@ -273,7 +277,7 @@ async def test_two_collectors_on_one_blob_checkpoint_one_stops_with_a_conflict_a
         "checkpoint_connection_string": azurite,
         "checkpoint_container": f"crash-{uuid.uuid4().hex[:12]}",
     }
-    async with sandbox_factory(indicators=1500, seed=SEED, anchor=ANCHOR) as server:
+    async with sandbox_on_clock(indicators=1500, seed=SEED) as server:
         calm = await undisturbed_collector_run(server, tmp_path, **COLLECTOR_SETTINGS)
         with fresh_double() as double, rejections_logged(caplog) as rejections:
             async with (

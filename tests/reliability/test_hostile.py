@@ -1,7 +1,7 @@
 """Issue 13.5: the hostile corpus (tests/fixtures/hostile/rows.jsonl) through the whole pipeline, in every mode.
 
 The sandbox serves the table's rows (SandboxConfig rows, in the JSON types the table gives) with pinned
-reputations; `tibridge run --once` runs in this process on an in-memory bus with an extra audit subscription on
+reputations; `tibridge run --once` runs in this process on an in-memory bus that keeps a copy of what is sent on
 each topic, so every row's fate can be read: refused by the collector (its log line), never read, scored
 (drop, expire, publish) and, for a publish, what ThreatStream holds. Each case must end exactly as the table
 says — rejected with its reason, dropped with its reason, expired, or published as that value under that itype
@@ -16,10 +16,9 @@ be the same as on the in-memory bus.
 from __future__ import annotations
 
 import json
-from collections import Counter
-from collections.abc import Iterable
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -33,30 +32,36 @@ from tests.sbdouble import ServiceBusDouble
 from tibridge.cli.commands import run_pipeline
 from tibridge.common import runtime
 from tibridge.common.bus.memory import MemoryBus
+from tibridge.common.bus.port import OutgoingMessage
 from tibridge.common.contracts import Envelope, IndicatorCollected, IndicatorScored, RejectionReason, Verdict, decode
 from tibridge.common.settings import BusKind
-from tibridge.common.topology import TOPOLOGY, SubscriptionSpec, Topology
+from tibridge.common.topology import TOPOLOGY
 from tibridge.sandbox import SandboxServer
 
 # A healthy run of the corpus takes seconds; a row that stalls the pipeline must fail the test, not hold the
 # suite for the default five minutes (a value worked on without awaiting cannot be interrupted any other way).
 pytestmark = [pytest.mark.usefixtures("restored_logging"), pytest.mark.timeout(150)]
 
-AUDIT = "audit"
 # The corpus's rows are hours old: a first pass that reaches back a few days reads them all.
 LOOKBACK = "P3D"
 
 
-def audited(topology: Topology) -> Topology:
-    """The topology with one more subscription per topic, taking everything and read only by the test."""
-    audit = SubscriptionSpec(AUDIT, lock_duration=timedelta(minutes=5), max_delivery_count=10)
-    return Topology(topics=tuple(replace(t, subscriptions=(*t.subscriptions, audit)) for t in topology.topics))
+class AuditedBus(MemoryBus):
+    """The in-memory bus keeping a copy of everything sent to each topic, read only by the test. Not an extra
+    subscription: on this bus the collector's watermark waits until every copy is settled, and nobody would
+    settle the audit's."""
+
+    def __init__(self) -> None:
+        super().__init__(TOPOLOGY)
+        self.sent: defaultdict[str, list[OutgoingMessage]] = defaultdict(list)
+
+    async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
+        self.sent[topic].extend(messages)
+        await super().publish(topic, messages)
 
 
-async def audit_trail(bus: MemoryBus, topic: str) -> list[Envelope]:
-    async with bus.receiver(topic, AUDIT) as receiver:
-        messages = await receiver.receive(1_000_000, 0.05)
-    envelopes = [decode(message.body) for message in messages]
+def audit_trail(bus: AuditedBus, topic: str) -> list[Envelope]:
+    envelopes = [decode(message.body) for message in bus.sent[topic]]
     assert all(isinstance(envelope, Envelope) for envelope in envelopes)
     return envelopes  # type: ignore[return-value]
 
@@ -168,10 +173,10 @@ async def test_every_hostile_row_ends_exactly_as_the_table_says(
     figures: Figures,
 ) -> None:
     cases = load_cases(corpus_now)
-    buses: list[MemoryBus] = []
+    buses: list[AuditedBus] = []
 
     def audited_bus() -> MemoryBus:
-        buses.append(MemoryBus(audited(TOPOLOGY)))
+        buses.append(AuditedBus())
         return buses[-1]
 
     monkeypatch.setattr(runtime, "MemoryBus", audited_bus)
@@ -180,8 +185,8 @@ async def test_every_hostile_row_ends_exactly_as_the_table_says(
         with rejections_logged(caplog) as logged:
             run = await run_all_in_one(values)
         [bus] = buses
-        collected = newest(await audit_trail(bus, "indicators"))
-        scored = verdicts(await audit_trail(bus, "scored"), collected)
+        collected = newest(audit_trail(bus, "indicators"))
+        scored = verdicts(audit_trail(bus, "scored"), collected)
         held, others = held_in_threatstream(server)
     rejected = rejections(logged)
     dead = {letter.value: letter.reason for letter in run.dead_letters if letter.value is not None}

@@ -227,9 +227,8 @@ async def _show_progress(
                 scored = counts.scorer.verdicts.scored
                 progress.update(collect, completed=emitted, total=emitted if pipeline.done() else None)
                 progress.update(score, completed=scored, total=max(emitted, scored))
-                progress.update(
-                    publish, completed=counts.publisher.completed, total=max(counts.scorer.verdicts.forwarded, 1)
-                )
+                settled = counts.publisher.completed + counts.publisher.dead_lettered  # both end a message
+                progress.update(publish, completed=settled, total=max(counts.scorer.verdicts.forwarded, 1))
             if pipeline.done():
                 return
             await asyncio.sleep(_REFRESH_SECONDS)

@@ -165,7 +165,8 @@ async def test_escaped_quotes_in_literals_reach_the_filter(
 
 
 async def test_429_with_retry_after_then_success(sandbox_factory: SandboxFactory) -> None:
-    async with sandbox_factory(faults={"loganalytics": {"rate_ceiling": 1, "burst": 1}}) as server:
+    # One query per 4 s: the second query meets the 429 even when a loaded machine spaces the two out.
+    async with sandbox_factory(faults={"loganalytics": {"rate_ceiling": 0.25, "burst": 1}}) as server:
         async with LogsQueryClient(StaticTokenCredential(), endpoint=server.endpoints.loganalytics) as client:
             for _ in range(2):
                 result = await client.query_workspace(

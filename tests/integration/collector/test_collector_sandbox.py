@@ -186,6 +186,22 @@ async def test_the_rate_window_is_kept_without_a_single_429(
     assert stats.loganalytics.peak_concurrent <= 5
 
 
+async def test_a_429_storm_costs_a_query_its_attempts_once_and_the_sdk_retries_nothing_underneath(
+    small_dataset: Dataset, tmp_path: Path
+) -> None:
+    # Every query is throttled: the SDK's own retry policy (off) and the engine's budget (3) are one budget.
+    faults = {"loganalytics": {"p429": 1.0, "retry_after_seconds": 2}}
+    async with server_for(small_dataset, faults=faults) as server:
+        async with collector_for(server, MemoryBus(), tmp_path / "c.json", loganalytics_query_attempts=3) as run:
+            with pytest.raises(SourceError, match=r"kept failing \(429\) after 3 attempts"):
+                await run.worker.run(asyncio.Event())
+        stats = server.state.stats
+    assert dict(stats.requests["loganalytics"]) == {"429": 3}
+    assert stats.inside_retry_after["loganalytics"] == 0
+    assert run.clock.sleeps.count(2.0) == 2  # each retry waited the announced Retry-After
+    assert not (tmp_path / "c.json").exists()
+
+
 async def test_an_empty_workspace_answers_204_and_that_is_zero_rows(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

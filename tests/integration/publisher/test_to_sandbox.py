@@ -363,6 +363,30 @@ async def test_one_poison_item_in_a_thousand_is_dead_lettered_and_the_rest_deliv
     assert (counts(service).completed, counts(service).dead_lettered) == (BATCH_SIZE - 1, 1)
 
 
+async def test_an_unknown_threatstream_ceiling_costs_no_message_and_no_request_inside_a_retry_after(
+    sandbox_factory: SandboxFactory,
+) -> None:
+    """ThreatStream takes 4 requests/s (429 + Retry-After beyond), which the publisher is not told; it starts
+    far above (the fixtures' 100/s), is throttled, and every batch still lands with nothing sent inside a
+    window: every request of the process (searches, upserts, confirmations) waits on its one pacer."""
+    indicators = mixed_indicators(600)
+    bus = MemoryBus()
+    await publish_scored(bus, indicators)
+    async with (
+        sandbox_factory(indicators=0, faults={"threatstream": {"rate_ceiling": 4}}) as server,
+        publisher_for(server, bus, publisher_mode="direct", publisher_batch_size=100) as service,
+    ):
+        async with running(service):
+            await eventually(lambda: depth(bus) == 0, within=120, what="every message settled")
+        stats = await sandbox_stats(server)
+        values = {obj["value"] for obj in await sandbox_objects(server)}
+    assert stats["requests"]["threatstream"]["429"] > 0
+    assert stats["inside_retry_after"]["threatstream"] == 0
+    assert values == {indicator.observable.value for indicator in indicators}
+    assert depth(bus, dead_letter=True) == 0
+    assert counts(service).throttled == stats["requests"]["threatstream"]["429"]
+
+
 async def test_a_year_9999_row_in_approval_mode_is_published_while_everything_flows(
     sandbox_factory: SandboxFactory,
 ) -> None:

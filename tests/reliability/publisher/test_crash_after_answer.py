@@ -41,7 +41,9 @@ from tibridge.publisher.worker import PublisherCounts
 from tibridge.sandbox import SandboxServer
 
 MESSAGES = 1000
-LOCK = timedelta(seconds=2)
+# Short, so the dead publisher's locks lapse soon; long enough that the successor, holding 1,000 messages on a
+# loaded 2-core machine, renews them in time (a lapse there would count each message twice).
+LOCK = timedelta(seconds=6)
 REVISIONS = 200
 REVISION_LOCK = timedelta(seconds=10)
 

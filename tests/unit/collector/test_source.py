@@ -15,7 +15,7 @@ from azure.core.rest import HttpRequest
 
 from tests.fixtures.clock import ManualClock
 from tests.fixtures.collector import ANCHOR
-from tibridge.collector.app import query_attempts
+from tibridge.collector.app import query_engine
 from tibridge.collector.kql import IndicatorTable, QuerySpec
 from tibridge.collector.settings import LogAnalyticsSettings
 from tibridge.collector.source import LogAnalyticsSource, SourceError
@@ -83,7 +83,7 @@ def source(client: ScriptedClient, clock: ManualClock, *, attempts: int = 4, all
         retry_base_delay_seconds=1.0,
     )
     spec = QuerySpec(IndicatorTable.NEW, ("Microsoft Defender Threat Intelligence",), ("url:value",))
-    return LogAnalyticsSource(client, settings, spec, query_attempts(settings, clock))  # type: ignore[arg-type]
+    return LogAnalyticsSource(client, settings, spec, query_engine(settings, clock))  # type: ignore[arg-type]
 
 
 async def test_the_request_is_the_query_apis(clock: ManualClock) -> None:
@@ -195,7 +195,7 @@ async def test_retries_are_bounded(clock: ManualClock) -> None:
 
 async def test_a_retry_after_longer_than_we_wait_for_gives_up_at_once(clock: ManualClock) -> None:
     client = ScriptedClient([answer(429, {}, **{"Retry-After": "3600"})])
-    with pytest.raises(SourceError, match="kept failing"):
+    with pytest.raises(SourceError, match=r"asked us to wait longer than 300s \(429\)"):
         await source(client, clock).read(WINDOW)
     assert clock.sleeps == []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
@@ -14,6 +15,7 @@ from tibridge.common.pacing import (
     PaceLimits,
     Pacer,
     RateControl,
+    RequestWindow,
     RetriesExhausted,
     Retry,
     RetryPolicy,
@@ -109,6 +111,8 @@ def test_limits_are_checked() -> None:
         PaceLimits(initial_rate=10, min_rate=5, max_rate=1)
     with pytest.raises(ValueError, match="initial_parallel"):
         PaceLimits(initial_rate=10, initial_parallel=5, max_parallel=2)
+    with pytest.raises(ValueError, match="window"):
+        RequestWindow(0, 30)
 
 
 # -- the pacer ----------------------------------------------------------------------------------------------
@@ -146,6 +150,25 @@ async def test_a_request_waits_for_a_free_place_in_flight() -> None:
     assert waited.slot_bound
     waited.release(Signal.CLEAN)
     assert pacer.state().parallel_limit == 2
+
+
+async def test_a_request_window_counts_each_request_from_its_send_until_a_window_after_its_answer() -> None:
+    """3 per 10 s: the API counts a request from its arrival, somewhere between our send and its answer."""
+    clock = ManualClock()
+    pacer = Pacer("api", PaceLimits.fixed(math.inf, window=RequestWindow(3, 10)), clock)
+    held = [await pacer.acquire() for _ in range(3)]
+    fourth = asyncio.create_task(pacer.acquire())
+    clock.advance(60)  # all three still in flight: however long they take, their places stay taken
+    await asyncio.sleep(0.01)
+    assert not fourth.done()
+    held[0].release(Signal.CLEAN)  # answered at 60: its place is free at 70
+    clock.advance(4)
+    held[1].release(Signal.CLEAN)  # answered at 64: free at 74
+    (await fourth).release(Signal.CLEAN)
+    assert clock.monotonic() == pytest.approx(70)
+    await pacer.acquire()
+    assert clock.monotonic() == pytest.approx(74)
+    assert pacer.state().rate_cuts == 0
 
 
 async def test_a_batch_that_did_not_fill_gives_its_tokens_back() -> None:

@@ -1,9 +1,11 @@
-"""The ThreatStream client over httpx.MockTransport: auth, retries, how answers are read, the dry run."""
+"""The ThreatStream client over httpx.MockTransport: auth, retries, how answers are read, the dry run (its pacing:
+test_threatstream_pacing.py)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +18,8 @@ from tests.fixtures.clock import ManualClock
 from tests.fixtures.publisher import PUBLISHING, observable, scored_indicator
 from tests.fixtures.scorer import FAST_RETRIES
 from tibridge.common.contracts import ObservableType
-from tibridge.common.http import ResilientSender
+from tibridge.common.http import HTTP_TRANSIENT
+from tibridge.common.pacing import Engine, PaceLimits, Pacer
 from tibridge.publisher.mapping import Severity, intel_object
 from tibridge.publisher.payloads import (
     Permission,
@@ -36,11 +39,12 @@ NOW = datetime(2026, 11, 2, tzinfo=UTC)
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
-def a_client(handler: Handler, clock: ManualClock) -> ThreatStreamClient:
+def a_client(handler: Handler, clock: ManualClock, engine: Engine | None = None) -> ThreatStreamClient:
+    """The client over a mock transport; unpaced unless an engine is given."""
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url=BASE_URL)
-    return ThreatStreamClient(
-        http, "analyst", SecretStr(API_KEY), ResilientSender("threatstream", FAST_RETRIES, clock=clock)
-    )
+    unpaced = Pacer("threatstream", PaceLimits.fixed(math.inf), clock)
+    engine = engine or Engine("threatstream", unpaced, FAST_RETRIES, clock, transient=HTTP_TRANSIENT)
+    return ThreatStreamClient(http, "analyst", SecretStr(API_KEY), engine)
 
 
 def an_import() -> ThreatStreamRequest:

@@ -9,13 +9,18 @@ budget of attempts per logical operation.
   slowly past it. A 429 cuts the rate once per round of requests (to 90 % of that estimate); any Retry-After
   pauses every caller. Clean answers to requests that waited for a free place raise the limit on requests in
   flight (so several are in flight when latency, not the ceiling, binds); timeouts and 503s cut it.
-  `PaceLimits.max_rate` and `.max_parallel` are hard caps; `PaceLimits.fixed` pins both (a fixed ceiling).
+  `PaceLimits.max_rate` and `.max_parallel` are hard caps; `PaceLimits.fixed` pins both (a fixed ceiling);
+  `PaceLimits.window` is a documented quota of requests per period (`RequestWindow`), also a hard cap.
 * `RetryPolicy` and `Attempts` — attempts per logical operation and the backoff between them. A request that
   carries several operations (a Graph `$batch`) spends one attempt of each (`Engine.after`); nothing retries
   underneath.
 * `Engine.call` — the retry loop for an operation that is one request at a time: bounded, Retry-After honoured,
   every attempt paced. `tibridge.common.http` has the judge for HTTP answers (`judge_response`,
-  `retry_of_status`) and the older `ResilientSender` shape over it.
+  `retry_of_status`).
+
+Every API client of tibridge uses it: the scorer's Graph lookups (adaptive, `$batch` items spending their own
+attempts), the publisher's ThreatStream requests (adaptive, its rate setting an optional hard cap) and the
+collector's Log Analytics queries (fixed at the documented limits: `PaceLimits.fixed` with a `RequestWindow`).
 
 Adopting it: one `Pacer` per API per process, shared by every task that calls the API; an `Engine` on it with
 the API's `RetryPolicy` and the exception types its client raises for transport failures (`transient`); each
@@ -78,8 +83,25 @@ class Signal(StrEnum):
 
 
 @dataclass(frozen=True)
+class RequestWindow:
+    """A documented quota of `requests` per `seconds` (e.g. Log Analytics' 200 per 30 s), as a hard cap.
+
+    The API counts a request from its arrival, which lies somewhere between our send and its answer; so here a
+    request holds its place from when it is sent until `seconds` after it was answered, and the quota holds
+    whatever the network's delay."""
+
+    requests: int
+    seconds: float
+
+    def __post_init__(self) -> None:
+        if self.requests < 1 or not self.seconds > 0:
+            raise ValueError("a request window needs at least one request and a positive length")
+
+
+@dataclass(frozen=True)
 class PaceLimits:
-    """Where a pacer starts and its hard caps. Rates are in cost units (lookups, requests) per second."""
+    """Where a pacer starts and its hard caps. Rates are in cost units (lookups, requests) per second; `window`
+    is a quota counted in requests, whatever their cost."""
 
     initial_rate: float
     max_rate: float | None = None
@@ -87,6 +109,7 @@ class PaceLimits:
     initial_parallel: int = 1
     max_parallel: int = 256
     adaptive: bool = True
+    window: RequestWindow | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.min_rate <= self.initial_rate:
@@ -97,8 +120,8 @@ class PaceLimits:
             raise ValueError("initial_parallel must be 1 to max_parallel")
 
     @classmethod
-    def fixed(cls, rate: float, parallel: int = 256) -> PaceLimits:
-        """A ceiling that never moves: `rate` per second, `parallel` in flight."""
+    def fixed(cls, rate: float, parallel: int = 256, *, window: RequestWindow | None = None) -> PaceLimits:
+        """A ceiling that never moves: `rate` per second (`math.inf`: none), `parallel` in flight, and `window`."""
         return cls(
             initial_rate=rate,
             max_rate=rate,
@@ -106,6 +129,7 @@ class PaceLimits:
             initial_parallel=parallel,
             max_parallel=parallel,
             adaptive=False,
+            window=window,
         )
 
 
@@ -257,6 +281,8 @@ class Pacer:
         self._parallel_cuts = 0
         self._turn = asyncio.Lock()  # first come, first served
         self._slot_freed = asyncio.Event()
+        # When the requests answered within the last `limits.window.seconds` were answered (a window only).
+        self._answered_at: deque[float] = deque()
 
     @property
     def paused_for(self) -> float:
@@ -279,7 +305,8 @@ class Pacer:
         )
 
     async def acquire(self, cost: float = 1.0) -> Permit:
-        """Waits until no pause holds, a place in flight is free and the bucket has `cost` tokens."""
+        """Waits until no pause holds, a place in flight is free, the window (if any) has room and the bucket has
+        `cost` tokens."""
         rate_bound = slot_bound = False
         async with self._turn:
             while True:
@@ -291,6 +318,14 @@ class Pacer:
                     self._slot_freed.clear()
                     await self._slot_freed.wait()
                     continue
+                # A hard cap, not the API: waiting for it says nothing about the API's capacity.
+                if (window_wait := self._window_wait()) > 0:
+                    if math.isinf(window_wait):  # every place is held by a request in flight
+                        self._slot_freed.clear()
+                        await self._slot_freed.wait()
+                    else:
+                        await self._clock.sleep(window_wait)
+                    continue
                 wait = self._take(cost)
                 if wait > 0:
                     rate_bound = True
@@ -300,6 +335,22 @@ class Pacer:
             self._in_flight += 1
             self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
             return Permit(self, cost, rate_bound=rate_bound, slot_bound=slot_bound)
+
+    def _window_wait(self) -> float:
+        """0 when the window has room (or there is none); else how long until it has, `math.inf` while every
+        place is held by a request still in flight."""
+        window = self.control.limits.window
+        if window is None:
+            return 0.0
+        now = self._clock.monotonic()
+        while self._answered_at and self._answered_at[0] <= now - window.seconds:
+            self._answered_at.popleft()
+        if self._in_flight + len(self._answered_at) < window.requests:
+            return 0.0
+        if not self._answered_at:
+            return math.inf
+        # Float rounding can put the oldest place's end a hair before now while it still counts: wait a moment.
+        return max(1e-6, self._answered_at[0] + window.seconds - now)
 
     def _take(self, cost: float) -> float:
         """Takes `cost` tokens and returns 0, or returns how long until they are there."""
@@ -332,6 +383,8 @@ class Pacer:
             self.pause(pause_seconds)
         control = self.control
         now = self._clock.monotonic()
+        if control.limits.window is not None:
+            self._answered_at.append(now)
         before = control.rate
         control.delivered(now, delivered)
         match signal:
@@ -405,13 +458,24 @@ class RetriesExhausted(Exception):
     """An operation kept being deferred; the caller abandons the work for later redelivery.
 
     `last` is the last answer when there was one (a retryable response the caller may still want to read);
-    `budget_spent` says whether every attempt was used (rather than the API asking for too long a wait).
+    `budget_spent` says whether every attempt was used (rather than the API asking for too long a wait);
+    `cause` is the last deferral's (a status, an exception type) and `attempts` how many were sent.
     """
 
-    def __init__(self, message: str, last: object | None = None, *, budget_spent: bool = True) -> None:
+    def __init__(
+        self,
+        message: str,
+        last: object | None = None,
+        *,
+        budget_spent: bool = True,
+        cause: str = "",
+        attempts: int = 0,
+    ) -> None:
         super().__init__(message)
         self.last = last
         self.budget_spent = budget_spent
+        self.cause = cause
+        self.attempts = attempts
 
 
 @dataclass(frozen=True)
@@ -506,7 +570,9 @@ class Engine:
                 self.metrics.throttled.add(api=self.api)
             delay = self.after(retry, budget, permit)
             if delay.seconds is None:
-                raise RetriesExhausted(delay.reason, last, budget_spent=delay.budget_spent)
+                raise RetriesExhausted(
+                    delay.reason, last, budget_spent=delay.budget_spent, cause=retry.cause, attempts=budget.used
+                )
             log.info(
                 "%s request deferred (%s%s); attempt %d in %.2fs",
                 self.api,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 from azure.core.credentials_async import AsyncTokenCredential
@@ -12,21 +13,22 @@ from azure.storage.blob.aio import BlobServiceClient
 
 from tibridge.collector.checkpoint import BlobCheckpointStore, CheckpointStore, FileCheckpointStore
 from tibridge.collector.kql import QuerySpec
-from tibridge.collector.pacing import LimitedRetries
 from tibridge.collector.rows import RowReader
 from tibridge.collector.settings import CheckpointKind, CheckpointSettings, CollectorSettings, LogAnalyticsSettings
-from tibridge.collector.source import IndicatorSource, LogAnalyticsSource
+from tibridge.collector.source import TRANSIENT_ERRORS, IndicatorSource, LogAnalyticsSource
 from tibridge.collector.worker import Collector, Deliveries, OnTheBus
 from tibridge.common.bus.port import Bus
 from tibridge.common.clock import Clock
-from tibridge.common.http import RetryPolicy
 from tibridge.common.identity import build_credential
+from tibridge.common.pacing import Engine, PaceLimits, Pacer, RequestWindow, RetryPolicy
 from tibridge.common.producer import Producer
 from tibridge.common.runtime import Service, ServiceName, ServiceSpec
 
 # The storage SDK's own retries of a checkpoint read or write (its backoff starts at 15 s).
 _STORAGE_RETRIES = 2
 _STORAGE_TIMEOUT_SECONDS = 30
+# Log Analytics' documented request window (external-apis §1): TIBRIDGE_LOGANALYTICS_REQUESTS_PER_30_SECONDS.
+RATE_WINDOW_SECONDS = 30.0
 
 
 async def build(settings: CollectorSettings, bus: Bus, resources: contextlib.AsyncExitStack, clock: Clock) -> Service:
@@ -35,23 +37,36 @@ async def build(settings: CollectorSettings, bus: Bus, resources: contextlib.Asy
         endpoints.append(settings.checkpoint.account_url)
     credential = build_credential(settings.credential, *endpoints)
     resources.push_async_callback(credential.close)
-    # One retry layer for queries, ours (pacing.py): bounded, honouring Retry-After, on the injected clock.
-    client = LogsQueryClient(credential, endpoint=settings.loganalytics.endpoint, retry_total=0)
+    client = logs_client(credential, settings.loganalytics)
     resources.push_async_callback(client.close)
     collecting = settings.collector
     spec = QuerySpec(collecting.table, collecting.source_systems, collecting.observable_keys)
-    source = LogAnalyticsSource(client, settings.loganalytics, spec, query_attempts(settings.loganalytics, clock))
+    source = LogAnalyticsSource(client, settings.loganalytics, spec, query_engine(settings.loganalytics, clock))
     store = checkpoint_store(settings.checkpoint, credential, resources)
     return assemble(settings, bus, clock, source=source, store=store)
 
 
-def query_attempts(settings: LogAnalyticsSettings, clock: Clock) -> LimitedRetries:
-    """Every query of this process within Log Analytics' limits, retried as the settings say."""
-    return LimitedRetries(
+def logs_client(credential: AsyncTokenCredential, settings: LogAnalyticsSettings) -> LogsQueryClient:
+    """The SDK's client with its own retries off (`retry_total=0`): the engine's budget is a query's only one."""
+    return LogsQueryClient(credential, endpoint=settings.endpoint, retry_total=0)
+
+
+def query_engine(settings: LogAnalyticsSettings, clock: Clock) -> Engine:
+    """The rate-and-retry engine every query of this process goes through: Log Analytics' limits are documented,
+    so its pacer is fixed at them (`TIBRIDGE_LOGANALYTICS_MAX_CONCURRENT_QUERIES` in flight,
+    `TIBRIDGE_LOGANALYTICS_REQUESTS_PER_30_SECONDS` sent, retries included) rather than adaptive; a 429's
+    Retry-After still pauses every query."""
+    limits = PaceLimits.fixed(
+        math.inf,
+        settings.max_concurrent_queries,
+        window=RequestWindow(settings.requests_per_30_seconds, RATE_WINDOW_SECONDS),
+    )
+    return Engine(
+        "loganalytics",
+        Pacer("loganalytics", limits, clock),
         RetryPolicy(max_attempts=settings.query_attempts, base_delay_seconds=settings.retry_base_delay_seconds),
         clock,
-        max_concurrent=settings.max_concurrent_queries,
-        requests_per_window=settings.requests_per_30_seconds,
+        transient=TRANSIENT_ERRORS,
     )
 
 

@@ -84,7 +84,7 @@ class RowReader:
 def _read_new(row: Row, now: datetime, reject_non_global: bool) -> IndicatorCollected | RowRejected:
     indicator_id = _text(row.get("Id")) or _MISSING_ID
     if len(indicator_id) > MAX_ID_LENGTH:
-        return RowRejected(_shortened(indicator_id), _INVALID)
+        return RowRejected(shortened(indicator_id), _INVALID)
     key = _text(row.get("ObservableKey"))
     if key:
         observable = normalise_keyed(key, _text(row.get("ObservableValue")), reject_non_global=reject_non_global)
@@ -131,7 +131,7 @@ def time_generated(row: Row) -> datetime | None:
 def _read_legacy(row: Row, now: datetime, reject_non_global: bool) -> IndicatorCollected | RowRejected:
     indicator_id = _text(row.get("IndicatorId")) or _MISSING_ID
     if len(indicator_id) > MAX_ID_LENGTH:
-        return RowRejected(_shortened(indicator_id), _INVALID)
+        return RowRejected(shortened(indicator_id), _INVALID)
     observable = _legacy_observable(row, reject_non_global)
     time_generated = _datetime(row.get("TimeGenerated"))
     if isinstance(observable, RejectionReason) or time_generated is None or indicator_id == _MISSING_ID:
@@ -199,7 +199,7 @@ def _scalar(value: Any) -> str:
     return text if len(text) <= _MAX_SCALAR_LENGTH else ""
 
 
-def _shortened(text: str) -> str:
+def shortened(text: str) -> str:
     """An over-long value as logs may show it."""
     return text[:64] + f"…({len(text)} characters)"
 

@@ -1,10 +1,13 @@
 """Where rows come from: a small port, and its Log Analytics adapter over azure-monitor-query's async client.
 
 The adapter sends the query API's request (`POST /v1/workspaces/{id}/query`, the body `query_workspace` sends)
-through `LogsQueryClient.send_request`: the SDK's pipeline still authenticates and traces. Limits, pauses and
-retries are `QueryAttempts`' (pacing.py). It reads the JSON answer itself: the SDK's result models convert
-every cell through a generic model layer, which cost about 0.3 ms per row (the bulk of a 50,000-row pass); here
-rows stay plain lists and become dicts one at a time, as the row reader takes them.
+through `LogsQueryClient.send_request`: the SDK's pipeline still authenticates and traces, but does not retry
+(the client is built with `retry_total=0`). Limits, pauses and retries are the process's rate-and-retry engine's
+(`tibridge.common.pacing.Engine`, fixed at Log Analytics' documented limits): every attempt of every query of the
+process goes through its one `Pacer`, and each query has one budget of attempts. It reads the JSON answer itself:
+the SDK's result models convert every cell through a generic model layer, which cost about 0.3 ms per row (the
+bulk of a 50,000-row pass); here rows stay plain lists and become dicts one at a time, as the row reader takes
+them.
 """
 
 from __future__ import annotations
@@ -17,20 +20,39 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from azure.core.exceptions import ClientAuthenticationError
+from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError, ServiceResponseError
 from azure.core.rest import HttpRequest
 from azure.monitor.query.aio import LogsQueryClient
 
 from tibridge.collector.kql import COUNT_COLUMN, QuerySpec, build_count_query, build_query
-from tibridge.collector.pacing import Answer, GaveUp, QueryAttempts
 from tibridge.collector.rows import Row
 from tibridge.collector.settings import LogAnalyticsSettings
 from tibridge.collector.windows import Bin, Window
+from tibridge.common.http import retry_of_status
+from tibridge.common.pacing import Engine, RetriesExhausted, Retry
 
 log = logging.getLogger(__name__)
 # Time the service gets beyond its own query limit before we give up on the connection.
 _TRANSPORT_GRACE_SECONDS = 30.0
 _NO_CONTENT = 204
+# A connection that failed or timed out is retried (as an overload); any other exception is not ours to retry.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, ServiceRequestError, ServiceResponseError)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One attempt's answer as far as the adapter read it."""
+
+    status: int
+    body: bytes
+    retry_after: str | None = None
+    # The body was longer than the caller's byte budget; it was not read (and `body` is empty).
+    over_budget: bool = False
+
+
+def judge_answer(answer: Answer) -> Retry | None:
+    """The engine's reading of an answer: 429 and 5xx are retried (honouring Retry-After), any other stands."""
+    return retry_of_status(answer.status, answer.retry_after)
 
 
 @dataclass(frozen=True)
@@ -83,12 +105,12 @@ class LogAnalyticsSource:
     to the sandbox (loopback, dev mode)."""
 
     def __init__(
-        self, client: LogsQueryClient, settings: LogAnalyticsSettings, spec: QuerySpec, attempts: QueryAttempts
+        self, client: LogsQueryClient, settings: LogAnalyticsSettings, spec: QuerySpec, engine: Engine
     ) -> None:
         self._client = client
         self._settings = settings
         self._spec = spec
-        self._attempts = attempts
+        self._engine = engine
 
     async def read(self, window: Window, *, max_bytes: int | None = None) -> WindowRows:
         answer = await self._query(build_query(self._spec, window.start, window.end), window, max_bytes)
@@ -122,17 +144,22 @@ class LogAnalyticsSource:
     async def _query(self, query: str, window: Window, max_bytes: int | None) -> Answer:
         body = {"query": query, "timespan": _timespan(window)}
         try:
-            answer = await self._attempts.call(lambda: self._post(body, max_bytes))
+            answer = await self._engine.call(lambda: self._post(body, max_bytes), judge_answer)
         except ClientAuthenticationError as error:
             first_line = (error.message or "").splitlines()[0] if error.message else type(error).__name__
             raise SourceError(
                 f"no token for Log Analytics ({first_line}); check TIBRIDGE_CREDENTIAL and the workload or "
                 "managed identity"
             ) from None
-        except GaveUp as error:
+        except RetriesExhausted as error:
+            why = (
+                f"kept failing ({error.cause}) after {error.attempts} attempts"
+                if error.budget_spent
+                else f"asked us to wait longer than {self._engine.policy.max_retry_after_seconds:.0f}s ({error.cause})"
+            )
             raise SourceError(
-                f"Log Analytics kept failing ({error.cause}) after {error.attempts} attempts; check the service "
-                "health and TIBRIDGE_LOGANALYTICS_ENDPOINT, then run the collector again (the watermark did not move)"
+                f"Log Analytics {why}; check the service health and TIBRIDGE_LOGANALYTICS_ENDPOINT, then run the "
+                "collector again (the watermark did not move)"
             ) from None
         if answer.status >= 400:
             raise SourceError(_refusal(answer, self._settings.workspace_id))

@@ -7,7 +7,7 @@ the byte budget of a read nobody counted) is counted per bin (`summarize count()
 cut into windows of at most `rows_per_query` rows; a bin that alone holds more is counted finer, and a counted
 window that still comes back too big is halved. Nothing is skipped: a window is published whole or cut again.
 
-Up to `read_ahead` windows are read at once (the query limits themselves are `QueryAttempts`'); they are published
+Up to `read_ahead` windows are read at once (the query limits themselves are the source's engine's); they are published
 in time order, and the watermark moves only over the contiguous prefix of windows whose indicators are
 delivered: on the bus for Service Bus; settled end to end (`Deliveries`) for a bus that dies with this process,
 which then also bounds how many indicators are in flight. Re-reading a window is harmless: message ids are
@@ -233,8 +233,9 @@ class Collector:
         bins = await self._source.count(window, size)
         planned = plan_from_counts(window, bins, size, limit)
         if len(planned) == 1 and not planned[0].dense:
-            # The count says the window fits, yet its read did not: the limit is no guide here, so halve it.
-            return self._halves(window)
+            # The count says the rows fit: the uncounted read gave up at its byte budget (long rows), so read it
+            # again counted, without one; a counted read that still comes back too big is halved.
+            return [_Entry(window, counted=True, empty=planned[0].rows == 0)]
         self._metrics.splits.add()
         log.info(
             "window %s → %s is cut into %d by its rows", window.start.isoformat(), window.end.isoformat(), len(planned)

@@ -9,10 +9,11 @@ import contextlib
 from tibridge.common.bus.port import Bus
 from tibridge.common.clock import Clock
 from tibridge.common.consumer import Consumer, ConsumerOptions
-from tibridge.common.http import RateLimiter, ResilientSender, RetryPolicy, async_client
+from tibridge.common.http import HTTP_TRANSIENT, async_client
+from tibridge.common.pacing import Engine, PaceLimits, Pacer, RetryPolicy
 from tibridge.common.runtime import Service, ServiceName, ServiceSpec
 from tibridge.common.topology import INDICATORS_TOPIC, PUBLISHER_SUBSCRIPTION, SCORED_TOPIC, SCORER_SUBSCRIPTION
-from tibridge.publisher.settings import PublisherSettings
+from tibridge.publisher.settings import PublisherSettings, ThreatStreamSettings
 from tibridge.publisher.threatstream import DryRun, Gateway, ThreatStreamClient
 from tibridge.publisher.worker import Publisher
 
@@ -22,6 +23,8 @@ RECEIVE_BATCH = 100
 MAX_CONCURRENCY = 16
 # Nothing arrived for this many of the consumer's receive waits: what the upstream produced is all here.
 QUIET_RECEIVE_WAITS = 2
+# The pacer never goes below this (requests per second): ThreatStream's Retry-After already spaces requests.
+MIN_REQUESTS_PER_SECOND = 0.5
 
 
 def consumer_options(settings: PublisherSettings) -> ConsumerOptions:
@@ -34,23 +37,38 @@ def consumer_options(settings: PublisherSettings) -> ConsumerOptions:
     )
 
 
+def pace_limits(threatstream: ThreatStreamSettings) -> PaceLimits:
+    """Where the ThreatStream pacer starts and its limits. ThreatStream publishes no ceiling, so the rate adapts;
+    `TIBRIDGE_THREATSTREAM_RATE_PER_SECOND` is a hard cap when set. The delivery loop sends one request at a time,
+    so the limit on requests in flight never binds here."""
+    cap = threatstream.rate_per_second
+    initial = threatstream.initial_rate_per_second if cap is None else min(threatstream.initial_rate_per_second, cap)
+    return PaceLimits(initial_rate=initial, max_rate=cap, min_rate=min(initial, MIN_REQUESTS_PER_SECOND))
+
+
+def threatstream_engine(threatstream: ThreatStreamSettings, clock: Clock) -> Engine:
+    """The one rate-and-retry engine of this process's ThreatStream requests: one pacer, one budget per request."""
+    return Engine(
+        "threatstream",
+        Pacer("threatstream", pace_limits(threatstream), clock),
+        RetryPolicy(max_attempts=threatstream.max_attempts, base_delay_seconds=threatstream.retry_base_delay_seconds),
+        clock,
+        transient=HTTP_TRANSIENT,
+    )
+
+
 def gateway_for(settings: PublisherSettings, resources: contextlib.AsyncExitStack, clock: Clock) -> Gateway:
-    """The client seam: every ThreatStream request goes through the shared rate-and-retry engine here."""
+    """The client seam: every ThreatStream request goes through the process's rate-and-retry engine here."""
     if settings.publisher.dry_run_file is not None:
         return DryRun(settings.publisher.dry_run_file)
     threatstream = settings.threatstream
     if threatstream.api_key is None:
         raise ValueError("TIBRIDGE_THREATSTREAM_API_KEY is required unless TIBRIDGE_PUBLISHER_DRY_RUN_FILE is set")
+    # httpx retries nothing by itself (its transport's retries stay 0): the engine's budget is the only one.
     http = async_client(threatstream.base_url, timeout_seconds=threatstream.timeout_seconds)
     resources.push_async_callback(http.aclose)
-    rate = threatstream.rate_per_second
-    sender = ResilientSender(
-        "threatstream",
-        RetryPolicy(max_attempts=threatstream.max_attempts, base_delay_seconds=threatstream.retry_base_delay_seconds),
-        RateLimiter(rate, burst=max(1.0, rate), clock=clock),
-        clock,
-    )
-    return ThreatStreamClient(http, threatstream.username, threatstream.api_key, sender)
+    engine = threatstream_engine(threatstream, clock)
+    return ThreatStreamClient(http, threatstream.username, threatstream.api_key, engine)
 
 
 async def build(settings: PublisherSettings, bus: Bus, resources: contextlib.AsyncExitStack, clock: Clock) -> Service:

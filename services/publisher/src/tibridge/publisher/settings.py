@@ -38,7 +38,7 @@ class TlpSpelling(StrEnum):
 
 
 class ThreatStreamSettings(Section):
-    """TIBRIDGE_THREATSTREAM_*: the API, who we are to it, and the request budget."""
+    """TIBRIDGE_THREATSTREAM_*: the API, who we are to it, and the pacing and retry budget."""
 
     base_url: str = Field(
         "https://api.threatstream.com/api", description="ThreatStream API root, cloud or on-prem (https://<host>/api)."
@@ -46,8 +46,19 @@ class ThreatStreamSettings(Section):
     username: str = Field("", description="ThreatStream user the API key belongs to.")
     api_key: SecretStr | None = Field(None, description="ThreatStream API key of that user.")
     timeout_seconds: float = Field(60.0, gt=0, le=600, description="Timeout of one ThreatStream request.")
-    rate_per_second: float = Field(
-        5.0, gt=0, le=100, description="Ceiling on ThreatStream requests per second (retries included)."
+    initial_rate_per_second: float = Field(
+        5.0,
+        gt=0,
+        le=100,
+        description="ThreatStream requests per second at start; the rate then adapts (its ceiling is not "
+        "published): it grows while ThreatStream answers cleanly and is cut by every 429.",
+    )
+    rate_per_second: float | None = Field(
+        None,
+        gt=0,
+        le=100,
+        description="Hard cap on ThreatStream requests per second (retries included), for a quota you know; "
+        "empty: only ThreatStream's 429s set the rate.",
     )
     max_attempts: int = Field(
         6, ge=1, le=20, description="Attempts per request (429, 5xx, timeouts) before its messages go back to the bus."

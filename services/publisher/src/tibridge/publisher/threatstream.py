@@ -1,5 +1,7 @@
 """The one seam between the publisher and ThreatStream: `Gateway.send(request) -> Answer`, by httpx through the
-shared rate-and-retry engine (`ResilientSender`), or into a file (dry run).
+process's rate-and-retry engine (`tibridge.common.pacing.Engine`: every request — upsert, import, session poll,
+search, change by id — takes its place from one adaptive `Pacer` and has one budget of attempts; httpx itself
+retries nothing), or into a file (dry run).
 
 The `Authorization: apikey user:key` header is built from the secret at request time; the key is never in a
 URL, a log line, an exception or a repr, and is masked out of anything ThreatStream says back.
@@ -19,8 +21,9 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from pydantic import SecretStr
 
-from tibridge.common.http import RETRYABLE_STATUS, ResilientSender, RetriesExhausted
+from tibridge.common.http import RETRYABLE_STATUS, judge_response
 from tibridge.common.metrics import Snapshot, Tally
+from tibridge.common.pacing import Engine, PaceState, RetriesExhausted
 from tibridge.publisher.payloads import Operation, Permission, ThreatStreamRequest
 
 _tracer = trace.get_tracer("tibridge.publisher")
@@ -54,6 +57,8 @@ class Answer:
 class GatewayCounts(Snapshot):
     requests: int  # HTTP requests, retries included
     retries: int
+    throttled: int = 0  # 429s honoured
+    pace: PaceState | None = None  # where the pacer stands (none for the dry run)
 
 
 class Gateway(Protocol):
@@ -62,31 +67,19 @@ class Gateway(Protocol):
     def counts(self) -> GatewayCounts: ...
 
 
-def _attempts() -> Tally:
-    return Tally("tibridge.publisher.threatstream.attempts", "ThreatStream HTTP requests, by whether they retried")
-
-
-def _gateway_counts(attempts: Tally) -> GatewayCounts:
-    return GatewayCounts(requests=attempts.total(), retries=attempts.total(retry="yes"))
-
-
 class ThreatStreamClient:
-    def __init__(self, http: httpx.AsyncClient, username: str, api_key: SecretStr, sender: ResilientSender) -> None:
+    def __init__(self, http: httpx.AsyncClient, username: str, api_key: SecretStr, engine: Engine) -> None:
         self._http = http
         self._username = username
         self._api_key = api_key
-        self._sender = sender
-        self._attempts = _attempts()
+        self._engine = engine
 
     def counts(self) -> GatewayCounts:
-        return _gateway_counts(self._attempts)
+        engine = self._engine.counts()
+        return GatewayCounts(engine.requests, engine.retries, engine.throttled, engine.pace)
 
     async def send(self, request: ThreatStreamRequest) -> Answer:
-        attempts = 0
-
         async def attempt() -> httpx.Response:
-            nonlocal attempts
-            attempts += 1
             return await self._http.request(
                 request.method,
                 request.path,
@@ -103,14 +96,13 @@ class ThreatStreamClient:
             attributes={"tibridge.threatstream.objects": request.objects},
         ):
             try:
-                response = await self._sender.send(attempt)
+                response = await self._engine.call(attempt, judge_response)
             except RetriesExhausted as error:
-                return Answer(Outcome.UNAVAILABLE, str(error))
+                if not (error.budget_spent and isinstance(error.last, httpx.Response)):
+                    return Answer(Outcome.UNAVAILABLE, str(error))
+                response = error.last  # still 429/5xx on the last attempt: read what it says
             except httpx.HTTPError as error:
                 return Answer(Outcome.UNAVAILABLE, f"ThreatStream could not be reached ({type(error).__name__})")
-            finally:
-                self._attempts.add(min(attempts, 1), retry="no")
-                self._attempts.add(max(0, attempts - 1), retry="yes")
         return self._interpret(request, response)
 
     def _interpret(self, request: ThreatStreamRequest, response: httpx.Response) -> Answer:
@@ -118,6 +110,10 @@ class ThreatStreamClient:
         said = self._message(response)
         if response.is_success:
             body = _json(response)
+            if body is None and response.content:
+                # Cut short on the way (a proxy, a dropped connection): what ThreatStream did is unknown, so the
+                # messages are given back and sent again, which updates rather than duplicates.
+                return Answer(Outcome.UNAVAILABLE, f"ThreatStream's {status} answer is not JSON: {said}", status)
             if request.operation is Operation.IMPORT and not (isinstance(body, dict) and body.get("success") is True):
                 return Answer(Outcome.REJECTED, f"ThreatStream did not take the import: {said}", status)
             return Answer(Outcome.ACCEPTED, said, status, body)
@@ -184,17 +180,17 @@ class DryRun:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._attempts = _attempts()
+        self._written = Tally("tibridge.publisher.dry_run.requests", "ThreatStream requests written to the dry run")
 
     def counts(self) -> GatewayCounts:
-        return _gateway_counts(self._attempts)
+        return GatewayCounts(requests=self._written.total(), retries=0)
 
     async def send(self, request: ThreatStreamRequest) -> Answer:
         if request.method == "GET":
             return Answer(Outcome.ACCEPTED, "the dry run holds nothing", 200, {"meta": {"next": None}, "objects": []})
         line = json.dumps(request.record(), ensure_ascii=False, sort_keys=True) + "\n"
         await asyncio.to_thread(self._append, line)
-        self._attempts.add(retry="no")
+        self._written.add()
         return Answer(Outcome.ACCEPTED, f"written to {self._path}", 200, {"success": True})
 
     def _append(self, line: str) -> None:

@@ -76,6 +76,7 @@ UpstreamBusy = Callable[[], Awaitable[bool]]
 class PublisherCounts(Snapshot):
     requests: int  # HTTP requests to ThreatStream, retries included
     retries: int
+    throttled: int  # 429s from ThreatStream, honoured (every request of the process waited out the Retry-After)
     requests_by_operation: Mapping[str, int]  # import, upsert, update, search, session, whitelist
     split_requests: int
     batches: int
@@ -238,6 +239,7 @@ class Publisher:
         return PublisherCounts(
             requests=gateway.requests,
             retries=gateway.retries,
+            throttled=gateway.throttled,
             requests_by_operation=metrics.requests.by("operation"),
             split_requests=metrics.split_requests.total(),
             batches=metrics.batches.count,
