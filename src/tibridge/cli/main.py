@@ -49,22 +49,28 @@ def run(
     ] = False,
     bus: Annotated[BusKind, typer.Option(help="`memory` (all in one process) or `servicebus`.")] = BusKind.MEMORY,
     since: SinceOption = None,
+    yes: Annotated[bool, typer.Option(help="Run a backfill past TIBRIDGE_COLLECTOR_BACKFILL_MAX_ROWS.")] = False,
 ) -> None:
     """Run all three services in one process (the embedded deployment)."""
     from tibridge.cli.commands import run_pipeline
 
-    _run(lambda: run_pipeline(bus=bus, once=once, since=since))
+    confirmed = {"collector_backfill_confirmed": True} if yes else None
+    _run(lambda: run_pipeline(bus=bus, once=once, since=since, values=confirmed))
 
 
 @app.command()
 def collector(
     once: Annotated[bool, typer.Option(help="One pass, then exit (CronJob / Container Apps job).")] = False,
     since: SinceOption = None,
+    plan: Annotated[
+        bool, typer.Option(help="With --since: count the backfill's rows per day and print what it would cost, only.")
+    ] = False,
+    yes: Annotated[bool, typer.Option(help="Run a backfill past TIBRIDGE_COLLECTOR_BACKFILL_MAX_ROWS.")] = False,
 ) -> None:
-    """Run the collector over Service Bus."""
-    from tibridge.cli.commands import run_one_service
+    """Run the collector over Service Bus; a backfill (--since) is counted and shown before it is read."""
+    from tibridge.cli.backfill import backfill
 
-    _run(lambda: run_one_service(ServiceName.COLLECTOR, once=once, since=since))
+    _run(lambda: backfill(since=since, once=once, plan_only=plan, yes=yes))
 
 
 @app.command()
@@ -94,6 +100,44 @@ def demo(
     from tibridge.cli.demo import run_demo
 
     _run(lambda: run_demo(indicators=indicators, seed=seed, out=out, mode=mode))
+
+
+@app.command()
+def preflight(
+    service: Annotated[list[ServiceName] | None, typer.Argument(help="Which services (default: all three).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON document instead of lines.")] = False,
+) -> None:
+    """Check every dependency of each service with a harmless call; name what is missing. Exit 0 when none failed."""
+    from tibridge.cli.preflight import run_preflight
+
+    _run(lambda: run_preflight(service or list(ServiceName), as_json=json_output))
+
+
+@app.command()
+def explain(
+    value: Annotated[str, typer.Argument(help="The observable: an IP, domain, URL, email or file hash.")],
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON document instead of lines.")] = False,
+) -> None:
+    """Why a value is (not) in ThreatStream: its Sentinel rows, their normalisation, its reputation, the verdict
+    under the current settings, and every ThreatStream entry of it, ours or not."""
+    from tibridge.cli.explain import run_explain
+
+    _run(lambda: run_explain(value, as_json=json_output))
+
+
+@app.command()
+def reconcile(
+    repair: Annotated[
+        bool, typer.Option(help="Send the differences through the publisher (messages on the scored topic).")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON document instead of lines.")] = False,
+    report: Annotated[Path | None, typer.Option(help="Also write a Markdown report to this file.")] = None,
+) -> None:
+    """Compare Sentinel's indicators (after normalisation and the verdict rules) with what tibridge owns in
+    ThreatStream. Exit 0 in sync (or repaired), 1 with differences, 4 when a source could not be read whole."""
+    from tibridge.cli.reconcile import run_reconcile
+
+    _run(lambda: run_reconcile(repair=repair, as_json=json_output, report=report))
 
 
 @config_app.command("check")

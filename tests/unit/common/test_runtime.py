@@ -302,7 +302,7 @@ def test_main_runs_a_service_from_its_spec_alone_and_bad_settings_exit_2(
 
 async def test_a_process_configures_observability_once(monkeypatch: pytest.MonkeyPatch) -> None:
     configured: list[str] = []
-    monkeypatch.setattr(telemetry, "configure", configured.append)
+    monkeypatch.setattr(telemetry, "configure", lambda name, **options: configured.append(name))
 
     async def build(
         service_settings: ServiceSettings, bus: Bus, resources: contextlib.AsyncExitStack, clock: Clock

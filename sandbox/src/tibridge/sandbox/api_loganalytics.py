@@ -33,6 +33,10 @@ ERRORS = ApiErrors(
     codes={
         400: ("BadArgumentError", "The request had some invalid properties"),
         401: ("AuthorizationRequiredError", "Valid authentication was not provided"),
+        403: (
+            "InsufficientAccessError",
+            "The provided credentials have insufficient access to perform the requested operation",
+        ),
         404: ("PathNotFoundError", "The requested path does not exist"),
         405: ("MethodNotAllowed", "The HTTP method is not allowed here; POST the query."),
         429: ("ThrottledError", "Too many requests; retry after the number of seconds in Retry-After."),
@@ -83,6 +87,8 @@ def _partial_error(row_cap: int) -> dict[str, Any]:
 
 async def _query(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
+    if state.config.loganalytics_forbidden:
+        return ERRORS.response(403)
     if request.match_info["workspace_id"] != state.config.workspace_id:
         return ERRORS.response(404, message="The requested path does not exist: no such workspace")
     try:

@@ -75,9 +75,12 @@ def sandbox(
             reputations=load_pinned(reputations) if reputations else {},
             faults=merge_faults({}, parse_fault_flags(fault or [])),
             row_cap=row_cap,
-            never_seen=never_seen.value,
-            graph_refusal="forbidden" if graph_forbidden else None,
-            **parse_settings(setting or []),
+            # --set may name any field, these two included: it wins over the flags.
+            **{
+                "never_seen": never_seen.value,
+                "graph_refusal": "forbidden" if graph_forbidden else None,
+                **parse_settings(setting or []),
+            },
         )
     except (RowsFileError, PinnedReputationsError, FaultSpecError, OSError, ValueError) as error:
         typer.echo(f"tibridge sandbox: {error}", err=True)

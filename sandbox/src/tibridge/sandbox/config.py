@@ -47,6 +47,11 @@ class SandboxConfig(BaseModel):
         200, ge=1, description="Requests one identity may send per window; beyond, 429 + Retry-After."
     )
     loganalytics_window_seconds: float = Field(30.0, gt=0)
+    loganalytics_forbidden: bool = Field(
+        False,
+        description="Every query answered 403 InsufficientAccessError, as for an identity without Log Analytics "
+        "Reader on the workspace (the token itself is valid).",
+    )
     never_seen: Literal["404", "unknown"] = "404"
     graph_refusal: GraphRefusal | None = Field(
         None, description="Every lookup refused as for a tenant that may not use the API (see api_graph.REFUSALS)."

@@ -382,6 +382,7 @@ class IntelStore:
         self.sessions: dict[int, ImportSession] = {}
         self.counts = WriteCounts()
         self._update_id = 1000
+        self._last_id = 0
         self._expiries: list[tuple[datetime, int]] = []
         self._session_deadlines: list[tuple[datetime, int]] = []
         for obj in self._seed_foreign():
@@ -677,7 +678,7 @@ class IntelStore:
         self._update_id += 1
         self._add(
             IntelObject(
-                id=len(self.objects) + 1,
+                id=self._last_id + 1,
                 value=value,
                 kind=classify(value) or IntelKind.DOMAIN,
                 subtype=subtype,
@@ -695,8 +696,36 @@ class IntelStore:
         )
         self.counts.created += 1
 
+    def plant(self, value: str, itype: str, attributes: Attributes) -> IntelObject:
+        """An active object of our organisation written behind the API's back (drift a reconciliation must find)."""
+        now = self._now()
+        self._update_id += 1
+        obj = IntelObject(
+            id=self._last_id + 1,
+            value=value,
+            kind=classify(value) or IntelKind.DOMAIN,
+            subtype=subtype_of(value),
+            itype=itype,
+            status="active",
+            attributes=attributes,
+            source=self.rules.username,
+            owner_organization_id=self.rules.organization_id,
+            created_ts=now,
+            modified_ts=now,
+            update_id=self._update_id,
+            was_active=True,
+        )
+        self._add(obj)
+        return obj
+
+    def remove(self, object_id: int) -> None:
+        """An object deleted behind the API's back (drift a reconciliation must find)."""
+        obj = self.objects.pop(object_id)
+        self._by_value[obj.value].remove(object_id)
+
     def _add(self, obj: IntelObject) -> None:
         self.objects[obj.id] = obj
+        self._last_id = max(self._last_id, obj.id)
         self._by_value.setdefault(obj.value, []).append(obj.id)
         self._update_id = max(self._update_id, obj.update_id)
         if obj.attributes.expiration_ts is not None:

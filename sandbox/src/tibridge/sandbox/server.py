@@ -25,6 +25,7 @@ from tibridge.common.web import WebServer
 from tibridge.sandbox import api_graph, api_loganalytics, api_threatstream
 from tibridge.sandbox.config import SandboxConfig
 from tibridge.sandbox.dataset import Dataset
+from tibridge.sandbox.drift import NoDriftPossible, seed_drift
 from tibridge.sandbox.expected import ExpectedOutcome, ExpectedOutcomeUnavailable
 from tibridge.sandbox.faults import FaultSpecError, merge_faults
 from tibridge.sandbox.httpkit import STATE_KEY, json_response
@@ -148,6 +149,21 @@ async def _set_permissions(request: web.Request) -> web.Response:
     return json_response({"permissions": sorted(state.threatstream_permissions)})
 
 
+async def _drift(request: web.Request) -> web.Response:
+    """Seeds a missing, a stale and an unexpected object of ours (`tibridge.sandbox.drift`); answers their values.
+    `?owner_tag=` (default tibridge) and the query parameters of /_sandbox/expected."""
+    state = request.app[STATE_KEY]
+    try:
+        drift = seed_drift(
+            state.intel, _expected_of(request), request.query.get("owner_tag", "tibridge"), state.clock.now()
+        )
+    except NoDriftPossible as error:
+        return json_response({"message": str(error)}, 409)
+    except ValueError as error:
+        return _unavailable(error)
+    return json_response(drift.to_json())
+
+
 def build_app(state: SandboxState) -> web.Application:
     app = web.Application(client_max_size=64 * 1024**2)
     app[STATE_KEY] = state
@@ -160,6 +176,7 @@ def build_app(state: SandboxState) -> web.Application:
     app.router.add_get(f"{CONTROL_PREFIX}/threatstream/objects", _threatstream_objects)
     app.router.add_get(f"{CONTROL_PREFIX}/threatstream/sessions/{{session_id}}", _threatstream_session)
     app.router.add_post(f"{CONTROL_PREFIX}/threatstream/permissions", _set_permissions)
+    app.router.add_post(f"{CONTROL_PREFIX}/threatstream/drift", _drift)
     app.add_subapp(api_loganalytics.PREFIX, api_loganalytics.create_app(state))
     app.add_subapp(api_graph.PREFIX, api_graph.create_app(state))
     app.add_subapp(api_threatstream.PREFIX, api_threatstream.create_app(state))

@@ -40,11 +40,11 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tibridge.common.aio import Overrun, first_of, time_budget
-from tibridge.common.bus.port import Bus, BusError, LockLost, ReceivedMessage, Receiver
+from tibridge.common.bus.port import Bus, BusError, CountsBacklog, LockLost, ReceivedMessage, Receiver
 from tibridge.common.clock import Clock, SystemClock
 from tibridge.common.contracts import Envelope, IndicatorCollected, IndicatorScored, Unreadable, decode
 from tibridge.common.logging import redact
-from tibridge.common.metrics import Snapshot, Tally
+from tibridge.common.metrics import Gauge, Snapshot, Tally
 from tibridge.common.settings import ServiceSettings
 from tibridge.common.telemetry import context_from_traceparent
 
@@ -200,6 +200,15 @@ class ConsumerOptions:
         )
 
 
+_IN_FLIGHT = Gauge.named("tibridge.messages.in_flight", "Messages received and not yet settled, by subscription")
+_BACKLOG = Gauge.named(
+    "tibridge.bus.backlog", "Messages on a subscription, ready or locked (on buses that count them: in-memory)"
+)
+_DEAD_LETTERS = Gauge.named(
+    "tibridge.bus.dead_letters", "Messages in a subscription's dead-letter queue (on buses that count them: in-memory)"
+)
+
+
 @dataclass(frozen=True)
 class SettledCounts(Snapshot):
     completed: int
@@ -241,6 +250,10 @@ class Consumer(Generic[P]):
         self._shortest_lock_seconds = float("inf")
         self._renewals = asyncio.Semaphore(_CONCURRENT_RENEWALS)
         self._settled = Tally("tibridge.messages.settled", "Messages settled, by subscription and outcome")
+        _IN_FLIGHT.watch(self._held, subscription=self.name)
+        if isinstance(bus, CountsBacklog):
+            _BACKLOG.watch(self._backlog, subscription=self.name)
+            _DEAD_LETTERS.watch(self._dead_letters, subscription=self.name)
 
     @property
     def name(self) -> str:
@@ -249,6 +262,17 @@ class Consumer(Generic[P]):
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
+
+    def _held(self) -> float:
+        return len(self._in_flight)
+
+    def _backlog(self) -> float:
+        assert isinstance(self._bus, CountsBacklog)
+        return self._bus.backlog(self._topic, self._subscription)
+
+    def _dead_letters(self) -> float:
+        assert isinstance(self._bus, CountsBacklog)
+        return self._bus.backlog(self._topic, self._subscription, dead_letter=True)
 
     def counts(self) -> SettledCounts:
         return SettledCounts(

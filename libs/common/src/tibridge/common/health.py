@@ -1,4 +1,5 @@
-"""The health endpoints orchestrators probe: `/healthz` (the process is alive) and `/readyz` (it can work)."""
+"""The health endpoints orchestrators probe: `/healthz` (the process is alive) and `/readyz` (it can work), and
+`/metrics`, the process's metrics for Prometheus to scrape (see `telemetry.scrape`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from tibridge.common import telemetry
 from tibridge.common.logging import redact
 from tibridge.common.web import WebServer
 
@@ -23,6 +25,7 @@ class HealthServer(WebServer):
         app = web.Application()
         app.router.add_get("/healthz", self._alive)
         app.router.add_get("/readyz", self._ready)
+        app.router.add_get("/metrics", self._metrics)
         self._readiness = readiness
         super().__init__(
             app,
@@ -36,7 +39,7 @@ class HealthServer(WebServer):
 
     async def start(self) -> None:
         await super().start()
-        log.info("health endpoints on http://%s:%d/healthz and /readyz", self._host, self.port)
+        log.info("health endpoints on http://%s:%d/healthz, /readyz and /metrics", self._host, self.port)
 
     async def _alive(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
@@ -46,3 +49,9 @@ class HealthServer(WebServer):
         if reasons:
             return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
         return web.json_response({"status": "ready"})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        exposition = telemetry.scrape()
+        if exposition is None:
+            return web.Response(status=404, text="metrics are off here (TIBRIDGE_HEALTH_METRICS=false)\n")
+        return web.Response(body=exposition, headers={"Content-Type": telemetry.PROMETHEUS_CONTENT_TYPE})

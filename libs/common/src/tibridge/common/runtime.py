@@ -187,7 +187,7 @@ def configure_observability(settings: ServiceSettings, name: str) -> None:
     structured_logging.configure(settings.log_level)
     structured_logging.register_settings_secrets(settings)
     structured_logging.register_environment_secrets(os.environ)
-    telemetry.configure(name)
+    telemetry.configure(name, prometheus=settings.health.port != 0 and settings.health.metrics)
 
 
 async def serve(

@@ -88,10 +88,17 @@ class ServiceBusSettings(Section):
 
 
 class HealthSettings(Section):
-    port: int = Field(8080, ge=0, le=65535, description="Port of /healthz and /readyz (0 = off).")
+    port: int = Field(8080, ge=0, le=65535, description="Port of /healthz, /readyz and /metrics (0 = off).")
+    metrics: bool = Field(
+        True,
+        description="Serve the process's metrics in Prometheus' text format at /metrics on the health port.",
+    )
     host: str = Field(
-        "0.0.0.0",  # noqa: S104 - kubelet probes reach the pod IP; the endpoints reveal only ready/not ready
-        description="Address /healthz and /readyz listen on: 0.0.0.0 for container probes, 127.0.0.1 on a shared host.",
+        # Kubelet probes and Prometheus reach the pod IP; the endpoints reveal ready/not ready and counts by
+        # category, never an indicator value or a secret.
+        "0.0.0.0",  # noqa: S104
+        description="Address /healthz, /readyz and /metrics listen on: 0.0.0.0 for container probes and scrapes, "
+        "127.0.0.1 on a shared host.",
     )
 
     @field_validator("host")

@@ -1,7 +1,8 @@
 """Telemetry: trace context across the bus, and the process's OpenTelemetry setup.
 
 Producers stamp W3C `traceparent` on envelopes, consumers continue it. `configure` installs trace and
-metric exporters from the standard OTEL_* environment (and Azure Monitor's connection string).
+metric exporters from the standard OTEL_* environment (and Azure Monitor's connection string), and on request a
+Prometheus reader whose text `scrape()` returns (the health port's `/metrics`).
 """
 
 from __future__ import annotations
@@ -10,18 +11,30 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricExporter, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from tibridge.common.settings import SettingsError
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+# The Content-Type of `scrape()`'s text (Prometheus' text exposition format 0.0.4).
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _propagator = TraceContextTextMapPropagator()
 
@@ -57,6 +70,9 @@ _QUERY_ATTRIBUTES = ("url.query",)
 class _Providers:
     tracer: TracerProvider | None = None
     meter: MeterProvider | None = None
+    # What /metrics serves: the OpenTelemetry instruments (through the Prometheus reader) and the process's CPU
+    # and memory; None when Prometheus was not asked for.
+    prometheus: CollectorRegistry | None = None
 
 
 _providers: _Providers | None = None
@@ -113,12 +129,13 @@ def _without_query(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
-def configure(service_name: str, environ: Mapping[str, str] | None = None) -> None:
+def configure(service_name: str, environ: Mapping[str, str] | None = None, *, prometheus: bool = False) -> None:
     """Traces and metrics from the standard OTEL_* environment; a no-op when nothing asks for them.
 
     OTLP (http/protobuf) when OTEL_EXPORTER_OTLP_ENDPOINT is set or OTEL_<SIGNAL>_EXPORTER=otlp; the console
-    with OTEL_<SIGNAL>_EXPORTER=console; Azure Monitor when APPLICATIONINSIGHTS_CONNECTION_STRING is set.
-    OTEL_SERVICE_NAME overrides `service_name`. httpx requests get client spans. Only the first call acts.
+    with OTEL_<SIGNAL>_EXPORTER=console; Azure Monitor when APPLICATIONINSIGHTS_CONNECTION_STRING is set; with
+    `prometheus`, a pull reader whose exposition `scrape()` returns. OTEL_SERVICE_NAME overrides `service_name`.
+    httpx requests get client spans when an exporter is set. Only the first call acts.
     """
     global _providers
     env = os.environ if environ is None else environ
@@ -136,8 +153,11 @@ def configure(service_name: str, environ: Mapping[str, str] | None = None) -> No
                 for span_exporter in span_exporters:
                     providers.tracer.add_span_processor(BatchSpanProcessor(span_exporter))
                 trace.set_tracer_provider(providers.tracer)
-            if metric_exporters:
-                readers = [PeriodicExportingMetricReader(exporter) for exporter in metric_exporters]
+            readers: list[MetricReader] = [PeriodicExportingMetricReader(exporter) for exporter in metric_exporters]
+            if prometheus:
+                providers.prometheus, reader = _prometheus_reader()
+                readers.append(reader)
+            if readers:
                 providers.meter = MeterProvider(resource=resource, metric_readers=readers)
                 metrics.set_meter_provider(providers.meter)
             if span_exporters or metric_exporters:
@@ -145,6 +165,29 @@ def configure(service_name: str, environ: Mapping[str, str] | None = None) -> No
 
                 HTTPXClientInstrumentor().instrument()
         _providers = providers
+
+
+def scrape() -> bytes | None:
+    """The metrics in Prometheus' text format, read now; None when `configure` was not asked for Prometheus."""
+    providers = _providers
+    if providers is None or providers.prometheus is None:
+        return None
+    from prometheus_client import generate_latest
+
+    exposition: bytes = generate_latest(providers.prometheus)
+    return exposition
+
+
+def _prometheus_reader() -> tuple[CollectorRegistry, MetricReader]:
+    """A registry of our own (not the client library's global one) holding the instruments and the process's CPU
+    and memory. Imported here: only processes that serve /metrics pay for loading the exporter."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from prometheus_client import CollectorRegistry, ProcessCollector
+
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    # No scope labels: every instrument is the "tibridge" meter's, and they would only widen each series.
+    return registry, PrometheusMetricReader(scope_info_enabled=False, registry=registry)
 
 
 def flush(timeout_seconds: float = 5.0) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from typing import Any
 
@@ -12,13 +13,18 @@ from azure.monitor.query.aio import LogsQueryClient
 from azure.storage.blob.aio import BlobServiceClient
 
 from tibridge.collector.checkpoint import BlobCheckpointStore, CheckpointStore, FileCheckpointStore
-from tibridge.collector.kql import QuerySpec
+from tibridge.collector.kql import HASH_KEY_PREFIX, IndicatorTable, QuerySpec
+from tibridge.collector.normalise import kind_of_key
+from tibridge.collector.plan import DAY, BackfillPlan, Rates, plan_backfill
+from tibridge.collector.progress import BackfillProgress
 from tibridge.collector.rows import RowReader
 from tibridge.collector.settings import CheckpointKind, CheckpointSettings, CollectorSettings, LogAnalyticsSettings
 from tibridge.collector.source import TRANSIENT_ERRORS, IndicatorSource, LogAnalyticsSource
+from tibridge.collector.windows import pass_span
 from tibridge.collector.worker import Collector, Deliveries, OnTheBus
 from tibridge.common.bus.port import Bus
 from tibridge.common.clock import Clock
+from tibridge.common.contracts import SCORABLE_TYPES
 from tibridge.common.identity import build_credential
 from tibridge.common.pacing import Engine, PaceLimits, Pacer, RequestWindow, RetryPolicy
 from tibridge.common.producer import Producer
@@ -31,19 +37,81 @@ _STORAGE_TIMEOUT_SECONDS = 30
 RATE_WINDOW_SECONDS = 30.0
 
 
-async def build(settings: CollectorSettings, bus: Bus, resources: contextlib.AsyncExitStack, clock: Clock) -> Service:
+async def build(
+    settings: CollectorSettings,
+    bus: Bus,
+    resources: contextlib.AsyncExitStack,
+    clock: Clock,
+    *,
+    progress: BackfillProgress | None = None,
+) -> Service:
+    """`progress`: where a backfill reports how far it has come (default: log lines)."""
     endpoints = [settings.loganalytics.endpoint]
     if settings.checkpoint.store is CheckpointKind.BLOB and settings.checkpoint.account_url:
         endpoints.append(settings.checkpoint.account_url)
     credential = build_credential(settings.credential, *endpoints)
     resources.push_async_callback(credential.close)
+    source = log_analytics_source(settings, credential, resources, clock)
+    store = checkpoint_store(settings.checkpoint, credential, resources)
+    return assemble(settings, bus, clock, source=source, store=store, progress=progress)
+
+
+def log_analytics_source(
+    settings: CollectorSettings, credential: AsyncTokenCredential, resources: contextlib.AsyncExitStack, clock: Clock
+) -> LogAnalyticsSource:
+    """The workspace as the collector reads it (also what `tibridge preflight`, `explain` and `reconcile` read)."""
     client = logs_client(credential, settings.loganalytics)
     resources.push_async_callback(client.close)
     collecting = settings.collector
     spec = QuerySpec(collecting.table, collecting.source_systems, collecting.observable_keys)
-    source = LogAnalyticsSource(client, settings.loganalytics, spec, query_engine(settings.loganalytics, clock))
-    store = checkpoint_store(settings.checkpoint, credential, resources)
-    return assemble(settings, bus, clock, source=source, store=store)
+    return LogAnalyticsSource(client, settings.loganalytics, spec, query_engine(settings.loganalytics, clock))
+
+
+def reading_rates(settings: CollectorSettings, seconds_per_query: float = 0.0) -> Rates:
+    """What reading Log Analytics may do by the settings (the other stages' rates are the caller's to add)."""
+    return Rates(
+        rows_per_query=min(settings.collector.rows_per_query, settings.loganalytics.row_cap - 1),
+        concurrent_queries=settings.loganalytics.max_concurrent_queries,
+        queries_per_30_seconds=settings.loganalytics.requests_per_30_seconds,
+        seconds_per_query=seconds_per_query,
+    )
+
+
+async def count_backfill(settings: CollectorSettings, clock: Clock, rates: Rates) -> BackfillPlan | None:
+    """The plan of the backfill the settings ask for (TIBRIDGE_COLLECTOR_SINCE), counted per day with the
+    collector's own count query, within its limits, before anything is read; its IP and domain rows counted
+    too (what the scorer asks Graph about). `rates` are the other stages'; None when the span is empty."""
+    collecting = settings.collector
+    span = pass_span(collecting, clock.now(), None)
+    if span is None:
+        return None
+    scorable_keys = [key for key in collecting.observable_keys if _scorable(key)]
+    async with contextlib.AsyncExitStack() as resources:
+        credential = build_credential(settings.credential, settings.loganalytics.endpoint)
+        resources.push_async_callback(credential.close)
+        client = logs_client(credential, settings.loganalytics)
+        resources.push_async_callback(client.close)
+        engine = query_engine(settings.loganalytics, clock)
+
+        def source(keys: list[str]) -> LogAnalyticsSource:
+            spec = QuerySpec(collecting.table, collecting.source_systems, keys)
+            return LogAnalyticsSource(client, settings.loganalytics, spec, engine)
+
+        started = clock.monotonic()
+        days = await source(collecting.observable_keys).count(span, DAY)
+        seconds_per_query = clock.monotonic() - started
+        scorable = None
+        if collecting.table is IndicatorTable.NEW:
+            scorable = await source(scorable_keys).count(span, DAY) if scorable_keys else []
+    reading = reading_rates(settings, seconds_per_query)
+    rates = dataclasses.replace(
+        rates,
+        rows_per_query=reading.rows_per_query,
+        concurrent_queries=reading.concurrent_queries,
+        queries_per_30_seconds=reading.queries_per_30_seconds,
+        seconds_per_query=reading.seconds_per_query,
+    )
+    return plan_backfill(span, days, rates, scorable_days=scorable)
 
 
 def logs_client(credential: AsyncTokenCredential, settings: LogAnalyticsSettings) -> LogsQueryClient:
@@ -71,7 +139,13 @@ def query_engine(settings: LogAnalyticsSettings, clock: Clock) -> Engine:
 
 
 def assemble(
-    settings: CollectorSettings, bus: Bus, clock: Clock, *, source: IndicatorSource, store: CheckpointStore
+    settings: CollectorSettings,
+    bus: Bus,
+    clock: Clock,
+    *,
+    source: IndicatorSource,
+    store: CheckpointStore,
+    progress: BackfillProgress | None = None,
 ) -> Service:
     """The service once its adapters exist: the collector worker, not ready while its last pass failed.
 
@@ -88,8 +162,16 @@ def assemble(
         row_cap=settings.loganalytics.row_cap,
         read_ahead=settings.loganalytics.max_concurrent_queries,
         deliveries=bus if isinstance(bus, Deliveries) else OnTheBus(),
+        reading=reading_rates(settings),
+        progress=progress,
     )
     return Service(workers=[collector], readiness=[collector.readiness], counts=collector.counts)
+
+
+def _scorable(key: str) -> bool:
+    """Whether an ObservableKey names what MDTI scores: an IP address (either version) or a domain."""
+    kind = kind_of_key(key) if key != HASH_KEY_PREFIX else None
+    return kind is not None and (kind.observable_type is None or kind.observable_type in SCORABLE_TYPES)
 
 
 def checkpoint_store(

@@ -106,6 +106,23 @@ class FileCheckpointStore:
     async def save(self, watermark: datetime, *, quiet_since: datetime | None = None) -> None:
         await asyncio.to_thread(self._save, watermark, quiet_since)
 
+    async def check_writable(self) -> None:
+        """Writes and deletes a probe beside the checkpoint (never the checkpoint itself); raises `CheckpointError`
+        naming what to fix when that is refused (`tibridge preflight`)."""
+        await asyncio.to_thread(self._check_writable)
+
+    def _check_writable(self) -> None:
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor, probe = tempfile.mkstemp(prefix=self._path.name, suffix=".probe", dir=self._path.parent)
+            os.close(descriptor)
+            os.unlink(probe)
+        except OSError as error:
+            raise CheckpointError(
+                f"cannot write beside the checkpoint {self._path}: {error.strerror}; make {self._path.parent} "
+                "writable for the collector or change TIBRIDGE_CHECKPOINT_PATH"
+            ) from None
+
     def _load(self) -> datetime | None:
         data = self._read()
         self._seen = data
@@ -196,6 +213,24 @@ class BlobCheckpointStore:
         except (AzureError, TimeoutError) as error:
             raise CheckpointError(f"cannot write the checkpoint {self._where}: {_summary(error)}") from None
         self._etag, self._revision, self._quiet_since = result["etag"], checkpoint.revision, quiet_since
+
+    async def check_writable(self) -> None:
+        """As the file store's: a probe blob written and deleted beside the checkpoint."""
+        probe = self._container.get_blob_client(f"{self._blob.blob_name}.probe")
+        try:
+            async with asyncio.timeout(self._timeout):
+                try:
+                    await probe.upload_blob(b"{}", overwrite=True)
+                except ResourceNotFoundError:  # the container does not exist yet; the first save creates it too
+                    with contextlib.suppress(ResourceExistsError):
+                        await self._container.create_container()
+                    await probe.upload_blob(b"{}", overwrite=True)
+                await probe.delete_blob()
+        except (AzureError, TimeoutError) as error:
+            raise CheckpointError(
+                f"cannot write to {self._where}'s container: {_summary(error)}; grant the collector's identity "
+                "Storage Blob Data Contributor on the container"
+            ) from None
 
     async def _upload(self, checkpoint: Checkpoint) -> dict[str, str]:
         data = checkpoint.encode()

@@ -107,6 +107,26 @@ class CollectingSettings(Section):
         gt=timedelta(0),
         description="Backfill: read from now minus this (ISO 8601, e.g. P30D) whatever the watermark says.",
     )
+    backfill_max_rows: int | None = Field(
+        1_000_000,
+        ge=1,
+        description=(
+            "Budget of a backfill (TIBRIDGE_COLLECTOR_SINCE, --since): one that Log Analytics counts to more rows "
+            "is refused before anything is read, unless confirmed; empty: no budget."
+        ),
+    )
+    backfill_confirmed: bool = Field(
+        False,
+        description="Run a backfill past TIBRIDGE_COLLECTOR_BACKFILL_MAX_ROWS anyway (what `--yes` sets).",
+    )
+    progress_interval: timedelta = Field(
+        timedelta(seconds=30),
+        ge=timedelta(0),
+        description=(
+            "A backfill not shown in a terminal logs how far it has come this often (ISO 8601; PT0S: after "
+            "every window)."
+        ),
+    )
     initial_lookback: timedelta = Field(
         timedelta(days=14), gt=timedelta(0), description="How far back the very first pass (no watermark) reads."
     )

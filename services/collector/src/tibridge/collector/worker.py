@@ -17,6 +17,7 @@ deterministic and the topic drops duplicates.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
@@ -27,6 +28,8 @@ from typing import Protocol, runtime_checkable
 from opentelemetry import trace
 
 from tibridge.collector.checkpoint import CheckpointError, CheckpointStore
+from tibridge.collector.plan import DAY, BackfillPlan, Rates, budget_refusal, describe, plan_backfill
+from tibridge.collector.progress import BackfillProgress, LogProgress
 from tibridge.collector.rows import RowReader, RowRejected, time_generated
 from tibridge.collector.settings import CollectingSettings, RunMode
 from tibridge.collector.source import NO_ROWS, IndicatorSource, SourceError, WindowRows
@@ -35,7 +38,7 @@ from tibridge.common.aio import first_of
 from tibridge.common.bus.port import BusError
 from tibridge.common.clock import Clock
 from tibridge.common.contracts import IndicatorCollected
-from tibridge.common.metrics import Distribution, Snapshot, Tally
+from tibridge.common.metrics import Distribution, Gauge, Snapshot, Tally
 from tibridge.common.producer import Producer
 from tibridge.common.topology import INDICATORS_TOPIC
 
@@ -46,10 +49,16 @@ _tracer = trace.get_tracer("tibridge.collector")
 # uncounted read of `rows_per_query` rows may be this long before it is abandoned and the span counted instead.
 BYTES_PER_ROW = 4096
 THREAT_INTELLIGENCE = "Microsoft Threat Intelligence (formerly MDTI)"
+# Log Analytics' own limit per identity (external-apis §1).
+LOG_ANALYTICS_QUERIES_PER_30_SECONDS = 200
 
 
 class WindowTooDense(Exception):
     """Even the smallest window holds more rows than one query may return."""
+
+
+class BackfillRefused(Exception):
+    """A backfill counted to more rows than its budget, and nobody confirmed it."""
 
 
 class Undelivered(Exception):
@@ -131,6 +140,9 @@ class _Metrics:
         self.lag = Distribution(
             "tibridge.collector.watermark_lag", "How far the saved watermark trails the clock", unit="s"
         )
+        self.watermark_age = Gauge.named(
+            "tibridge.collector.watermark_age", "How far the watermark trails the clock now", unit="s"
+        )
 
 
 class Collector:
@@ -150,7 +162,11 @@ class Collector:
         row_cap: int,
         read_ahead: int,
         deliveries: Deliveries,
+        reading: Rates | None = None,
+        progress: BackfillProgress | None = None,
     ) -> None:
+        """`reading`: what the settings let reading Log Analytics do, for a backfill's plan (default: the limits
+        given here and Log Analytics' own); `progress`: where a backfill reports (default: log lines)."""
         self._source = source
         self._store = store
         self._producer = producer
@@ -160,11 +176,19 @@ class Collector:
         self._row_cap = row_cap
         self._read_ahead = read_ahead
         self._deliveries = deliveries
+        self._reading = reading or Rates(
+            rows_per_query=min(settings.rows_per_query, row_cap - 1),
+            concurrent_queries=read_ahead,
+            queries_per_30_seconds=LOG_ANALYTICS_QUERIES_PER_30_SECONDS,
+            seconds_per_query=0.0,
+        )
+        self._progress = progress or LogProgress(clock, settings.progress_interval.total_seconds())
         self._metrics = _Metrics()
         self._watermark: datetime | None = None
         self._quiet_since: datetime | None = None
         self._last_error: str | None = None
         self._quiet_note: str | None = None
+        self._metrics.watermark_age.watch(self._watermark_age)
 
     def counts(self) -> CollectorCounts:
         metrics = self._metrics
@@ -184,6 +208,9 @@ class Collector:
             last_error=self._last_error,
         )
 
+    def _watermark_age(self) -> float | None:
+        return None if self._watermark is None else (self._clock.now() - self._watermark).total_seconds()
+
     async def readiness(self) -> str | None:
         return self._last_error or self._quiet_note
 
@@ -191,7 +218,7 @@ class Collector:
         while not stop.is_set():
             try:
                 await self.collect(stop)
-            except (SourceError, CheckpointError, WindowTooDense, BusError, Undelivered) as error:
+            except (SourceError, CheckpointError, WindowTooDense, BusError, Undelivered, BackfillRefused) as error:
                 self._metrics.passes.add(result="failed")
                 self._last_error = str(error)
                 if self._settings.mode is RunMode.ONCE:
@@ -212,11 +239,25 @@ class Collector:
         if span is None:
             return
         self._quiet_since = self._store.quiet_since or span.start
+        backfill = await self._plan_backfill(span) if self._settings.since is not None else None
         log.info("collecting %s → %s", span.start.isoformat(), span.end.isoformat())
-        await _Pass(self, span, now).run(stop)
+        await _Pass(self, span, now, backfill).run(stop)
         if not stop.is_set():
             self._last_error = None
             self._check_quiet(span.end)
+
+    async def _plan_backfill(self, span: Window) -> BackfillPlan:
+        """The backfill's rows per day, counted before anything is read; refused past the budget unless confirmed."""
+        started = self._clock.monotonic()
+        self._metrics.queries.add(kind="count")
+        days = await self._source.count(span, DAY)
+        rates = dataclasses.replace(self._reading, seconds_per_query=self._clock.monotonic() - started)
+        plan = plan_backfill(span, days, rates)
+        refusal = budget_refusal(plan, self._settings.backfill_max_rows, confirmed=self._settings.backfill_confirmed)
+        if refusal is not None:
+            raise BackfillRefused(refusal)
+        log.info("%s", "; ".join(describe(plan, per_day=False, unpriced=False)))
+        return plan
 
     # -- what a pass calls -------------------------------------------------------------------------------------
 
@@ -346,6 +387,7 @@ class _Pass:
     collector: Collector
     span: Window
     now: datetime
+    backfill: BackfillPlan | None = None  # a backfill's counted rows, whose progress the pass reports
     entries: list[_Entry] = field(init=False)
     head: int = 0
     unsettled: deque[_Published] = field(default_factory=deque)
@@ -358,6 +400,18 @@ class _Pass:
         self.limit = min(self.collector._settings.rows_per_query, self.collector._row_cap - 1)
 
     async def run(self, stop: asyncio.Event) -> None:
+        progress = self.collector._progress
+        if self.backfill is not None:
+            progress.start(self.backfill)
+        completed = False
+        try:
+            await self._run(stop)
+            completed = not stop.is_set()
+        finally:
+            if self.backfill is not None:
+                progress.finish(completed=completed)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         keeper = asyncio.create_task(self._keep_watermark())
         try:
             while self.head < len(self.entries) and not stop.is_set():
@@ -429,6 +483,8 @@ class _Pass:
         self.unsettled.append(_Published(window, collector._deliveries.delivery(ids), _newest_row(window, rows)))
         self._published.set()
         self.head += 1
+        if self.backfill is not None:
+            collector._progress.advance(self.backfill.rows_before(window.end), window.end)
 
     async def _room_for(self, rows: int, keeper: asyncio.Task[None], stop: asyncio.Event) -> None:
         """On a bus that dies with the process: no more than `max_unsettled` indicators in flight (a window

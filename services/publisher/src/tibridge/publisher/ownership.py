@@ -42,6 +42,7 @@ class OwnedObject:
     severity: str | None
     tlp: str | None
     tags: frozenset[str]
+    modified: datetime | None = None  # when ThreatStream last changed it
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,17 @@ def read_page(body: Any, publishing: PublishingSettings) -> Page | None:
     )
 
 
+def read_whitelist_page(body: Any) -> tuple[frozenset[str], bool] | None:
+    """A page of the organisation's whitelist (`GET v1/orgwhitelist/`): its values and whether it was the last;
+    None when it is not shaped like one."""
+    entries = body.get("objects") if isinstance(body, Mapping) else None
+    if not isinstance(entries, list):
+        return None
+    values = frozenset(str(entry["value"]) for entry in entries if isinstance(entry, Mapping) and entry.get("value"))
+    meta = body.get("meta")
+    return values, not (isinstance(meta, Mapping) and meta.get("next"))
+
+
 def _last(meta: Any, count: int) -> bool:
     """Tastypie says whether more follow (`meta.next`); without it, only an empty page is surely the last."""
     if isinstance(meta, Mapping) and "next" in meta:
@@ -75,23 +87,37 @@ def _last(meta: Any, count: int) -> bool:
     return count == 0
 
 
-def owned_object(obj: Mapping[str, Any], publishing: PublishingSettings) -> OwnedObject | None:
-    """The object if it is ours (stamped with our owner tag, under our itypes and visibility, editable)."""
-    tags = frozenset(
+def not_ours_because(obj: Mapping[str, Any], publishing: PublishingSettings) -> str | None:
+    """Why a search object is not tibridge's to change (None when it is): the ownership rule it fails."""
+    public = publishing.classification is IntelClassification.PUBLIC
+    if publishing.owner_tag not in _tags(obj):
+        return f"it lacks the owner tag {publishing.owner_tag!r}"
+    if obj.get("itype") not in OUR_ITYPES:
+        return f"its itype {obj.get('itype')!r} is not one tibridge publishes"
+    if obj.get("is_public", public) is not public:
+        visibility = "public" if obj.get("is_public") else "private"
+        return f"it is {visibility}; tibridge publishes {publishing.classification}"
+    if obj.get("is_editable", True) is False:
+        return "our organisation may not edit it (another organisation's)"
+    if not all(isinstance(obj.get(name), kind) for name, kind in _REQUIRED_FIELDS):
+        return "ThreatStream's answer lacks its id, value, status or update_id"
+    return None
+
+
+_REQUIRED_FIELDS = (("id", int), ("value", str), ("status", str), ("update_id", int))
+
+
+def _tags(obj: Mapping[str, Any]) -> frozenset[str]:
+    return frozenset(
         tag["name"] for tag in obj.get("tags") or () if isinstance(tag, Mapping) and isinstance(tag.get("name"), str)
     )
-    public = publishing.classification is IntelClassification.PUBLIC
-    if (
-        publishing.owner_tag not in tags
-        or obj.get("itype") not in OUR_ITYPES
-        or obj.get("is_public", public) is not public
-        or obj.get("is_editable", True) is False
-        or not isinstance(obj.get("id"), int)
-        or not isinstance(obj.get("value"), str)
-        or not isinstance(obj.get("status"), str)
-        or not isinstance(obj.get("update_id"), int)
-    ):
+
+
+def owned_object(obj: Mapping[str, Any], publishing: PublishingSettings) -> OwnedObject | None:
+    """The object if it is ours (stamped with our owner tag, under our itypes and visibility, editable)."""
+    if not_ours_because(obj, publishing) is not None:
         return None
+    tags = _tags(obj)
     meta = obj.get("meta")
     severity = meta.get("severity") if isinstance(meta, Mapping) else obj.get("severity")
     confidence = obj.get("confidence")
@@ -106,6 +132,7 @@ def owned_object(obj: Mapping[str, Any], publishing: PublishingSettings) -> Owne
         severity=severity if isinstance(severity, str) else None,
         tlp=obj["tlp"] if isinstance(obj.get("tlp"), str) else None,
         tags=tags,
+        modified=_moment(obj.get("modified_ts")),
     )
 
 

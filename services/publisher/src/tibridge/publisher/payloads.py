@@ -33,6 +33,7 @@ class Operation(StrEnum):
     SEARCH = "search"  # GET v2/intelligence/
     SESSION = "session"  # GET v1/importsession/{id}/
     WHITELIST = "whitelist"  # GET v1/orgwhitelist/
+    APPROVE = "approve"  # PATCH v1/importsession/{id}/approve_all/ (an analyst's act; `tibridge preflight` probes it)
 
 
 class Permission(StrEnum):
@@ -60,6 +61,8 @@ class ThreatStreamRequest:
             return Permission.APPROVE_IMPORT if self.form.get("default_state") == "active" else Permission.IMPORT
         if self.operation in (Operation.UPSERT, Operation.UPDATE):
             return Permission.APPROVE_INTEL
+        if self.operation is Operation.APPROVE:
+            return Permission.APPROVE_IMPORT
         return None
 
     def record(self) -> dict[str, Any]:
@@ -177,6 +180,10 @@ def session_objects_search(session_id: str, after_update_id: int | None) -> Thre
 
 def session_request(session_id: str) -> ThreatStreamRequest:
     return ThreatStreamRequest(Operation.SESSION, "GET", f"/v1/importsession/{session_id}/")
+
+
+def approve_request(session_id: int) -> ThreatStreamRequest:
+    return ThreatStreamRequest(Operation.APPROVE, "PATCH", f"/v1/importsession/{session_id}/approve_all/")
 
 
 def whitelist_request(offset: int) -> ThreatStreamRequest:

@@ -158,9 +158,41 @@ class PublishingSettings(Section):
         return self
 
 
+class ReconcileSettings(Section):
+    """TIBRIDGE_RECONCILE_*: how `tibridge reconcile` (and `explain`) read ThreatStream: bounded and paced, since
+    ThreatStream has revoked the keys of integrations that polled without limit."""
+
+    page_size: int = Field(
+        1000, ge=1, le=1000, description="Objects per ThreatStream search page (it serves 1,000 at most)."
+    )
+    max_pages: int = Field(
+        200,
+        ge=1,
+        le=10000,
+        description="Search pages one reconciliation reads at most; an organisation holding more of ours than "
+        "max_pages × page_size is refused rather than judged on a part.",
+    )
+    requests_per_second: float = Field(
+        1.0,
+        gt=0,
+        le=50,
+        description="ThreatStream requests per second reconcile and explain send at most (below "
+        "TIBRIDGE_THREATSTREAM_RATE_PER_SECOND, which also applies).",
+    )
+    settle_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="Objects ThreatStream changed this recently are still settling (a batch or a session in "
+        "flight): their values are counted but not judged.",
+    )
+    samples: int = Field(10, ge=0, le=1000, description="Values listed per kind of difference in the report.")
+
+
 class PublisherSettings(ServiceSettings):
     threatstream: ThreatStreamSettings
     publisher: PublishingSettings
+    reconcile: ReconcileSettings
 
     @model_validator(mode="after")
     def _threatstream_is_reachable(self) -> Self:

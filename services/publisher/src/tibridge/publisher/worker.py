@@ -42,7 +42,7 @@ from tibridge.common.contracts import IndicatorScored, Verdict
 from tibridge.common.metrics import Distribution, Snapshot, Tally
 from tibridge.publisher.batching import Batch, Batcher
 from tibridge.publisher.ledger import Ledger, Resolution, Revisions
-from tibridge.publisher.ownership import ACTIVE, KEPT_STATUSES, OwnershipIndex, read_page
+from tibridge.publisher.ownership import ACTIVE, KEPT_STATUSES, OwnershipIndex, read_page, read_whitelist_page
 from tibridge.publisher.payloads import (
     Permission,
     ThreatStreamRequest,
@@ -538,12 +538,11 @@ class Publisher:
         for page in range(MAX_WHITELIST_PAGES):
             answer = await self._send(whitelist_request(page * 1000))
             body = answer.body if answer is not None and answer.outcome is Outcome.ACCEPTED else None
-            entries = body.get("objects") if isinstance(body, dict) else None
-            if not isinstance(entries, list):
+            read = read_whitelist_page(body)
+            if read is None:
                 return None
-            values |= {str(entry.get("value")) for entry in entries if isinstance(entry, dict) and entry.get("value")}
-            meta = body.get("meta") if isinstance(body, dict) else None
-            if not (isinstance(meta, dict) and meta.get("next")):
+            values |= read[0]
+            if read[1]:
                 break
         self._whitelist = (now, frozenset(values))
         return self._whitelist[1]

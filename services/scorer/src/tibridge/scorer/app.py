@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import math
 
+import httpx
+
 from tibridge.common.bus.port import Bus
 from tibridge.common.clock import Clock
 from tibridge.common.consumer import Consumer, ConsumerOptions
@@ -74,11 +76,7 @@ async def build(settings: ScorerSettings, bus: Bus, resources: contextlib.AsyncE
 def graph_reputations(settings: ScorerSettings, resources: contextlib.AsyncExitStack, clock: Clock) -> GraphBatcher:
     """Graph as the scorer's reputation source: the client, its pacing engine and the batcher on them."""
     graph = settings.graph
-    credential = build_credential(settings.credential, graph.base_url)
-    resources.push_async_callback(credential.close)
-    http = async_client(graph.base_url, timeout_seconds=graph.request_timeout_seconds)
-    http.auth = BearerTokenAuth(credential, clock)
-    resources.push_async_callback(http.aclose)
+    http = graph_http(settings, resources, clock)
     engine = Engine(
         "graph",
         Pacer("graph", pace_limits(graph), clock),
@@ -96,6 +94,17 @@ def graph_reputations(settings: ScorerSettings, resources: contextlib.AsyncExitS
     )
     resources.push_async_callback(batcher.close)
     return batcher
+
+
+def graph_http(settings: ScorerSettings, resources: contextlib.AsyncExitStack, clock: Clock) -> httpx.AsyncClient:
+    """The HTTP client for Graph with the scorer's identity's bearer token (also what `tibridge preflight` uses)."""
+    graph = settings.graph
+    credential = build_credential(settings.credential, graph.base_url)
+    resources.push_async_callback(credential.close)
+    http = async_client(graph.base_url, timeout_seconds=graph.request_timeout_seconds)
+    http.auth = BearerTokenAuth(credential, clock)
+    resources.push_async_callback(http.aclose)
+    return http
 
 
 def assemble(

@@ -140,6 +140,11 @@ class _Queue:
     @property
     def depth(self) -> int:
         self._expire_locks()
+        return self.held
+
+    @property
+    def held(self) -> int:
+        """Messages ready or locked, read without touching anything (safe from a metrics exporter's thread)."""
         return len(self._ready) + len(self._locked)
 
     def append(self, stored: _Stored) -> None:
@@ -318,6 +323,10 @@ class MemoryBus:
 
     def depth(self, topic: str, subscription: str, *, dead_letter: bool = False) -> int:
         return self._queues[(topic, subscription, dead_letter)].depth
+
+    def backlog(self, topic: str, subscription: str, *, dead_letter: bool = False) -> int:
+        """Messages on the subscription (ready or locked), for the backlog gauge; unlike `depth` it changes nothing."""
+        return self._queues[(topic, subscription, dead_letter)].held
 
     # -- internals ------------------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, runtime_checkable
 
 PropertyValue = str | int | float | bool
 
@@ -100,6 +100,14 @@ class Bus(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class CountsBacklog(Protocol):
+    """A bus that can say at no cost how many messages wait on a subscription (the in-memory bus; Service Bus
+    needs the Manage right for it, which the services do not have)."""
+
+    def backlog(self, topic: str, subscription: str, *, dead_letter: bool = False) -> int: ...
 
 
 class BusError(Exception):

@@ -173,6 +173,13 @@ class ServiceBusBus:
             ):
                 return bool(await peek.peek_messages(max_message_count=1))
 
+    async def check_send(self, topic: str) -> None:
+        """Opens a sender link to `topic` and closes it, sending nothing: Service Bus authorises the link's Send
+        claim when it is attached (`tibridge preflight`). Raises the port's errors."""
+        with _translated(f"opening a sender on topic {topic!r}"):
+            async with asyncio.timeout(self._timeout), self._client.get_topic_sender(topic):
+                pass
+
     async def close(self) -> None:
         # Closing the client closes every sender and receiver it made.
         self._senders.clear()
