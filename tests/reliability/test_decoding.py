@@ -48,6 +48,10 @@ MAX_DESCRIPTION = 1024
 
 # Any text at all, lone surrogates and controls included.
 texts = st.text(st.characters(codec=None), max_size=40)
+# What a message may carry: every text but lone surrogates, which pydantic refuses in any str field (so no
+# message holding one validates, and the collector rejects such rows before).
+model_chars = st.characters(codec=None, exclude_categories=("Cs",))
+model_texts = st.text(model_chars, max_size=40)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | texts,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(texts, children, max_size=4),
@@ -115,7 +119,7 @@ observables = st.one_of(
     st.builds(
         Observable,
         type=st.sampled_from([t for t in ObservableType if t is not ObservableType.FILE_HASH]),
-        value=st.text(st.characters(codec=None), min_size=1, max_size=60),
+        value=st.text(model_chars, min_size=1, max_size=60),
     ),
     st.builds(
         Observable,
@@ -132,20 +136,20 @@ def collected(draw: st.DrawFn) -> IndicatorCollected:
     active = draw(st.booleans())
     return IndicatorCollected(
         observable=draw(observables),
-        indicator_id=draw(st.text(st.characters(codec=None), min_size=1, max_size=40)),
-        upstream_version=draw(st.text(st.characters(codec=None), min_size=1, max_size=30)),
-        source_system=draw(texts),
+        indicator_id=draw(st.text(model_chars, min_size=1, max_size=40)),
+        upstream_version=draw(st.text(model_chars, min_size=1, max_size=30)),
+        source_system=draw(model_texts),
         time_generated=draw(moments),
         confidence=draw(st.none() | st.integers(0, 100)),
         valid_from=draw(st.none() | moments),
         valid_until=draw(st.none() | moments),
         active=active,
         inactive_reason=None if active else "revoked",
-        labels=tuple(draw(st.lists(texts, max_size=3))),
-        tags=tuple(draw(st.lists(texts, max_size=3))),
+        labels=tuple(draw(st.lists(model_texts, max_size=3))),
+        tags=tuple(draw(st.lists(model_texts, max_size=3))),
         tlp=draw(st.none() | st.sampled_from(Tlp)),
-        description=draw(st.none() | texts),
-        threat_types=tuple(draw(st.lists(texts, max_size=3))),
+        description=draw(st.none() | model_texts),
+        threat_types=tuple(draw(st.lists(model_texts, max_size=3))),
     )
 
 
@@ -154,7 +158,8 @@ reputations = st.builds(
     score=st.integers(0, 100),
     classification=st.sampled_from(Classification),
     rules=st.lists(
-        st.builds(ReputationRule, name=texts, description=texts, severity=st.sampled_from(RuleSeverity)), max_size=3
+        st.builds(ReputationRule, name=model_texts, description=model_texts, severity=st.sampled_from(RuleSeverity)),
+        max_size=3,
     ).map(tuple),
 )
 scored = st.builds(
@@ -162,7 +167,7 @@ scored = st.builds(
     indicator=collected(),
     reputation=st.none() | reputations,
     verdict=st.sampled_from(Verdict),
-    reason=texts,
+    reason=model_texts,
 )
 
 
