@@ -1,6 +1,6 @@
 """`make bench` / `make bench-quick`: every scenario of a plan, each against a fresh sandbox, into bench/results/.
 
-    python -m bench [--plan full|quick] [--only SCENARIO ...] [--timeout SECONDS] [--note TEXT]
+    python -m bench [--plan full|quick] [--only SCENARIO ...] [--timeout SECONDS] [--deadline HH:MM] [--note TEXT]
 
 Writes <plan>.json, <plan>.md and <plan>-*.png after every scenario, so an interrupted invocation still
 leaves what it measured. Nothing in the test suite times anything: these numbers are for comparing changes
@@ -13,6 +13,7 @@ import argparse
 import json
 import shlex
 import sys
+import time
 import traceback
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", choices=sorted(PLANS), default="full")
     parser.add_argument("--only", nargs="+", metavar="SCENARIO", help="run only these scenarios of the plan")
     parser.add_argument("--timeout", type=float, help="stop a scenario after this many seconds (reported as such)")
+    parser.add_argument(
+        "--deadline",
+        type=_utc_time,
+        metavar="HH:MM",
+        help="UTC time of day: stop a scenario still running then (reported as such) and start none after it",
+    )
     parser.add_argument("--note", default="", help="said in the results, e.g. what else ran on the machine")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--render", type=Path, metavar="JSON", help="only write the Markdown and charts again")
@@ -65,19 +72,25 @@ def main(argv: list[str] | None = None) -> int:
         "seed": SEED,
         "anchor": _anchor(started).isoformat(),
         "timeout_seconds": arguments.timeout,
+        "deadline": arguments.deadline.isoformat(timespec="minutes") if arguments.deadline else None,
+        "not_started": [],  # the deadline had passed
+        "failed": [],  # raised in the harness (the traceback went to stderr)
         "note": arguments.note,
         "charts": [],
     }
-    options = RunOptions(SEED, _anchor(started), arguments.timeout)
+    options = RunOptions(SEED, _anchor(started), arguments.timeout, _monotonic(arguments.deadline))
     arguments.out.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
-    failed = False
     for number, scenario in enumerate(scenarios, start=1):
+        if arguments.deadline is not None and datetime.now(UTC) >= arguments.deadline:
+            print(f"[{number}/{len(scenarios)}] {scenario.name}: not started, the deadline has passed", flush=True)
+            invocation["not_started"].append(scenario.name)
+            continue
         print(f"[{number}/{len(scenarios)}] {scenario.name} ...", flush=True)
         try:
             run = run_scenario(scenario, options)
         except Exception:  # one broken scenario must not cost the others' figures
-            failed = True
+            invocation["failed"].append(scenario.name)
             print(f"{scenario.name} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
             continue
         runs.append(run)
@@ -86,10 +99,25 @@ def main(argv: list[str] | None = None) -> int:
             f"Graph {run['graph']['requests']}, ThreatStream {run['threatstream']['requests']}",
             flush=True,
         )
-        if number == len(scenarios):
-            invocation["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         _write(arguments.out, name, invocation, runs)
-    return 1 if failed or not runs else 0
+    invocation["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    _write(arguments.out, name, invocation, runs)
+    return 1 if invocation["failed"] or not runs else 0
+
+
+def _utc_time(text: str) -> datetime:
+    """HH:MM as the next such moment in UTC (today, or tomorrow once it has passed today)."""
+    try:
+        clock = datetime.strptime(text, "%H:%M").time()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give the deadline as HH:MM in UTC, not {text!r}") from None
+    now = datetime.now(UTC)
+    moment = datetime.combine(now.date(), clock, UTC)
+    return moment if moment > now else moment + timedelta(days=1)
+
+
+def _monotonic(moment: datetime | None) -> float | None:
+    return None if moment is None else time.monotonic() + (moment - datetime.now(UTC)).total_seconds()
 
 
 def _write(directory: Path, name: str, invocation: dict[str, Any], runs: list[dict[str, Any]]) -> None:

@@ -85,7 +85,7 @@ def scaling(runs: Sequence[Run], path: Path) -> None:
     for run in series:
         if not run["finished"]:
             seconds = _seconds_at_least(run)
-            time_axes.annotate(f"≥ {seconds:.0f} s: stopped\nat the timeout", (run["indicators"], seconds), fontsize=7)
+            time_axes.annotate(f"≥ {seconds:.0f} s: did not\nfinish", (run["indicators"], seconds), fontsize=7)
     memory_axes = time_axes.twinx()
     memory_axes.plot(sizes, [run["tibridge_peak_rss_mib"] or 0 for run in series], "s--", color="#ff7f0e")
     memory_axes.set_ylabel("tibridge peak RSS (MiB)", color="#ff7f0e")

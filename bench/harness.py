@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from bench import figures
-from bench.counts import PipelineCounts, pipeline_counts
+from bench.counts import PipelineCounts, StageCounts, pipeline_counts, read_stage_counts
 from bench.processes import Child, Children, base_environment, children, peak_rss_mib
 from bench.sandbox import LATENCIES_MS, Sandbox, SandboxOptions, StatsSampler, start_sandbox
 from bench.scenarios import Kind, Scenario
+from tibridge.cli.commands import unknown_settings
 from tibridge.cli.demo import reconcile
+from tibridge.cli.pipeline import PipelineSettings, load_pipeline_settings
+from tibridge.collector.settings import CollectorSettings
 from tibridge.common.contracts import SCORABLE_TYPES
+from tibridge.common.settings import BusKind, from_environment
 from tibridge.common.topology import (
     INDICATORS_TOPIC,
     PUBLISHER_SUBSCRIPTION,
@@ -27,12 +32,13 @@ from tibridge.common.topology import (
     SCORER_SUBSCRIPTION,
 )
 from tibridge.publisher.settings import PublisherSettings
+from tibridge.scorer.settings import ScorerSettings, UnscorableHandling
 
 SERVICE_READY_SECONDS = 180.0
 STOP_GRACE_SECONDS = 60.0
 POLL_SECONDS = 0.1
+LOG_TAIL_CHARACTERS = 200_000
 PEEK_SECONDS = 1.0
-BATCH_SIZE = int(PublisherSettings.model_fields["threatstream_batch_size"].default)
 SCORABLE = frozenset(str(kind) for kind in SCORABLE_TYPES)
 
 
@@ -41,12 +47,17 @@ class RunOptions:
     seed: int
     anchor: datetime
     timeout_seconds: float | None  # per scenario; None: as long as it takes
+    # time.monotonic() at which any run still going is stopped (the invocation's --deadline); None: no deadline
+    deadline: float | None = None
+    # Per API; the issue's by default. Only the harness's own test turns them off.
+    latencies_ms: Mapping[str, int] = field(default_factory=lambda: dict(LATENCIES_MS))
 
 
 @dataclass
 class Timing:
     origin: float  # monotonic: when the measured process(es) were started
-    finished: float | None = None  # None: stopped at the timeout
+    finished: float | None = None  # None: stopped at the timeout, or `gave_up`
+    gave_up: str | None = None  # why the harness stopped waiting before the deadline (a process died)
     collected: float | None = None
     scored: float | None = None
 
@@ -61,14 +72,41 @@ def _tibridge_env(sandbox: Sandbox, directory: Path, scenario: Scenario) -> dict
             "TIBRIDGE_LOG_LEVEL": "WARNING",
             "TIBRIDGE_CHECKPOINT_STORE": "file",
             "TIBRIDGE_CHECKPOINT_PATH": str(directory / "checkpoint.json"),
-            "TIBRIDGE_THREATSTREAM_MODE": scenario.mode,
+            "TIBRIDGE_PUBLISHER_MODE": scenario.mode,
         }
     )
     return env
 
 
+def tibridge_settings(env: Mapping[str, str]) -> PipelineSettings:
+    """tibridge's settings as its processes load them from `env`, for the policy and batch size they ran with.
+    A TIBRIDGE_* variable no service reads is refused: a renamed setting would otherwise be silently left at
+    its default. The bus is left out: the three-process run learns the double's address only once it listens,
+    and nothing read from these settings depends on it."""
+    unknown = unknown_settings(env)
+    if unknown:
+        raise ValueError("; ".join(unknown))
+    return load_pipeline_settings({**from_environment(env), "bus": BusKind.MEMORY})
+
+
+def expected_policy(settings: PipelineSettings) -> dict[str, str]:
+    """The query of /_sandbox/expected and /_sandbox/reconcile for tibridge run with these settings: the
+    scorer's threshold, unscorable handling and classifications, the collector's non-global IPs, as the
+    demo asks the sandbox."""
+    scoring = settings.of(ScorerSettings).scorer
+    policy = {
+        "threshold": str(scoring.threshold),
+        "forward_unscorable": str(scoring.unscorable is UnscorableHandling.FORWARD).lower(),
+        "drop_non_global": str(settings.of(CollectorSettings).collector.reject_non_global_ips).lower(),
+    }
+    if scoring.allowed_classifications:
+        policy["allowed_classifications"] = ",".join(sorted(scoring.allowed_classifications))
+    return policy
+
+
 def _deadline(origin: float, options: RunOptions) -> float:
-    return origin + options.timeout_seconds if options.timeout_seconds is not None else float("inf")
+    timeout = origin + options.timeout_seconds if options.timeout_seconds is not None else float("inf")
+    return min(timeout, options.deadline if options.deadline is not None else float("inf"))
 
 
 def _wait_for_exit(child: Child, deadline: float) -> float | None:
@@ -98,8 +136,17 @@ def _run_all_in_one(group: Children, env: dict[str, str], options: RunOptions) -
     return timing, {child.name: report}
 
 
-async def _drained(connection_string: str, collector: Child, timing: Timing, deadline: float) -> None:
+def _exited(consumers: Sequence[Child]) -> str | None:
+    """Which of the long-running processes has exited (none should before the harness stops it)."""
+    gone = [f"{child.name} (exit code {usage.exit_code})" for child in consumers if (usage := child.reap(block=False))]
+    return f"{', '.join(gone)} exited before the subscriptions were empty" if gone else None
+
+
+async def _drained(
+    connection_string: str, collector: Child, consumers: Sequence[Child], timing: Timing, deadline: float
+) -> None:
     """Once the collector finished: when the scorers' subscription, then the publisher's, hold nothing.
+    Gives up (`timing.gave_up`) as soon as one of the consumers exits: nothing would drain its subscription.
 
     A peek sees locked messages too, and a service publishes its output before it completes its input, so
     looking upstream first never misses work moving between the topics."""
@@ -108,11 +155,15 @@ async def _drained(connection_string: str, collector: Child, timing: Timing, dea
     bus = ServiceBusBus.from_connection_string(connection_string)
     try:
         while collector.reap(block=False) is None:
-            if time.monotonic() > deadline:
+            timing.gave_up = _exited(consumers)
+            if time.monotonic() > deadline or timing.gave_up:
                 return
             await asyncio.sleep(POLL_SECONDS)
         timing.collected = time.monotonic()
         while time.monotonic() <= deadline:
+            timing.gave_up = _exited(consumers)
+            if timing.gave_up:
+                return
             if not await bus.has_pending(INDICATORS_TOPIC, SCORER_SUBSCRIPTION):
                 timing.scored = timing.scored or time.monotonic()
                 if not await bus.has_pending(SCORED_TOPIC, PUBLISHER_SUBSCRIPTION):
@@ -140,7 +191,9 @@ def _run_three_process(
         child.wait_for_line(lambda line: line == "started", SERVICE_READY_SECONDS)
     collector, collector_report = runner("collector", "collector")
     timing = Timing(collector.spawned)
-    asyncio.run(_drained(connection_string, collector, timing, _deadline(collector.spawned, options)))
+    consumer_children = [child for child, _ in consumers]
+    deadline = _deadline(collector.spawned, options)
+    asyncio.run(_drained(connection_string, collector, consumer_children, timing, deadline))
     for child, _ in consumers:
         child.stop(STOP_GRACE_SECONDS)
     collector.stop(STOP_GRACE_SECONDS)
@@ -150,14 +203,6 @@ def _run_three_process(
 def _read_reports(paths: Mapping[str, Path]) -> dict[str, dict[str, Any]]:
     """The runners' reports by child name (a runner stopped by SIGKILL leaves none)."""
     return {name: json.loads(path.read_text()) for name, path in paths.items() if path.exists()}
-
-
-def _stage_counts(reports: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    stages: dict[str, list[dict[str, Any]]] = {}
-    for report in reports:
-        for stage, summaries in report["counts"].items():
-            stages.setdefault(stage, []).extend(summaries)
-    return stages
 
 
 def _stage_times(reports: Sequence[Mapping[str, Any]], counts: PipelineCounts, timing: Timing) -> None:
@@ -177,8 +222,7 @@ def _profiles(scenario: Scenario, sessions: Sequence[Mapping[str, Any]], counts:
     if scenario.mode == "approval":
         fields = ("default_state", "confidence", "severity", "classification", "threat_type", "expiration_ts")
         return len({tuple(session.get(name) for name in fields) for session in sessions})
-    lanes = {key.partition("/")[0] for key, n in counts.verdicts.items() if n}
-    return len(lanes & {"publish", "expire"})
+    return counts.lanes
 
 
 def _process_figures(child: Child, report: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -194,20 +238,44 @@ def _process_figures(child: Child, report: Mapping[str, Any] | None) -> dict[str
     if report is not None and report.get("cpu_seconds_at_start") is not None:
         figures_["cpu_seconds_at_start"] = round(report["cpu_seconds_at_start"], 2)
         figures_["startup_seconds"] = round(report["started_monotonic"] - child.spawned, 2)
+    if usage is not None and usage.exit_code != 0:
+        figures_["last_error"] = _last_error(child.stderr_tail(LOG_TAIL_CHARACTERS))
     return figures_
+
+
+def _last_error(log: str) -> str | None:
+    """The last ERROR of a process's JSON log, with the last line of its exception (the temporary directory
+    with the whole log is gone once the scenario ends)."""
+    for line in reversed(log.splitlines()):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("ERROR", "CRITICAL"):
+            exception = str(entry.get("exception", "")).strip().splitlines()
+            return str(entry.get("message", "")) + (f" — {exception[-1]}" if exception else "")
+    return None
 
 
 def _unfinished(
     options: RunOptions,
+    timing: Timing,
     counts: PipelineCounts,
     delivery: figures.Delivery,
     unique_scorable: int,
     stats: Mapping[str, Any],
     achieved: float | None,
 ) -> str:
-    """How far a run got before the timeout stopped it, and what the lookups still needed at its pace."""
+    """How far a run got before the timeout stopped it (or a process died), and what the lookups still needed
+    at its pace."""
+    if timing.gave_up is not None:
+        stopped = f"did not finish: {timing.gave_up}"
+    else:
+        ran = _deadline(timing.origin, options) - timing.origin
+        by_timeout = options.timeout_seconds is not None and ran >= options.timeout_seconds
+        stopped = f"stopped by the {'timeout' if by_timeout else 'invocation’s deadline'} after {ran:.0f} s"
     text = (
-        f"stopped at the {options.timeout_seconds:.0f} s timeout before it finished: {counts.emitted:,} indicators "
+        f"{stopped}, before it finished: {counts.emitted:,} indicators "
         f"on the bus, {counts.scored:,} scored, {counts.completed:,} settled by the publisher; "
         f"{delivery.delivered:,} of {delivery.expected:,} expected values delivered"
     )
@@ -233,6 +301,7 @@ def run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, Any]:
                 options.seed,
                 options.anchor,
                 graph_ceiling=scenario.graph_ceiling,
+                latencies_ms=options.latencies_ms,
                 # A benefit of the doubt for the model: a host MDTI never saw is a clean 200, not a 404 that
                 # would fail the playbook's For-each (external-apis.md §2 allows both).
                 never_seen="unknown" if scenario.kind is Kind.LOGIC_APP else "404",
@@ -250,14 +319,17 @@ class Observed:
 
     scenario: Scenario
     options: RunOptions
+    batch_size: int  # the publisher's, as tibridge ran with it
     timing: Timing
     stats: dict[str, Any]  # the sandbox's traffic counters, before the harness's own requests
     expected: dict[str, Any]
     sessions: list[dict[str, Any]]
     approved: int
-    still_pending: int  # observables waiting for approval after the harness approved what waited
     objects: list[dict[str, Any]]
-    counts: PipelineCounts
+    # The sandbox's reconciliation after the harness approved what waited, as an analyst would have.
+    threatstream_problems: list[str]
+    stages: StageCounts  # every process's typed counts
+    counts: PipelineCounts  # their sums
     reports: dict[str, dict[str, Any]]  # the runners' reports by process name
     model_report: dict[str, Any]
     processes: list[dict[str, Any]]
@@ -270,6 +342,7 @@ def _measure(
     scenario: Scenario, options: RunOptions, group: Children, sandbox: Sandbox, directory: Path
 ) -> dict[str, Any]:
     env = _tibridge_env(sandbox, directory, scenario)
+    settings = tibridge_settings(env)
     model_report: dict[str, Any] = {}
     paths: dict[str, Path] = {}
     load_before = os.getloadavg()
@@ -290,13 +363,15 @@ def _measure(
         "sandbox": {"peak_rss_mib": peak_rss_mib(sandbox.child.pid)},
     }
     stats = sandbox.stats()
-    expected = sandbox.expected()
+    policy = expected_policy(settings)
+    expected = sandbox.expected(policy)
     sandbox.without_latency()
     sessions = sandbox.sessions(stats["threatstream"]["import_sessions"])
-    approved = sandbox.approve_pending(sessions)
-    still_pending = sandbox.stats()["threatstream"]["pending_approval"]
+    approved = sandbox.approve_pending(len(sessions))
+    threatstream_problems = sandbox.reconcile(policy) if scenario.is_tibridge else []
     objects = sandbox.objects()
-    counts = pipeline_counts(_stage_counts(list(reports.values())))
+    stages = read_stage_counts(report["counts"] for report in reports.values())
+    counts = pipeline_counts(stages)
     if scenario.kind is Kind.ALL_IN_ONE:
         _stage_times(list(reports.values()), counts, timing)
     group.stop_all()
@@ -304,13 +379,15 @@ def _measure(
         Observed(
             scenario=scenario,
             options=options,
+            batch_size=settings.of(PublisherSettings).publisher.batch_size,
             timing=timing,
             stats=stats,
             expected=expected,
             sessions=sessions,
             approved=approved,
-            still_pending=still_pending,
             objects=objects,
+            threatstream_problems=threatstream_problems,
+            stages=stages,
             counts=counts,
             reports=reports,
             model_report=model_report,
@@ -323,6 +400,21 @@ def _measure(
             },
         )
     )
+
+
+def _reconciliation(seen: Observed) -> list[str]:
+    """The demo's reconciliation of a tibridge run: the sandbox's verdict on ThreatStream's contents, requests
+    inside Retry-After windows, and what the one publisher dead-lettered and still held."""
+    publishers = seen.stages.publishers
+    problems = reconcile(
+        seen.threatstream_problems,
+        seen.stats,
+        rejected_values=len(seen.expected["threatstream"]["rejected"]),
+        publisher=publishers[0] if len(publishers) == 1 else None,
+    )
+    if len(publishers) != 1:
+        problems.append(f"expected the counts of one publisher, got {len(publishers)} (a runner left no report)")
+    return problems
 
 
 def run_figures(seen: Observed) -> dict[str, Any]:
@@ -347,17 +439,14 @@ def run_figures(seen: Observed) -> dict[str, Any]:
     startup_cpu = sum(p.get("cpu_seconds_at_start", 0) for p in tibridge_processes)
     problems: list[str] = []
     if scenario.is_tibridge:
-        # Pending is judged after the harness approved the sessions, as an analyst would have.
-        after_approval = {**stats, "threatstream": {**stats["threatstream"], "pending_approval": seen.still_pending}}
-        problems = reconcile(
-            set(active_expected),
-            set(not_active_expected),
-            seen.objects,
-            after_approval,
-            {"dead_lettered": counts.dead_lettered, "held": counts.held},
-        )
+        problems = _reconciliation(seen)
+        crashed = [p for p in tibridge_processes if p["exit_code"] not in (0, None)]
+        problems += [
+            f"{p['name']} exited with code {p['exit_code']}" + (f": {p['last_error']}" if p.get("last_error") else "")
+            for p in crashed
+        ]
     if elapsed is None:
-        problems.insert(0, _unfinished(seen.options, counts, delivery, unique_scorable, stats, achieved))
+        problems.insert(0, _unfinished(seen.options, timing, counts, delivery, unique_scorable, stats, achieved))
     published = counts.completed
     per_thousand = figures.per_thousand(work_cpu, scenario.indicators)
     ceiling_share = figures.ratio(achieved, scenario.graph_ceiling)
@@ -393,6 +482,9 @@ def run_figures(seen: Observed) -> dict[str, Any]:
             "unique_scorable": unique_scorable,
             "floor": figures.graph_floor(unique_scorable),
             "retries": counts.graph_retries if scenario.is_tibridge else seen.model_report.get("retries"),
+            # tibridge's own count of the same requests: $batch, and the rest (single GETs and probes)
+            "batch_requests": counts.graph_batch_requests if scenario.is_tibridge else None,
+            "other_requests": counts.graph_requests - counts.graph_batch_requests if scenario.is_tibridge else None,
         },
         "threatstream": {
             "requests": sum(stats["threatstream"]["requests"].values()),
@@ -400,9 +492,9 @@ def run_figures(seen: Observed) -> dict[str, Any]:
             "import_sessions": stats["threatstream"]["import_sessions"],
             "sessions_approved_afterwards": seen.approved,
             "published": published,
-            "batch_size": BATCH_SIZE,
+            "batch_size": seen.batch_size,
             "profiles": profiles,
-            "bound": figures.threatstream_bound(published, BATCH_SIZE, profiles) if scenario.is_tibridge else None,
+            "bound": figures.threatstream_bound(published, seen.batch_size, profiles) if scenario.is_tibridge else None,
         },
         "loganalytics": stats["loganalytics"],
         "http_429": stats["graph"]["items_429"]
@@ -419,11 +511,11 @@ def run_figures(seen: Observed) -> dict[str, Any]:
         },
         "tibridge_peak_rss_mib": max((p["peak_rss_mib"] or 0 for p in tibridge_processes), default=None),
         "processes": seen.processes,
-        "counts": counts.__dict__ | {"verdicts": dict(counts.verdicts)},
+        "counts": dataclasses.asdict(counts),
         "logic_app_model": seen.model_report or None,
         "sandbox_ready_seconds": seen.sandbox_ready_seconds,
         "load_average": seen.load_average,
-        "latencies_ms": dict(LATENCIES_MS),
+        "latencies_ms": dict(seen.options.latencies_ms),
         "lookup_samples": [[round(t, 2), n] for t, n in seen.lookup_samples],
         "stage_timeline": [
             [round(t - timing.origin, 2), e, s, c]

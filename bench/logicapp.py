@@ -9,8 +9,9 @@ It is not the Logic App and not part of tibridge: it replays that playbook's alg
   windows would have given it over the whole data span, as if its runs had tiled time perfectly (no drift
   between the four queries, no ingestion lag, no run that failed or overran). Re-published copies of an
   indicator are rows of their own, as they are to the playbook. The sandbox's KQL needs `summarize … by
-  IndicatorId`, so each pass is several one-day queries (shorter than the seven-day republish interval,
-  so the summarize drops nothing), sent at once: a pass costs one query latency, as the playbook's does.
+  IndicatorId`, so each pass is five queries over equal slices of the span, sent at once: Log Analytics
+  runs five at once (a sixth would be a 429), and a slice shorter than the seven-day republish interval
+  lets the summarize drop nothing. A pass costs one query latency, as the playbook's does.
 * Processes the work of all those five-minute runs back to back with no idle time between them: each
   scope is a For-each with Logic Apps' default parallelism of 20.
 * One Graph GET per IP (`NetworkSourceIP` only, as the playbook) and per domain; when `score >= 75` one
@@ -33,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import math
 import os
 import time
 from collections import Counter
@@ -52,7 +55,11 @@ from tibridge.common.identity import SANDBOX_BEARER_TOKEN
 FOR_EACH_PARALLELISM = 20
 SCORING_THRESHOLD = 75  # the playbook's `Scoring` parameter, set to tibridge's default threshold
 RUN_WINDOW = timedelta(minutes=5)
-QUERY_SPAN = timedelta(days=1)
+# Log Analytics' documented limit of concurrent queries: a pass's slices all run at once, none is a 429.
+CONCURRENT_QUERIES = 5
+# A slice must be shorter than the sandbox's (and MDTI's) weekly re-publication, so `summarize … by
+# IndicatorId` never merges two copies of an indicator, which the playbook sees as rows of their own.
+LONGEST_SLICE = timedelta(days=7) - timedelta(seconds=1)
 RETRY_WAITS_SECONDS = (5.0, 7.5, 15.0, 30.0)  # the shortest of each Default-policy range
 RETRYABLE = frozenset({408, 429})
 REQUEST_TIMEOUT_SECONDS = 120.0
@@ -145,11 +152,10 @@ class Model:
 
     def _spans(self) -> list[tuple[datetime, datetime]]:
         lookback: timedelta = isodate.parse_duration(self._env["TIBRIDGE_COLLECTOR_INITIAL_LOOKBACK"])
-        start, spans = self._now - lookback, []
-        while start < self._now:
-            spans.append((start, min(start + QUERY_SPAN, self._now)))
-            start += QUERY_SPAN
-        return spans
+        count = max(CONCURRENT_QUERIES, math.ceil(lookback / LONGEST_SLICE))
+        start = self._now - lookback
+        bounds = [start + lookback * n / count for n in range(count)] + [self._now]
+        return list(itertools.pairwise(bounds))
 
     async def _query(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
         sources = ", ".join(f'"{source}"' for source in SOURCE_SYSTEMS)
@@ -172,7 +178,13 @@ class Model:
 
     async def rows(self, column: str) -> list[dict[str, Any]]:
         """Every row with `column` filled, in time order (a failed span's rows are lost for this pass)."""
-        answers = await asyncio.gather(*(self._query(s, e) for s, e in self._spans()), return_exceptions=True)
+        slots = asyncio.Semaphore(CONCURRENT_QUERIES)
+
+        async def query(start: datetime, end: datetime) -> list[dict[str, Any]]:
+            async with slots:
+                return await self._query(start, end)
+
+        answers = await asyncio.gather(*(query(s, e) for s, e in self._spans()), return_exceptions=True)
         rows: list[dict[str, Any]] = []
         for answer in answers:
             if isinstance(answer, ItemFailed):

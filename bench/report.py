@@ -140,7 +140,7 @@ def summary_table(runs: Sequence[Run]) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
-        elapsed = _number(run["end_to_end_seconds"], 1, " s") if run["finished"] else "stopped at the timeout"
+        elapsed = _number(run["end_to_end_seconds"], 1, " s") if run["finished"] else "did not finish (see Problems)"
         speed = run["versus_logic_app_model"]["speedup"]
         lines.append(
             f"| {run['title']} | {run['indicators']:,} | {elapsed} | {run['delivered']['ratio']:.3f} | "
@@ -220,7 +220,8 @@ def _model_section(runs: Sequence[Run]) -> list[str]:
         f"retries {report['retries']:,}; "
         f"five-minute runs with rows {report['windows']:,}, of which {report['failed_windows']:,} lost a scope. "
         "Log Analytics "
-        "queries are one-day slices sent at once (the sandbox's KQL needs `summarize`); the playbook itself makes four "
+        "queries are five slices per pass sent at once (the sandbox's KQL needs `summarize`; Log Analytics runs five "
+        "at once); the playbook itself makes four "
         "queries every five minutes, 16,128 over 14 days.",
         "",
     ]
@@ -262,6 +263,14 @@ def markdown(doc: Mapping[str, Any]) -> str:
     ]
     if invocation.get("note"):
         lines += [f"> **Note.** {invocation['note']}", ""]
+    if invocation.get("not_started"):
+        lines += [
+            f"**Not started**, the invocation's deadline ({invocation['deadline']}) having passed: "
+            f"{', '.join(invocation['not_started'])}.",
+            "",
+        ]
+    if invocation.get("failed"):
+        lines += [f"**Failed in the harness** (no figures): {', '.join(invocation['failed'])}.", ""]
     lines += ["## Summary", "", *summary_table(runs), "", "## Results", "", *_results_table(runs), ""]
     lines += [
         "End-to-end: from starting the process(es) until the last ThreatStream write was acknowledged (for the three "

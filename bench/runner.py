@@ -15,24 +15,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
+import dataclasses
 import json
 import resource
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.counts import pipeline_counts
+from bench.counts import StageCounts, pipeline_counts
 from bench.processes import peak_rss_mib
+from tibridge.cli.commands import run_pipeline
+from tibridge.cli.registry import SERVICES
 from tibridge.common.bus.port import Bus
 from tibridge.common.clock import Clock
-from tibridge.common.runtime import Service, run_service
-from tibridge.common.settings import load_settings
+from tibridge.common.runtime import Service, ServiceName, ServiceSpec, run_service
+from tibridge.common.settings import BusKind
 
 SAMPLE_SECONDS = 1.0
-ROLES = ("pipeline", "collector", "scorer", "publisher")
+PIPELINE = "pipeline"
+ROLES = (PIPELINE, *(str(name) for name in ServiceName))
 
 
 def _cpu_seconds() -> float:
@@ -44,19 +47,19 @@ class Recorder:
     """Watches the built services: when they started, and their progress once a second."""
 
     def __init__(self) -> None:
-        self.services: dict[str, Service] = {}
+        self.services: dict[ServiceName, Service] = {}
         self.started_monotonic: float | None = None
         self.cpu_seconds_at_start: float | None = None
         self.timeline: list[list[float]] = []
 
-    def built(self, services: dict[str, Service]) -> None:
+    def built(self, services: Mapping[ServiceName, Service]) -> None:
         self.services.update(services)
         self.started_monotonic = time.monotonic()
         self.cpu_seconds_at_start = _cpu_seconds()
         print("started", flush=True)
 
-    def counts(self) -> dict[str, list[dict[str, Any]]]:
-        return {stage: [service.counts()] for stage, service in self.services.items()}
+    def counts(self) -> StageCounts:
+        return StageCounts.of(self.services)
 
     async def sample(self) -> None:
         while True:
@@ -68,63 +71,37 @@ class Recorder:
             await asyncio.sleep(SAMPLE_SECONDS)
 
     def report(self, role: str, exit_code: int) -> dict[str, Any]:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
         return {
             "role": role,
             "exit_code": exit_code,
             "started_monotonic": self.started_monotonic,
             "finished_monotonic": time.monotonic(),
             "cpu_seconds_at_start": self.cpu_seconds_at_start,
-            "cpu_seconds_at_finish": usage.ru_utime + usage.ru_stime,
+            "cpu_seconds_at_finish": _cpu_seconds(),
             "peak_rss_mib": peak_rss_mib(),
-            "counts": self.counts(),
+            "counts": self.counts().as_json(),
             "timeline": self.timeline,
         }
 
 
-ServiceBuild = Callable[[Any, Bus, contextlib.AsyncExitStack, Clock], Awaitable[Service]]
+def _watched(spec: ServiceSpec[Any], recorder: Recorder) -> ServiceSpec[Any]:
+    """The registry's spec of the service, telling `recorder` once it is built."""
 
-
-def _watched(stage: str, build: ServiceBuild, recorder: Recorder) -> ServiceBuild:
-    @functools.wraps(build)  # keeps the module, which names the process in its logs
     async def build_and_watch(settings: Any, bus: Bus, resources: contextlib.AsyncExitStack, clock: Clock) -> Service:
-        service = await build(settings, bus, resources, clock)
-        recorder.built({stage: service})
+        service = await spec.build(settings, bus, resources, clock)
+        recorder.built({spec.name: service})
         return service
 
-    return build_and_watch
-
-
-async def _collector(recorder: Recorder) -> int:
-    from tibridge.collector.app import build
-    from tibridge.collector.settings import CollectorSettings
-
-    return await run_service(
-        load_settings(CollectorSettings, collector_mode="once"), _watched("collector", build, recorder)
-    )
-
-
-async def _scorer(recorder: Recorder) -> int:
-    from tibridge.scorer.app import build
-    from tibridge.scorer.settings import ScorerSettings
-
-    return await run_service(load_settings(ScorerSettings), _watched("scorer", build, recorder))
-
-
-async def _publisher(recorder: Recorder) -> int:
-    from tibridge.publisher.app import build
-    from tibridge.publisher.settings import PublisherSettings
-
-    return await run_service(load_settings(PublisherSettings), _watched("publisher", build, recorder))
+    return dataclasses.replace(spec, build=build_and_watch)
 
 
 async def run_role(role: str, recorder: Recorder) -> int:
-    """Each role imports only what its CLI command imports."""
-    if role == "pipeline":
-        from tibridge.cli.commands import run_pipeline
-
-        return await run_pipeline(bus="memory", once=True, since=None, on_built=recorder.built)
-    return await {"collector": _collector, "scorer": _scorer, "publisher": _publisher}[role](recorder)
+    """Each role runs as its CLI command runs it: the registry's spec, or the all-in-one composition."""
+    if role == PIPELINE:
+        return await run_pipeline(bus=BusKind.MEMORY, once=True, since=None, on_built=recorder.built)
+    name = ServiceName(role)
+    values = {"collector_mode": "once"} if name is ServiceName.COLLECTOR else {}
+    return await run_service(_watched(SERVICES[name], recorder), **values)
 
 
 async def _main(role: str, recorder: Recorder) -> int:

@@ -7,7 +7,7 @@ import re
 import shlex
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +20,8 @@ from bench.processes import Child, Children
 # The latencies of issue 11: Log Analytics 1 s per query, Graph 100 ms and ThreatStream 500 ms per request.
 LATENCIES_MS: Mapping[str, int] = {"loganalytics": 1000, "graph": 100, "threatstream": 500}
 READY_SECONDS = 1800.0  # generating a million indicators takes minutes on a loaded machine
+APPROVAL_WAIT_SECONDS = 120.0  # for ThreatStream to finish processing and approving the sessions
+APPROVAL_POLL_SECONDS = 0.5
 _LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 
 
@@ -30,9 +32,10 @@ class SandboxOptions:
     anchor: datetime
     graph_ceiling: float | None = None
     never_seen: str = "404"
+    latencies_ms: Mapping[str, int] = field(default_factory=lambda: dict(LATENCIES_MS))
 
     def arguments(self, env_file: Path) -> list[str]:
-        faults = [f"{api}.latency_ms={ms}" for api, ms in LATENCIES_MS.items()]
+        faults = [f"{api}.latency_ms={ms}" for api, ms in self.latencies_ms.items()]
         if self.graph_ceiling is not None:
             faults.append(f"graph.rate_ceiling={self.graph_ceiling}")
         arguments = [
@@ -85,11 +88,16 @@ class Sandbox:
         result: dict[str, Any] = self.get("/_sandbox/stats")
         return result
 
-    def expected(self) -> dict[str, Any]:
-        """What a correct pipeline with tibridge's default policy must leave (threshold 75, URLs and hashes
-        dropped, non-global IPs refused)."""
-        result: dict[str, Any] = self.get("/_sandbox/expected")
+    def expected(self, policy: Mapping[str, str]) -> dict[str, Any]:
+        """What a correct pipeline with this policy (`expected_policy`) must leave."""
+        result: dict[str, Any] = self.get("/_sandbox/expected", **policy)
         return result
+
+    def reconcile(self, policy: Mapping[str, str]) -> list[str]:
+        """Every way ThreatStream's contents differ from what a correct run with this policy leaves, as the
+        sandbox judges it (the demo's reconciliation asks the same)."""
+        problems: list[str] = self.get("/_sandbox/reconcile", **policy)["problems"]
+        return problems
 
     def objects(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.get("/_sandbox/threatstream/objects")["objects"]
@@ -117,17 +125,27 @@ class Sandbox:
             found.append(response.json())
         return found
 
-    def approve_pending(self, sessions: Sequence[dict[str, Any]]) -> int:
-        """What an analyst does in ThreatStream's UI: approve every session that waits, through the API."""
+    def approve_pending(self, count: int) -> int:
+        """What an analyst does in ThreatStream's UI, through the API: approves each of the import sessions
+        1…count once ThreatStream has finished processing it (`done`), until none is still processing or being
+        approved (bounded); how many it approved."""
         base = self.env["TIBRIDGE_THREATSTREAM_BASE_URL"]
         headers = self._threatstream_headers()
-        approved = 0
-        for session in sessions:
-            if session.get("numPending"):
-                response = self.client.patch(f"{base}/v1/importsession/{session['id']}/approve_all/", headers=headers)
-                response.raise_for_status()
-                approved += 1
-        return approved
+        approved: set[int] = set()
+        for _round in range(int(APPROVAL_WAIT_SECONDS / APPROVAL_POLL_SECONDS)):
+            unfinished = 0
+            for session_id in range(1, count + 1):
+                status = self.client.get(f"{base}/v1/importsession/{session_id}/", headers=headers).json()["status"]
+                if status == "done" and session_id not in approved:
+                    url = f"{base}/v1/importsession/{session_id}/approve_all/"
+                    self.client.patch(url, headers=headers).raise_for_status()
+                    approved.add(session_id)
+                    status = "approving"
+                unfinished += status in ("processing", "approving")
+            if not unfinished:
+                break
+            time.sleep(APPROVAL_POLL_SECONDS)
+        return len(approved)
 
     def close(self) -> None:
         self.client.close()

@@ -5,8 +5,12 @@ from typing import Any
 import pytest
 
 from bench import figures
-from bench.counts import pipeline_counts
+from bench.counts import StageCounts, pipeline_counts, read_stage_counts
 from bench.targets import evaluate, speedup
+from tibridge.common.consumer import SettledCounts
+from tibridge.scorer.cache import CacheCounts
+from tibridge.scorer.handler import ScorerCounts, VerdictCounts
+from tibridge.scorer.reputation import GraphCounts
 
 
 def test_delivery_compares_canonical_forms_and_counts_what_should_not_be_there() -> None:
@@ -54,17 +58,28 @@ def test_first_time_reaching() -> None:
     assert figures.first_time_reaching([(1.0, 3)], 7) is None
 
 
-def test_counts_of_several_scorers_add_up() -> None:
-    scorer = {"verdicts": {"publish/score": 3, "drop/x": 1}, "graph": {"retries": 2, "throttled": 1}}
-    counts = pipeline_counts(
-        {
-            "collector": [{"emitted": 8, "rows_read": 9, "windows": 2}],
-            "scorer": [scorer, scorer],
-            "publisher": [{"completed": 6, "requests": 2, "batches": 2, "dead_lettered": 0, "held": 0}],
-        }
+def _scorer_counts(publish: int, drop: int, retries: int) -> ScorerCounts:
+    return ScorerCounts(
+        verdicts=VerdictCounts(publish={"score": publish}, drop={"below_threshold": drop}, expire={}),
+        classifications={"malicious": publish},
+        cache=CacheCounts(hits=0, misses=publish + drop, shared=0),
+        graph=GraphCounts(batch_requests=1, items=publish + drop, throttled=1, retries=retries, requests=2),
+        settled=SettledCounts(completed=publish + drop, abandoned=0, dead_lettered=0, lock_lost=0),
     )
-    assert (counts.emitted, counts.scored, counts.graph_retries, counts.completed) == (8, 8, 4, 6)
-    assert counts.verdicts == {"publish/score": 6, "drop/x": 2}
+
+
+def test_counts_of_several_scorers_add_up_after_the_trip_through_a_report() -> None:
+    reports = [
+        StageCounts(scorers=[_scorer_counts(3, 1, retries=2)]).as_json(),
+        StageCounts(scorers=[_scorer_counts(5, 0, retries=0)]).as_json(),
+    ]
+    stages = read_stage_counts(reports)
+    assert stages.scorers[0] == _scorer_counts(3, 1, retries=2)
+    counts = pipeline_counts(stages)
+    assert (counts.scored, counts.publish_verdicts, counts.expire_verdicts) == (9, 8, 0)
+    assert (counts.graph_requests, counts.graph_retries, counts.graph_throttled) == (4, 2, 2)
+    assert counts.lanes == 1
+    assert (counts.emitted, counts.completed) == (0, 0)  # no collector or publisher in these reports
 
 
 def _run(**fields: Any) -> dict[str, Any]:
