@@ -20,15 +20,12 @@ import contextlib
 import json
 import math
 import resource
-import sys
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from bench.ceiling_sandbox import Sandbox, sandbox
 from tibridge.common.bus.memory import MemoryBus
 from tibridge.common.clock import SystemClock
 from tibridge.common.contracts import IndicatorCollected, Observable, ObservableType
@@ -42,45 +39,6 @@ from tibridge.scorer.reputation import GraphCounts
 from tibridge.scorer.settings import ScorerSettings
 
 SAMPLE_SECONDS = 0.5
-
-
-@dataclass
-class Sandbox:
-    process: asyncio.subprocess.Process
-    base_url: str
-
-    async def stats(self) -> dict[str, Any]:
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=10) as control:
-            response = await control.get("/_sandbox/stats")
-            response.raise_for_status()
-            stats: dict[str, Any] = response.json()
-            return stats
-
-
-@contextlib.asynccontextmanager
-async def sandbox(ceiling: float, latency_ms: float) -> Any:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tibridge.sandbox",
-        "--port",
-        "0",
-        "--indicators",
-        "0",
-        "--fault",
-        f"graph.rate_ceiling={ceiling}",
-        "--fault",
-        f"graph.latency_ms={latency_ms}",
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
-        base_url = next(word for word in line.split() if word.startswith("http://127.0.0.1"))
-        yield Sandbox(process, base_url.rstrip("/"))
-    finally:
-        process.terminate()
-        await process.wait()
 
 
 def indicators(count: int) -> list[IndicatorCollected]:
@@ -145,7 +103,7 @@ async def measure(
 ) -> dict[str, Any]:
     lookups = round(ceiling * seconds)
     cpu_before, children_before = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
-    async with sandbox(ceiling, latency_ms) as server:
+    async with sandbox("graph", ceiling, latency_ms) as server:
         settings = load_settings(
             ScorerSettings,
             bus="memory",

@@ -20,14 +20,11 @@ import argparse
 import asyncio
 import contextlib
 import json
-import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from bench.ceiling_sandbox import sandbox
 from tibridge.common.clock import SystemClock
 from tibridge.common.settings import load_settings
 from tibridge.publisher.app import gateway_for
@@ -36,47 +33,14 @@ from tibridge.publisher.settings import PublisherSettings
 from tibridge.publisher.threatstream import Outcome
 
 
-@contextlib.asynccontextmanager
-async def sandbox(ceiling: float, latency_ms: float) -> AsyncIterator[str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tibridge.sandbox",
-        "--port",
-        "0",
-        "--indicators",
-        "0",
-        "--fault",
-        f"threatstream.rate_ceiling={ceiling}",
-        "--fault",
-        f"threatstream.latency_ms={latency_ms}",
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
-        yield next(word for word in line.split() if word.startswith("http://127.0.0.1")).rstrip("/")
-    finally:
-        process.terminate()
-        await process.wait()
-
-
-async def sandbox_stats(base_url: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=base_url, timeout=10) as control:
-        response = await control.get("/_sandbox/stats")
-        response.raise_for_status()
-        stats: dict[str, Any] = response.json()
-        return stats
-
-
 async def measure(ceiling: float, latency_ms: float, seconds: float, settle: float) -> dict[str, Any]:
     requests = round(ceiling * seconds)
-    async with sandbox(ceiling, latency_ms) as base_url, contextlib.AsyncExitStack() as resources:
+    async with sandbox("threatstream", ceiling, latency_ms) as server, contextlib.AsyncExitStack() as resources:
         settings = load_settings(
             PublisherSettings,
             bus="memory",
             dev_mode=True,
-            threatstream_base_url=f"{base_url}/threatstream/api",
+            threatstream_base_url=f"{server.base_url}/threatstream/api",
             threatstream_username="sandbox",
             threatstream_api_key="sandbox-api-key",
         )
@@ -88,7 +52,7 @@ async def measure(ceiling: float, latency_ms: float, seconds: float, settle: flo
             if (await gateway.send(request)).outcome is Outcome.ACCEPTED:
                 answered.append(time.monotonic() - started)
         elapsed = time.monotonic() - started
-        stats = await sandbox_stats(base_url)
+        stats = await server.stats()
         counts = gateway.counts()
     settled = [moment for moment in answered if moment >= settle]
     steady = len(settled) / (elapsed - settle) if elapsed > settle else None
