@@ -67,6 +67,13 @@ class Crashing:
         raise RuntimeError("the worker broke")
 
 
+class Refusing:
+    name = "refusing"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        raise runtime.WorkerRefused("the backfill is over TIBRIDGE_COLLECTOR_BACKFILL_MAX_ROWS")
+
+
 class Stubborn:
     name = "stubborn"
 
@@ -109,6 +116,18 @@ async def test_a_crashed_worker_stops_the_others_and_makes_the_exit_code_1(caplo
     assert survivor.stopped
     assert "worker crashing crashed; stopping the service" in caplog.text
     assert "the worker broke" in caplog.text
+
+
+async def test_a_refusing_worker_stops_the_others_with_one_sentence_and_exit_code_2(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    survivor = UntilStopped()
+    code = await asyncio.wait_for(serve(settings(), MemoryBus(), [Service([survivor, Refusing()])]), 10)
+    assert code == 2
+    assert survivor.stopped
+    [record] = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert record.getMessage() == "worker refusing stopped: the backfill is over TIBRIDGE_COLLECTOR_BACKFILL_MAX_ROWS"
+    assert record.exc_info is None
 
 
 async def test_a_worker_that_ignores_stop_is_cancelled_after_the_grace_period(

@@ -8,7 +8,8 @@ to run it — and `serve` runs already-built services (the all-in-one compositio
 
 On SIGTERM or SIGINT the process stops receiving; in-flight work gets `shutdown_grace_seconds` to finish
 and what is left is abandoned for redelivery; then clients and the bus close and the exit code is 0. A
-worker that crashes stops the others the same way and makes the exit code 1.
+worker that crashes stops the others the same way and makes the exit code 1 (2, with one sentence instead of a
+traceback, for a worker that refuses to go on: `WorkerRefused`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ EXIT_BAD_SETTINGS = 2
 # A one-shot run gave up because a dependency kept refusing us (TIBRIDGE_ONCE_REFUSED_SECONDS).
 EXIT_DEPENDENCY_REFUSED = 3
 EXIT_INTERRUPTED = 130
+
+
+class WorkerRefused(Exception):
+    """A worker declining to go on for a reason its operator must settle; the message is one sentence naming the
+    setting. The process stops as for a crash, but with that sentence instead of a traceback, and exit code 2."""
 
 
 class ServiceName(StrEnum):
@@ -202,7 +208,7 @@ async def serve(
 
     Serves /healthz and /readyz meanwhile (unless TIBRIDGE_HEALTH_PORT=0). The caller owns `bus` and
     whatever the services hold, and closes them after this returns (as `run_service` does), and has configured
-    observability (`configure_observability`). Returns 0, or 1 when a worker crashed.
+    observability (`configure_observability`). Returns 0, 1 when a worker crashed, or 2 when one refused.
     """
     stop = stop or asyncio.Event()
     workers = [worker for service in services for worker in service.workers]
@@ -263,19 +269,19 @@ async def _run_workers(workers: Sequence[Worker], stop: asyncio.Event, deadline_
     tasks = {asyncio.create_task(worker.run(stop), name=worker.name): worker for worker in workers}
     stopping = asyncio.create_task(_until(stop))
     running = set(tasks)
-    crashed = False
+    code = EXIT_OK
     try:
         while running and not stop.is_set():
             done, running = await asyncio.wait(running | {stopping}, return_when=asyncio.FIRST_COMPLETED)
             running.discard(stopping)
             for task in done - {stopping}:
-                if _crashed(task, tasks[task]):
-                    crashed = True
+                if (ended := _ended(task, tasks[task])) != EXIT_OK:
+                    code = max(code, ended)
                     stop.set()
         if running:
             done, running = await asyncio.wait(running, timeout=deadline_seconds)
             for task in done:
-                crashed = _crashed(task, tasks[task]) or crashed
+                code = max(code, _ended(task, tasks[task]))
         if running:
             log.warning(
                 "%s did not stop within %.0f s; cancelling (what they still hold comes back when its lock lapses)",
@@ -286,22 +292,26 @@ async def _run_workers(workers: Sequence[Worker], stop: asyncio.Event, deadline_
         for task in [*running, stopping]:
             task.cancel()
         await asyncio.gather(*running, stopping, return_exceptions=True)
-    return EXIT_WORKER_CRASHED if crashed else EXIT_OK
+    return code
 
 
 async def _until(event: asyncio.Event) -> None:
     await event.wait()
 
 
-def _crashed(task: asyncio.Task[None], worker: Worker) -> bool:
+def _ended(task: asyncio.Task[None], worker: Worker) -> int:
+    """The exit code a finished worker asks for."""
     if task.cancelled():
-        return False
+        return EXIT_OK
     error = task.exception()
     if error is None:
         log.info("worker %s finished", worker.name)
-        return False
+        return EXIT_OK
+    if isinstance(error, WorkerRefused):
+        log.error("worker %s stopped: %s", worker.name, error)
+        return EXIT_BAD_SETTINGS
     log.error("worker %s crashed; stopping the service", worker.name, exc_info=error)
-    return True
+    return EXIT_WORKER_CRASHED
 
 
 @contextlib.contextmanager

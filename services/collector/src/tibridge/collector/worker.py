@@ -40,6 +40,7 @@ from tibridge.common.clock import Clock
 from tibridge.common.contracts import IndicatorCollected
 from tibridge.common.metrics import Distribution, Gauge, Snapshot, Tally
 from tibridge.common.producer import Producer
+from tibridge.common.runtime import WorkerRefused
 from tibridge.common.topology import INDICATORS_TOPIC
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class WindowTooDense(Exception):
     """Even the smallest window holds more rows than one query may return."""
 
 
-class BackfillRefused(Exception):
+class BackfillRefused(WorkerRefused):
     """A backfill counted to more rows than its budget, and nobody confirmed it."""
 
 
