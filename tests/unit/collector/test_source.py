@@ -18,7 +18,8 @@ from tests.fixtures.collector import ANCHOR
 from tibridge.collector.app import query_engine
 from tibridge.collector.kql import IndicatorTable, QuerySpec
 from tibridge.collector.settings import LogAnalyticsSettings
-from tibridge.collector.source import LogAnalyticsSource, SourceError
+from tibridge.collector.source import Answer as QueryAnswer
+from tibridge.collector.source import LogAnalyticsSource, SourceError, judge_answer
 from tibridge.collector.windows import Bin, Window
 
 WORKSPACE = "5a4db0c5-0000-4000-8000-000000000001"
@@ -236,3 +237,9 @@ async def test_no_token_is_a_clear_error(clock: ManualClock) -> None:
     client = ScriptedClient([ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token\nmore")])
     with pytest.raises(SourceError, match=r"no token for Log Analytics \(DefaultAzureCredential failed.*\); check"):
         await source(client, clock).read(WINDOW)
+
+
+def test_an_answer_cut_short_is_retried_and_a_whole_one_stands() -> None:
+    assert judge_answer(QueryAnswer(200, b'{"tables": [{"name": "PrimaryResult"')) is not None
+    assert judge_answer(QueryAnswer(200, b'{"tables": []}\n')) is None
+    assert judge_answer(QueryAnswer(204, b"")) is None

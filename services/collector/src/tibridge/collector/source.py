@@ -51,7 +51,12 @@ class Answer:
 
 
 def judge_answer(answer: Answer) -> Retry | None:
-    """The engine's reading of an answer: 429 and 5xx are retried (honouring Retry-After), any other stands."""
+    """The engine's reading of an answer: 429 and 5xx are retried (honouring Retry-After), and so is a 200 whose
+    body was cut short on the way (a JSON object that does not end: a cheap test, where parsing tens of MB twice
+    is not); any other answer stands (a body that is no JSON at all, e.g. a proxy's page, is a clear error)."""
+    body = answer.body
+    if answer.status == 200 and body.lstrip().startswith(b"{") and not body.rstrip().endswith(b"}"):
+        return Retry("malformed", detail="Log Analytics' answer was cut short")
     return retry_of_status(answer.status, answer.retry_after)
 
 
