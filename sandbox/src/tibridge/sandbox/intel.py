@@ -675,36 +675,29 @@ class IntelStore:
             return
         if existing:
             self.counts.duplicates_created += 1
-        self._update_id += 1
-        self._add(
-            IntelObject(
-                id=self._last_id + 1,
-                value=value,
-                kind=classify(value) or IntelKind.DOMAIN,
-                subtype=subtype,
-                itype=itype,
-                status="active",
-                attributes=attributes,
-                source=self.rules.username,
-                owner_organization_id=self.rules.organization_id,
-                created_ts=now,
-                modified_ts=now,
-                update_id=self._update_id,
-                import_session_id=session_id,
-                was_active=True,
-            )
-        )
+        self._add_ours(value, itype, subtype, attributes, now, session_id)
         self.counts.created += 1
 
     def plant(self, value: str, itype: str, attributes: Attributes) -> IntelObject:
         """An active object of our organisation written behind the API's back (drift a reconciliation must find)."""
-        now = self._now()
+        return self._add_ours(value, itype, subtype_of(value), attributes, self._now(), None)
+
+    def _add_ours(
+        self,
+        value: str,
+        itype: str,
+        subtype: HashSubtype | None,
+        attributes: Attributes,
+        now: datetime,
+        session_id: int | None,
+    ) -> IntelObject:
+        """A new active object of our organisation."""
         self._update_id += 1
         obj = IntelObject(
             id=self._last_id + 1,
             value=value,
             kind=classify(value) or IntelKind.DOMAIN,
-            subtype=subtype_of(value),
+            subtype=subtype,
             itype=itype,
             status="active",
             attributes=attributes,
@@ -713,6 +706,7 @@ class IntelStore:
             created_ts=now,
             modified_ts=now,
             update_id=self._update_id,
+            import_session_id=session_id,
             was_active=True,
         )
         self._add(obj)
