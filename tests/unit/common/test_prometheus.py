@@ -4,17 +4,13 @@ nothing at all when Prometheus was not asked for. Each case runs in a process of
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import httpx
 
+from tests.fixtures.runtime import fresh_process_output
 from tibridge.common import telemetry
 from tibridge.common.health import HealthServer
-
-ROOT = Path(__file__).resolve().parents[3]
 
 _SCRIPT = textwrap.dedent(
     """
@@ -46,16 +42,7 @@ _SCRIPT = textwrap.dedent(
 
 def _scrape(mode: str) -> str:
     environment = {name: value for name, value in os.environ.items() if not name.startswith("OTEL_")}
-    completed = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, mode],
-        env=environment,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return completed.stdout
+    return fresh_process_output(_SCRIPT, mode, environment=environment)
 
 
 def test_metrics_are_exposed_as_prometheus_reads_them() -> None:

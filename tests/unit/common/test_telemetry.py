@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.fixtures.runtime import free_port
+from tests.fixtures.runtime import free_port, fresh_process_output
 from tibridge.common.settings import SettingsError
 from tibridge.common.telemetry import AZURE_MONITOR, StripUrlQueries, exporter_names
-
-ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize(
@@ -98,16 +93,7 @@ def run_configured_process(extra_environment: dict[str, str], port: int = 0) -> 
     }
     environment.update(extra_environment)
     url = f"http://127.0.0.1:{port or free_port()}/v1.0/path?sig=QUERY-SECRET"
-    completed = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, url],
-        env=environment,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return completed.stdout
+    return fresh_process_output(_SCRIPT, url, environment=environment)
 
 
 def test_a_process_with_no_telemetry_settings_installs_nothing() -> None:
