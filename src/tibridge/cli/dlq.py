@@ -71,7 +71,13 @@ async def replay_dead_letters(subscription: str, limit: int, reason: str | None)
                         continue
                     await bus.publish(
                         topic,
-                        [OutgoingMessage(message.body, replay_id(message), dict(message.application_properties))],
+                        [
+                            OutgoingMessage(
+                                body=message.body,
+                                message_id=replay_id(message),
+                                application_properties=dict(message.application_properties),
+                            )
+                        ],
                     )
                     await receiver.complete(message)
                     replayed += 1

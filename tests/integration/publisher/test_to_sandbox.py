@@ -283,7 +283,11 @@ async def test_expiries_without_approve_intel_are_kept_said_once_and_replayable(
         async with bus.receiver(SCORED_TOPIC, PUBLISHER_SUBSCRIPTION, dead_letter=True) as receiver:
             replay = await receiver.receive(100, 0.2)
             for message in replay:
-                again_message = OutgoingMessage(message.body, replay_id(message), dict(message.application_properties))
+                again_message = OutgoingMessage(
+                    body=message.body,
+                    message_id=replay_id(message),
+                    application_properties=dict(message.application_properties),
+                )
                 await bus.publish(SCORED_TOPIC, [again_message])
                 await receiver.complete(message)
         async with (
@@ -419,7 +423,9 @@ async def test_a_stale_revision_is_never_applied_over_a_newer_one(sandbox_factor
             await eventually(lambda: depth(bus) == 0)
             # The same message again (as a lapsed lock or a replay delivers it: duplicate detection lets it by).
             envelope = envelope_for(older)
-            redelivered = OutgoingMessage(encode(envelope), "redelivered", application_properties(envelope))
+            redelivered = OutgoingMessage(
+                body=encode(envelope), message_id="redelivered", application_properties=application_properties(envelope)
+            )
             await bus.publish(SCORED_TOPIC, [redelivered])
             await eventually(lambda: counts(service).completed == 3)
         (obj,) = await sandbox_objects(server)

@@ -137,7 +137,9 @@ async def test_batches_the_sdk_fills_to_the_limit_are_accepted(sb_double: Servic
     # Small messages fill a batch to within bytes of the limit, where the SDK's size estimate runs short.
     bus = ServiceBusBus.from_connection_string(sb_double.connection_string, operation_timeout=10)
     try:
-        await bus.publish(INDICATORS_TOPIC, [OutgoingMessage(b"x" * 500, str(uuid.uuid4())) for _ in range(1000)])
+        await bus.publish(
+            INDICATORS_TOPIC, [OutgoingMessage(body=b"x" * 500, message_id=str(uuid.uuid4())) for _ in range(1000)]
+        )
     finally:
         await bus.close()
     assert sb_double.transfers(INDICATORS_TOPIC) == 3
@@ -148,7 +150,7 @@ async def test_a_message_larger_than_a_batch_is_refused_with_its_id(sb_double: S
     bus = ServiceBusBus.from_connection_string(sb_double.connection_string, operation_timeout=10)
     try:
         with pytest.raises(Exception, match="message huge is larger than the largest batch"):
-            await bus.publish(INDICATORS_TOPIC, [OutgoingMessage(b"x" * (300 * 1024), "huge")])
+            await bus.publish(INDICATORS_TOPIC, [OutgoingMessage(body=b"x" * (300 * 1024), message_id="huge")])
     finally:
         await bus.close()
     assert sb_double.depth(INDICATORS_TOPIC, SCORER_SUBSCRIPTION) == 0
@@ -183,7 +185,7 @@ async def test_the_standalone_process_serves_until_sigterm() -> None:
         assert connection_string.startswith("Endpoint=sb://127.0.0.1:")
         bus = ServiceBusBus.from_connection_string(connection_string, operation_timeout=10)
         try:
-            await bus.publish(INDICATORS_TOPIC, [OutgoingMessage(b"{}", "from-another-process")])
+            await bus.publish(INDICATORS_TOPIC, [OutgoingMessage(body=b"{}", message_id="from-another-process")])
             async with bus.receiver(INDICATORS_TOPIC, SCORER_SUBSCRIPTION) as receiver:
                 [received] = await receiver.receive(max_messages=1, max_wait=5)
                 await receiver.complete(received)
@@ -205,7 +207,7 @@ async def test_settling_through_a_receiver_that_shut_down_is_a_lost_lock_not_a_c
     # adapter must answer with the port's LockLost, which every consumer survives, and the message comes back.
     bus = ServiceBusBus.from_connection_string(sb_double.connection_string, operation_timeout=10)
     try:
-        await bus.publish(INDICATORS_TOPIC, [OutgoingMessage(b"{}", "settled-too-late")])
+        await bus.publish(INDICATORS_TOPIC, [OutgoingMessage(body=b"{}", message_id="settled-too-late")])
         async with bus.receiver(INDICATORS_TOPIC, SCORER_SUBSCRIPTION) as receiver:
             [received] = await receiver.receive(max_messages=1, max_wait=5)
         with pytest.raises(LockLost, match="settled-too-late"):

@@ -21,11 +21,13 @@ SCORER = TOPOLOGY.topic(INDICATORS_TOPIC).subscription(SCORER_SUBSCRIPTION)
 
 
 def indicator(message_id: str) -> OutgoingMessage:
-    return OutgoingMessage(b"{}", message_id, {"type": "indicator.collected"})
+    return OutgoingMessage(body=b"{}", message_id=message_id, application_properties={"type": "indicator.collected"})
 
 
 def scored(message_id: str, verdict: str) -> OutgoingMessage:
-    return OutgoingMessage(b"{}", message_id, {"type": "indicator.scored", "verdict": verdict})
+    return OutgoingMessage(
+        body=b"{}", message_id=message_id, application_properties={"type": "indicator.scored", "verdict": verdict}
+    )
 
 
 async def test_a_delivery_finishes_when_every_copy_downstream_is_completed() -> None:

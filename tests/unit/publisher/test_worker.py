@@ -101,7 +101,7 @@ async def test_full_batches_go_as_one_request_each_and_the_rest_once_nothing_mor
 
 async def test_while_the_upstream_still_has_work_a_partial_batch_keeps_filling() -> None:
     bus, gateway = MemoryBus(), FakeGateway()
-    backlog = OutgoingMessage(b"{}", "upstream-work", {})
+    backlog = OutgoingMessage(body=b"{}", message_id="upstream-work")
     await bus.publish(INDICATORS_TOPIC, [backlog])  # the scorer has not got to it yet
     await publish_scored(bus, (scored_indicator(n) for n in range(3)))
     async with running(a_service(bus, gateway)):
@@ -116,7 +116,7 @@ async def test_while_the_upstream_still_has_work_a_partial_batch_keeps_filling()
 
 async def test_a_partial_batch_goes_when_its_oldest_message_is_old_enough() -> None:
     bus, gateway = MemoryBus(), FakeGateway()
-    await bus.publish(INDICATORS_TOPIC, [OutgoingMessage(b"{}", "upstream-work", {})])
+    await bus.publish(INDICATORS_TOPIC, [OutgoingMessage(body=b"{}", message_id="upstream-work")])
     await publish_scored(bus, (scored_indicator(n) for n in range(3)))
     async with running(a_service(bus, gateway, batch_size=1000, batch_age_seconds=0.3)):
         await eventually(lambda: depth(bus) == 0)

@@ -7,6 +7,7 @@ subscription rules filter on. Nothing else builds an `OutgoingMessage` from a pa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from tibridge.common.aio import waiting_on_dependency
@@ -46,9 +47,10 @@ class Producer:
 
 
 def message_for(envelope: Envelope) -> OutgoingMessage:
-    """The bus message that carries `envelope`: its id, its JSON body and the properties rules filter on."""
+    """The bus message that carries `envelope`: its id, its JSON body (made when a bus first reads it) and the
+    properties rules filter on."""
     return OutgoingMessage(
-        body=encode(envelope),
+        body=functools.partial(encode, envelope),
         message_id=envelope.message_id,
         application_properties=application_properties(envelope),
         decoded=envelope,

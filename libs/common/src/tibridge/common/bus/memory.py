@@ -20,12 +20,13 @@ import contextlib
 import itertools
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import KW_ONLY, dataclass, replace
 from datetime import datetime
 
 from tibridge.common.bus.port import (
     ClosesOnExit,
     EntityNotFound,
+    LazyBody,
     LockLost,
     OutgoingMessage,
     PropertyValue,
@@ -40,7 +41,8 @@ TTL_EXPIRED = "TTLExpiredException"
 
 @dataclass
 class _Stored:
-    body: bytes
+    _: KW_ONLY
+    body: LazyBody = LazyBody()
     message_id: str
     application_properties: dict[str, PropertyValue]
     sequence_number: int
@@ -235,7 +237,7 @@ class _Queue:
         locked_until = now + self.spec.lock_duration
         self._locked[token] = _Lock(stored, locked_until)
         return ReceivedMessage(
-            body=stored.body,
+            body=LazyBody.as_given(stored),
             message_id=stored.message_id,
             application_properties=stored.application_properties,  # read-only, copied once when published
             delivery_count=stored.delivery_count,
@@ -302,7 +304,7 @@ class MemoryBus:
                     self._sequence += 1
                     queue.append(
                         _Stored(
-                            body=message.body,
+                            body=LazyBody.as_given(message),
                             message_id=message.message_id,
                             application_properties=properties,  # read-only from here on
                             sequence_number=self._sequence,
@@ -311,6 +313,9 @@ class MemoryBus:
                             decoded=message.decoded,
                         )
                     )
+        # Service Bus's publish is network I/O that lets other tasks run; so does this one, or a producer
+        # publishing a large window batch after batch would hold the loop (and every consumer) until it is done.
+        await asyncio.sleep(0)
 
     def receiver(
         self, topic: str, subscription: str, *, dead_letter: bool = False, prefetch: int = 0

@@ -7,18 +7,47 @@ dead-lettering past the max delivery count, duplicate detection on message_id, s
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 PropertyValue = str | int | float | bool
 
 
+class LazyBody:
+    """A message's `body`: given as bytes, or as a function that makes them, called the first time the bytes are
+    read (then kept). Service Bus reads every body; the in-memory bus hands the producer's object on and only a
+    reader of the bytes (a dead-letter tool, a test) pays for encoding them."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = f"_{name}"
+
+    def __get__(self, message: object, owner: type | None = None) -> bytes:
+        if message is None:
+            raise AttributeError(self._slot)  # no class-level default: the field stays required
+        body: bytes | Callable[[], bytes] = message.__dict__[self._slot]
+        if callable(body):
+            body = body()
+            message.__dict__[self._slot] = body
+        return body
+
+    def __set__(self, message: Any, body: bytes | Callable[[], bytes]) -> None:
+        message.__dict__[self._slot] = body
+
+    @staticmethod
+    def as_given(message: object) -> bytes | Callable[[], bytes]:
+        """The body of `message` as it was given (bytes, or the function that makes them), without making it:
+        for handing it on to another message."""
+        body: bytes | Callable[[], bytes] = message.__dict__["_body"]
+        return body
+
+
 @dataclass(frozen=True)
 class OutgoingMessage:
-    body: bytes
+    _: KW_ONLY
+    body: LazyBody = LazyBody()
     message_id: str
     application_properties: Mapping[str, PropertyValue] = field(default_factory=dict)
     content_type: str = "application/json"
@@ -34,7 +63,8 @@ class ReceivedMessage:
     `delivery_count` counts earlier deliveries, as the Service Bus SDK reports it: 0 on the first delivery.
     """
 
-    body: bytes
+    _: KW_ONLY
+    body: LazyBody = LazyBody()
     message_id: str
     application_properties: Mapping[str, PropertyValue]
     delivery_count: int
