@@ -19,8 +19,11 @@ def _label(run: Run) -> str:
     return f"{textwrap.fill(run['title'], 18)}\n{run['indicators']:,}"
 
 
-def time_per_variant(runs: Sequence[Run], path: Path) -> None:
+def time_per_variant(runs: Sequence[Run], path: Path) -> bool:
+    """End-to-end time of each comparison run (False: the plan ran none)."""
     shown = [run for run in runs if run["group"] == "comparison"]
+    if not shown:
+        return False
     figure, axes = plt.subplots(figsize=(max(6.0, 1.6 * len(shown)), 4.5))
     times = [run["end_to_end_seconds"] or 0 for run in shown]
     colours = ["#999999" if run["kind"] == "logic-app-model" else "#1f77b4" for run in shown]
@@ -36,10 +39,14 @@ def time_per_variant(runs: Sequence[Run], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+    return True
 
 
-def requests_per_variant(runs: Sequence[Run], path: Path) -> None:
+def requests_per_variant(runs: Sequence[Run], path: Path) -> bool:
+    """Graph and ThreatStream requests of each comparison run (False: the plan ran none)."""
     shown = [run for run in runs if run["group"] == "comparison"]
+    if not shown:
+        return False
     figure, axes = plt.subplots(figsize=(max(6.0, 1.6 * len(shown)), 4.5))
     width = 0.4
     positions = range(len(shown))
@@ -55,6 +62,7 @@ def requests_per_variant(runs: Sequence[Run], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+    return True
 
 
 def _seconds_at_least(run: Run) -> float:
@@ -64,7 +72,8 @@ def _seconds_at_least(run: Run) -> float:
     return float(max((t for t, _ in run["lookup_samples"]), default=0.0))
 
 
-def scaling(runs: Sequence[Run], path: Path) -> None:
+def scaling(runs: Sequence[Run], path: Path) -> bool:
+    """Time and peak RSS of the all-in-one runs against N (False: the plan ran none)."""
     series = sorted(
         (
             run
@@ -76,6 +85,8 @@ def scaling(runs: Sequence[Run], path: Path) -> None:
         ),
         key=lambda run: run["indicators"],
     )
+    if not series:
+        return False
     figure, time_axes = plt.subplots(figsize=(7, 4.5))
     sizes = [run["indicators"] for run in series]
     time_axes.plot(sizes, [_seconds_at_least(run) for run in series], "o-", color="#1f77b4")
@@ -93,6 +104,7 @@ def scaling(runs: Sequence[Run], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+    return True
 
 
 def stages(runs: Sequence[Run], path: Path) -> bool:
@@ -124,11 +136,9 @@ def stages(runs: Sequence[Run], path: Path) -> bool:
 def draw(runs: Sequence[Run], directory: Path, name: str) -> list[str]:
     """Writes the charts next to the Markdown; returns their file names."""
     drawn = []
-    for suffix, chart in (("time", time_per_variant), ("requests", requests_per_variant), ("scaling", scaling)):
+    charts = (("time", time_per_variant), ("requests", requests_per_variant), ("scaling", scaling), ("stages", stages))
+    for suffix, chart in charts:
         target = directory / f"{name}-{suffix}.png"
-        chart(runs, target)
-        drawn.append(target.name)
-    target = directory / f"{name}-stages.png"
-    if stages(runs, target):
-        drawn.append(target.name)
+        if chart(runs, target):
+            drawn.append(target.name)
     return drawn
