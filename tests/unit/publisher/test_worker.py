@@ -283,6 +283,19 @@ async def test_an_expiry_of_what_we_never_published_sends_nothing() -> None:
     assert counts_of(service).skipped == {"nothing_of_ours_to_expire": 5}
 
 
+async def test_the_deactivations_of_a_batch_are_in_flight_together_once_the_first_proved_the_permission() -> None:
+    bus = MemoryBus()
+    threatstream = ThreatStreamDouble(owned=[search_object(n, f"10.0.0.{n}", "mal_ip") for n in range(1, 7)])
+    gateway = FakeGateway(answer=threatstream)
+    await publish_scored(bus, [scored_indicator(n, None, verdict=Verdict.EXPIRE) for n in range(1, 7)])
+    service = a_service(bus, gateway)
+    async with running(service):
+        await eventually(lambda: depth(bus) == 0)
+    assert [request.operation for request in gateway.writes()] == [Operation.UPDATE] * 6
+    assert gateway.peak_in_flight == 5  # the first alone, then the other five at once
+    assert counts_of(service).deactivated == 6
+
+
 async def test_an_older_revision_that_comes_back_after_a_newer_one_is_not_applied() -> None:
     """The deployment engineer's case: a dead publisher's older publication, redelivered after its successor
     applied the revocation, must not revive the observable."""

@@ -62,6 +62,8 @@ REJECTED_REASON = "ThreatStreamRejected"
 PERMISSION_REASON = "ThreatStreamPermissionMissing"
 UNMAPPABLE_REASON = "PublisherCannotMap"
 SETTLE_CONCURRENCY = 128
+# The engine decides how many requests are in flight; this only bounds the tasks one batch starts at once.
+MAX_DEACTIVATIONS_AT_ONCE = 64
 REVISIONS_KEPT = 200_000
 WHITELIST_TTL_SECONDS = 600.0
 MAX_WHITELIST_PAGES = 100
@@ -175,6 +177,7 @@ class Publisher:
         self._stop = asyncio.Event()
         self.blocked: str | None = None
         self.missing: dict[Permission, str] = {}
+        self._granted: set[Permission] = set()  # an answer proved we have it (since the last 403 for it)
         self._metrics = _Metrics()
 
     # -- the ManualHandler protocol -------------------------------------------------------------------------
@@ -327,17 +330,37 @@ class Publisher:
             return
         self._enqueue(delivery, self._planner.plan(list(delivery.items.values()), self._index, self._clock.now()))
         while delivery.queue:
-            action = delivery.queue.popleft()
+            wave = self._next_wave(delivery)
+            # Deactivations by id are independent of each other: they go at once, as many in flight as the
+            # engine allows; everything else (an upsert, an import session) goes alone, in plan order.
+            answers = await asyncio.gather(*(self._send(action.request) for action in wave))
+            stopping = [action for action, answer in zip(wave, answers, strict=True) if answer is None]
+            for action, answer in zip(wave, answers, strict=True):
+                if answer is not None:
+                    await self._answered(delivery, action, answer)
+            if stopping:  # stopping while ThreatStream refuses us
+                self._give_back_all(delivery, [*stopping, *delivery.queue], "the publisher is stopping")
+                return
+        await self._follow(delivery)
+
+    def _next_wave(self, delivery: _Delivery) -> list[Action[Key]]:
+        """The head of the queue to send now: one action, or every deactivation in a row there (at most
+        `MAX_DEACTIVATIONS_AT_ONCE`) once an answer proved their permission (until then one goes alone, so a
+        missing permission costs one request); those a permission we lack forbids are dead-lettered on the way."""
+        wave: list[Action[Key]] = []
+        while delivery.queue and len(wave) < MAX_DEACTIVATIONS_AT_ONCE:
+            action = delivery.queue[0]
+            if wave and (action.step is not Step.DEACTIVATE or wave[0].step is not Step.DEACTIVATE):
+                break
+            delivery.queue.popleft()
             permission = action.request.permission
             if permission is not None and permission in delivery.forbidden and permission in self.missing:
                 self._dead_letter_forbidden(delivery, action, self.missing[permission])
                 continue
-            answer = await self._send(action.request)
-            if answer is None:  # stopping while ThreatStream refuses us
-                self._give_back_all(delivery, [action, *delivery.queue], "the publisher is stopping")
-                return
-            await self._answered(delivery, action, answer)
-        await self._follow(delivery)
+            wave.append(action)
+            if action.step is not Step.DEACTIVATE or (permission is not None and permission not in self._granted):
+                break
+        return wave
 
     def _enqueue(self, delivery: _Delivery, plan: Plan[Key], *, first: bool = False) -> None:
         ledger = delivery.ledger
@@ -443,12 +466,15 @@ class Publisher:
         if permission is None:
             return
         if answer.outcome is Outcome.FORBIDDEN:
+            self._granted.discard(permission)
             if permission not in self.missing:
                 log.error("%s; dead-lettering what needs it until it is granted", answer.detail)
             self.missing[permission] = answer.detail
-        elif answer.outcome in (Outcome.ACCEPTED, Outcome.REJECTED) and permission in self.missing:
-            log.info("the ThreatStream user has the '%s' permission now", permission)
-            del self.missing[permission]
+        elif answer.outcome in (Outcome.ACCEPTED, Outcome.REJECTED):
+            self._granted.add(permission)
+            if permission in self.missing:
+                log.info("the ThreatStream user has the '%s' permission now", permission)
+                del self.missing[permission]
 
     # -- import sessions ------------------------------------------------------------------------------------
 
