@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tibridge.common.aio import Overrun, time_budget, waiting_on_dependency
+from tibridge.common.aio import Overrun, completed, time_budget, waiting_on_dependency
 
 BUDGET = 0.1
 
@@ -63,3 +63,31 @@ async def test_a_timeout_of_the_work_itself_is_not_an_overrun() -> None:
 def test_waiting_outside_a_budget_does_nothing() -> None:
     with waiting_on_dependency():
         pass
+
+
+async def test_a_cancelled_caller_waits_for_the_write_it_started_then_is_cancelled() -> None:
+    written: list[str] = []
+    release = asyncio.Event()
+
+    async def write() -> None:
+        await release.wait()
+        written.append("watermark")
+
+    caller = asyncio.create_task(completed(write()))
+    await asyncio.sleep(0)
+    caller.cancel()
+    await asyncio.sleep(0)
+    caller.cancel()  # a second cancellation does not cut the wait short either
+    await asyncio.sleep(0)
+    assert not caller.done()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert written == ["watermark"]
+
+
+async def test_completed_hands_back_the_result() -> None:
+    async def answer() -> int:
+        return 42
+
+    assert await completed(answer()) == 42

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from tibridge.common.http import judge_response, parse_retry_after
+from tibridge.common.http import cut_short, judge_response, parse_retry_after
 from tibridge.common.pacing import Signal
 
 NOW = datetime(2026, 11, 15, 12, 0, 0, tzinfo=UTC)
@@ -44,3 +44,19 @@ def test_what_each_retryable_status_says_about_capacity(status: int, signal: Sig
 @pytest.mark.parametrize("status", [200, 202, 400, 401, 403, 404])
 def test_other_answers_stand(status: int) -> None:
     assert judge_response(httpx.Response(status)) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "retried"),
+    [
+        (200, b'{"tables": [{"name": "PrimaryResult"', True),
+        (202, b'[{"id": 1}, {"id"', True),
+        (200, b'{"tables": []}\n', False),
+        (200, b"[]", False),
+        (204, b"", False),
+        (200, b"<html>proxy error</html>", False),  # no JSON at all: stands, for the caller to report
+        (500, b'{"error": ', False),  # a 5xx is the status's to judge
+    ],
+)
+def test_a_2xx_whose_json_does_not_end_was_cut_short(status: int, body: bytes, retried: bool) -> None:
+    assert (cut_short(status, body) is not None) is retried

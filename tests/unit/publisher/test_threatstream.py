@@ -131,6 +131,31 @@ async def test_timeouts_are_retried_then_give_the_work_back() -> None:
     assert calls == FAST_RETRIES.max_attempts
 
 
+CUT_SHORT = httpx.Response(202, content=b'{"success": true, "import_session_id": "7", "jo')
+
+
+async def test_an_upsert_answered_cut_short_is_sent_again_and_stands_when_answered_whole() -> None:
+    handler, seen = answering(CUT_SHORT, httpx.Response(202, json={"success": True}))
+    answer = await a_client(handler, ManualClock()).send(an_upsert())
+    assert answer.outcome is Outcome.ACCEPTED
+    assert len(seen) == 2
+
+
+async def test_an_import_answered_cut_short_is_not_sent_again_but_given_back() -> None:
+    handler, seen = answering(CUT_SHORT, ACCEPTED)
+    answer = await a_client(handler, ManualClock()).send(an_import())
+    assert answer.outcome is Outcome.UNAVAILABLE  # sent again it would be a second session
+    assert len(seen) == 1
+
+
+async def test_an_upsert_cut_short_past_the_retry_budget_gives_the_work_back() -> None:
+    handler, seen = answering(CUT_SHORT)
+    answer = await a_client(handler, ManualClock()).send(an_upsert())
+    assert answer.outcome is Outcome.UNAVAILABLE
+    assert "not JSON" in answer.detail
+    assert len(seen) == FAST_RETRIES.max_attempts
+
+
 async def test_a_400_is_not_retried_and_its_message_is_kept_without_the_key() -> None:
     handler, seen = answering(httpx.Response(400, json={"message": f"objects[3]: bad value (key {API_KEY} was used)"}))
     answer = await a_client(handler, ManualClock()).send(an_upsert())

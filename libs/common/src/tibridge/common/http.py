@@ -17,6 +17,7 @@ __all__ = [
     "HTTP_TRANSIENT",
     "RETRYABLE_STATUS",
     "async_client",
+    "cut_short",
     "judge_response",
     "parse_retry_after",
     "retry_of_status",
@@ -62,6 +63,18 @@ def retry_of_status(
     else:
         signal = Signal.NEUTRAL
     return Retry(cause or str(status), parse_retry_after(retry_after), signal, detail)
+
+
+def cut_short(status: int, body: bytes) -> Retry | None:
+    """A 2xx whose JSON object or array does not end was cut short on the way (a proxy, a dropped connection):
+    retried like a 5xx. A cheap test, where parsing a large body twice is not; a body that is no JSON at all
+    (e.g. a proxy's page) is not cut short and stands, for the caller to report."""
+    if not 200 <= status < 300:
+        return None
+    text = body.strip()
+    if (text[:1] == b"{" and text[-1:] != b"}") or (text[:1] == b"[" and text[-1:] != b"]"):
+        return Retry("malformed", detail="the answer was cut short")
+    return None
 
 
 class StatusAnswer(Protocol):

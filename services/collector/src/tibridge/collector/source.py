@@ -28,7 +28,7 @@ from tibridge.collector.kql import COUNT_COLUMN, QuerySpec, build_count_query, b
 from tibridge.collector.rows import Row
 from tibridge.collector.settings import LogAnalyticsSettings
 from tibridge.collector.windows import Bin, Window
-from tibridge.common.http import retry_of_status
+from tibridge.common.http import cut_short, retry_of_status
 from tibridge.common.pacing import Engine, RetriesExhausted, Retry
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,9 @@ class Answer:
 
 def judge_answer(answer: Answer) -> Retry | None:
     """The engine's reading of an answer: 429 and 5xx are retried (honouring Retry-After), and so is a 200 whose
-    body was cut short on the way (a JSON object that does not end: a cheap test, where parsing tens of MB twice
-    is not); any other answer stands (a body that is no JSON at all, e.g. a proxy's page, is a clear error)."""
-    body = answer.body
-    if answer.status == 200 and body.lstrip().startswith(b"{") and not body.rstrip().endswith(b"}"):
-        return Retry("malformed", detail="Log Analytics' answer was cut short")
-    return retry_of_status(answer.status, answer.retry_after)
+    body was cut short on the way; any other answer stands (a body that is no JSON at all, e.g. a proxy's page,
+    is a clear error)."""
+    return cut_short(answer.status, answer.body) or retry_of_status(answer.status, answer.retry_after)
 
 
 @dataclass(frozen=True)

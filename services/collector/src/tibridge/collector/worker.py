@@ -34,7 +34,7 @@ from tibridge.collector.rows import RowReader, RowRejected, time_generated
 from tibridge.collector.settings import CollectingSettings, RunMode
 from tibridge.collector.source import NO_ROWS, IndicatorSource, SourceError, WindowRows
 from tibridge.collector.windows import Window, bin_size_for, pass_span, plan_from_counts
-from tibridge.common.aio import first_of
+from tibridge.common.aio import completed, first_of
 from tibridge.common.bus.port import BusError
 from tibridge.common.clock import Clock
 from tibridge.common.contracts import IndicatorCollected
@@ -333,7 +333,8 @@ class Collector:
         return ids
 
     async def _save(self, watermark: datetime, quiet_since: datetime) -> None:
-        await self._store.save(watermark, quiet_since=quiet_since)
+        # A pass that ends (fails, stops) while saving waits for the save: the next pass must read what it wrote.
+        await completed(self._store.save(watermark, quiet_since=quiet_since))
         self._watermark, self._quiet_since = watermark, quiet_since
         self._metrics.lag.record((self._clock.now() - watermark).total_seconds())
 

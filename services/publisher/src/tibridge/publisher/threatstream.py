@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -21,9 +22,9 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from pydantic import SecretStr
 
-from tibridge.common.http import RETRYABLE_STATUS, judge_response
+from tibridge.common.http import RETRYABLE_STATUS, cut_short, judge_response
 from tibridge.common.metrics import Snapshot, Tally
-from tibridge.common.pacing import Engine, PaceState, RetriesExhausted
+from tibridge.common.pacing import Engine, PaceState, RetriesExhausted, Retry
 from tibridge.publisher.payloads import Operation, Permission, ThreatStreamRequest
 
 _tracer = trace.get_tracer("tibridge.publisher")
@@ -96,7 +97,7 @@ class ThreatStreamClient:
             attributes={"tibridge.threatstream.objects": request.objects},
         ):
             try:
-                response = await self._engine.call(attempt, judge_response)
+                response = await self._engine.call(attempt, _judge_for(request.operation))
             except RetriesExhausted as error:
                 if not (error.budget_spent and isinstance(error.last, httpx.Response)):
                     return Answer(Outcome.UNAVAILABLE, str(error))
@@ -111,8 +112,8 @@ class ThreatStreamClient:
         if response.is_success:
             body = _json(response)
             if body is None and response.content:
-                # Cut short on the way (a proxy, a dropped connection): what ThreatStream did is unknown, so the
-                # messages are given back and sent again, which updates rather than duplicates.
+                # Not JSON, or an import cut short: what ThreatStream did is unknown, so the messages are given
+                # back and sent again, which updates rather than duplicates.
                 return Answer(Outcome.UNAVAILABLE, f"ThreatStream's {status} answer is not JSON: {said}", status)
             if request.operation is Operation.IMPORT and not (isinstance(body, dict) and body.get("success") is True):
                 return Answer(Outcome.REJECTED, f"ThreatStream did not take the import: {said}", status)
@@ -151,6 +152,18 @@ class ThreatStreamClient:
             text = message if isinstance(message, str) else json.dumps(body)
         masked = text.replace(self._api_key.get_secret_value(), _MASK) if self._api_key.get_secret_value() else text
         return " ".join(masked.split())[:MAX_MESSAGE_LENGTH]
+
+
+def _judge_for(operation: Operation) -> Callable[[httpx.Response], Retry | None]:
+    """429 and 5xx are retried; so is a 2xx cut short on the way, except for an import: sent again, an import is
+    another session, so its messages go back to the bus and are planned afresh."""
+    if operation is Operation.IMPORT:
+        return judge_response
+
+    def judge(response: httpx.Response) -> Retry | None:
+        return cut_short(response.status_code, response.content) or judge_response(response)
+
+    return judge
 
 
 def _json(response: httpx.Response) -> Any:

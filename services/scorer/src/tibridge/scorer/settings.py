@@ -106,13 +106,14 @@ class ScoringSettings(Section):
         86400.0, gt=0, description="How long a reputation (or MDTI's 'no reputation') is reused before a new lookup."
     )
     cache_max_entries: int = Field(100_000, ge=1, description="Reputations cached at most (least recently used go).")
-    # Messages wait for their lookup while a batch gathers and another is in flight: enough of them must be
-    # in hand to fill two batches of 20 even when most are cache hits or need no lookup.
+    # Messages wait for their lookup while a batch gathers and another is in flight (linger plus Graph's
+    # latency, ~150 ms), so the messages in hand bound what one scorer settles per second (200 allow about
+    # 200 / 0.15 s = 1,300/s, less than Graph answers when most are cache hits); they must also fill batches of 20.
     max_in_flight: int = Field(
-        200, ge=1, le=10000, description="Unsettled messages the scorer holds at most (fills Graph batches)."
+        1000, ge=1, le=10000, description="Unsettled messages the scorer holds at most (fills Graph batches)."
     )
     max_concurrency: int = Field(
-        200, ge=1, le=10000, description="Messages scored at once; well above 20 so Graph batches fill up."
+        1000, ge=1, le=10000, description="Messages scored at once; well above 20 so Graph batches fill up."
     )
 
     @field_validator("allowed_classifications", mode="before")
