@@ -157,13 +157,11 @@ class ThreatStreamClient:
 def _judge_for(operation: Operation) -> Callable[[httpx.Response], Retry | None]:
     """429 and 5xx are retried; so is a 2xx cut short on the way, except for an import: sent again, an import is
     another session, so its messages go back to the bus and are planned afresh."""
-    if operation is Operation.IMPORT:
-        return judge_response
+    return judge_response if operation is Operation.IMPORT else _judge_repeatable
 
-    def judge(response: httpx.Response) -> Retry | None:
-        return cut_short(response.status_code, response.content) or judge_response(response)
 
-    return judge
+def _judge_repeatable(response: httpx.Response) -> Retry | None:
+    return cut_short(response.status_code, response.content) or judge_response(response)
 
 
 def _json(response: httpx.Response) -> Any:
