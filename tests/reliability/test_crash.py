@@ -163,13 +163,18 @@ async def test_sigkilling_each_service_at_seeded_moments_leaves_threatstream_as_
 
 
 class FreezingStore:
-    """A checkpoint store whose first save at or past `freeze_from` never returns: the process is killed right
+    """A checkpoint store whose first save at or past `freeze_from` hangs until `kill`: the process is killed right
     then, after that window was published and before its watermark was written."""
 
     def __init__(self, inner: CheckpointStore, freeze_from: datetime | None) -> None:
         self._inner = inner
         self._freeze_from = freeze_from
         self.frozen = asyncio.Event()
+        self._killed = asyncio.Event()
+
+    def kill(self) -> None:
+        """The process dies during the frozen save: it ends without having written anything."""
+        self._killed.set()
 
     async def load(self) -> datetime | None:
         return await self._inner.load()
@@ -181,7 +186,8 @@ class FreezingStore:
     async def save(self, watermark: datetime, *, quiet_since: datetime | None = None) -> None:
         if self._freeze_from is not None and watermark >= self._freeze_from:
             self.frozen.set()
-            await asyncio.Event().wait()
+            await self._killed.wait()
+            raise asyncio.CancelledError
         await self._inner.save(watermark, quiet_since=quiet_since)
 
 
@@ -236,7 +242,9 @@ async def test_the_collector_killed_between_publishing_and_saving_its_watermark_
                 async with collector_for(server, bus, checkpoint, **COLLECTOR_SETTINGS) as doomed:
                     task = asyncio.create_task(doomed.worker.run(asyncio.Event()))
                     await asyncio.wait_for(stores[0].frozen.wait(), 120)
-                    task.cancel()  # SIGKILL: nothing after this moment of the pass runs
+                    # SIGKILL: nothing after this moment of the pass runs, and the save never writes.
+                    stores[0].kill()
+                    task.cancel()
                     with pytest.raises(asyncio.CancelledError):
                         await task
                 before = len(envelopes_on(double))
