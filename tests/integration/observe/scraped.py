@@ -20,7 +20,7 @@ from tests.fixtures.runtime import free_port
 
 # Faults that make every API throttle in a run this size (Retry-After 1 s), and a whitelist that makes
 # ThreatStream refuse a few published values (dead-lettered by the publisher).
-FAULTS = ("graph.p429=0.15", "threatstream.p429=0.4", "loganalytics.p429=0.3")
+FAULTS = ("graph.p429=0.05", "threatstream.p429=0.15", "loganalytics.p429=0.3")
 SETS = ("threatstream_whitelist_share=0.1",)
 SETTLED_WITHIN_SECONDS = 240.0
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")

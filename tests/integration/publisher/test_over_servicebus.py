@@ -26,12 +26,12 @@ from tibridge.common.topology import PUBLISHER_SUBSCRIPTION, SCORED_TOPIC
 from tibridge.publisher.app import build
 from tibridge.publisher.worker import PublisherCounts
 
-MESSAGES = 10_000
+MESSAGES = 3_000
 BATCH_SIZE = 1000
 REPLICATED = 600
 
 
-async def test_ten_thousand_messages_over_service_bus_reach_threatstream(
+async def test_thousands_of_messages_over_service_bus_reach_threatstream_in_full_batches(
     sb_double: ServiceBusDouble, sandbox_factory: SandboxFactory
 ) -> None:
     indicators = mixed_indicators(MESSAGES)
