@@ -4,8 +4,10 @@ the delivered prefix only, restarts, run modes, and the warning when no rows com
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -230,6 +232,30 @@ async def test_windows_are_read_concurrently_within_the_limit_and_published_olde
     await collector(source, MemoryStore(), bus, clock, rows_per_query=25).run(asyncio.Event())
     assert source.peak == READ_AHEAD
     assert await emitted_ids(bus) == [row["Id"] for row in rows]  # time order, whatever order reads finished in
+
+
+class RememberingSource(TableSource):
+    """Keeps a weak reference to every answer it gave, and counts, at each read, the answers still alive."""
+
+    def __init__(self, rows: Sequence[Row]) -> None:
+        super().__init__(rows)
+        self.answers: list[weakref.ref[WindowRows]] = []
+        self.alive_at_read: list[int] = []
+
+    async def read(self, window: Window, *, max_bytes: int | None = None) -> WindowRows:
+        gc.collect()
+        self.alive_at_read.append(sum(answer() is not None for answer in self.answers))
+        rows = await super().read(window, max_bytes=max_bytes)
+        self.answers.append(weakref.ref(rows))
+        return rows
+
+
+async def test_a_pass_lets_go_of_the_rows_of_every_window_it_published(clock: ManualClock) -> None:
+    source = RememberingSource(spread_rows(1200))
+    await collector(source, MemoryStore(), MemoryBus(), clock, rows_per_query=25).run(asyncio.Event())
+    assert len(source.alive_at_read) > 8 * READ_AHEAD
+    # A few windows' worth around those read ahead, however long the pass (before: every window of the pass).
+    assert max(source.alive_at_read) <= 2 * READ_AHEAD
 
 
 async def test_the_watermark_never_passes_a_window_still_being_read(clock: ManualClock) -> None:

@@ -484,6 +484,7 @@ class _Pass:
         ids = await collector._publish_window(window, rows, self.now)
         self.unsettled.append(_Published(window, collector._deliveries.delivery(ids), _newest_row(window, rows)))
         self._published.set()
+        self.entries[self.head].task = None  # its rows are published: a pass over millions keeps none of them
         self.head += 1
         if self.backfill is not None:
             collector._progress.advance(self.backfill.rows_before(window.end), window.end)
