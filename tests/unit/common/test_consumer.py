@@ -463,6 +463,66 @@ async def test_an_unavailable_dependency_pauses_the_consumer_until_the_probe_pas
     assert handler.seen == [(message_id, count) for count in range(attempts + 1)]
 
 
+class BreakingReceivers(MemoryBus):
+    """A bus whose first receiver hands out one message, fails one receive and from then on answers nothing, as
+    an SDK receiver whose link was torn down under a concurrent operation can."""
+
+    def __init__(self, topology: Topology) -> None:
+        super().__init__(topology)
+        self.opened: list[MemoryReceiver] = []
+        self.closed: list[MemoryReceiver] = []
+
+    def receiver(
+        self, topic: str, subscription: str, *, dead_letter: bool = False, prefetch: int = 0
+    ) -> MemoryReceiver:
+        inner = super().receiver(topic, subscription, dead_letter=dead_letter, prefetch=prefetch)
+        if not self.opened:
+            receive, receives = inner.receive, 0
+
+            async def breaking(max_messages: int, max_wait: float) -> list[ReceivedMessage]:
+                nonlocal receives
+                receives += 1
+                if receives == 1:
+                    return await receive(1, max_wait)
+                if receives == 2:
+                    raise BusUnavailable("the link was detached")
+                await asyncio.sleep(max_wait)
+                return []
+
+            inner.receive = breaking  # type: ignore[method-assign]
+        close = inner.close
+
+        async def recorded_close() -> None:
+            self.closed.append(inner)
+            await close()
+
+        inner.close = recorded_close  # type: ignore[method-assign]
+        self.opened.append(inner)
+        return inner
+
+
+async def test_a_receiver_that_failed_is_replaced_and_its_held_message_is_still_settled_through_it() -> None:
+    bus = BreakingReceivers(topology())
+    release = asyncio.Event()
+
+    async def held_first(item: InFlight[IndicatorCollected]) -> None:
+        if item.receiver is bus.opened[0]:
+            await release.wait()
+        await item.complete()
+
+    handler = RecordingHandler(held_first)
+    first, *rest = await publish(bus, 1, 2, 3)
+    async with running(bus, handler, FAST):
+        await eventually(lambda: len(handler.seen) == 3, what="the new receiver taking the other messages")
+        assert len(bus.opened) == 2
+        assert bus.closed == []  # the first still holds a message
+        release.set()
+        await eventually(lambda: depth(bus) == 0, what="completing the held message through its own receiver")
+        await eventually(lambda: bus.closed == [bus.opened[0]], what="closing the receiver given up on")
+    assert [message_id for message_id, _ in handler.seen] == [first, *rest]
+    assert bus.closed == bus.opened
+
+
 class RefusingRenewals(MemoryBus):
     """A bus whose lock renewals fail, as when the broker is briefly unreachable."""
 

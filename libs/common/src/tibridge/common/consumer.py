@@ -98,21 +98,21 @@ class InFlight(Generic[P]):
     envelope: Envelope
     payload: P
     message: ReceivedMessage
-    _receiver: Receiver
+    receiver: Receiver  # the one it came through: its lock is renewed and it is settled there
     _on_settled: Callable[[InFlight[P], Settlement], None]
     settled: bool = field(default=False, init=False)
 
     # Each returns how the message left (LOCK_LOST when its lock had lapsed), or None when it had already left.
 
     async def complete(self) -> Settlement | None:
-        return await self._settle(Settlement.COMPLETED, self._receiver.complete(self.message))
+        return await self._settle(Settlement.COMPLETED, self.receiver.complete(self.message))
 
     async def abandon(self) -> Settlement | None:
-        return await self._settle(Settlement.ABANDONED, self._receiver.abandon(self.message))
+        return await self._settle(Settlement.ABANDONED, self.receiver.abandon(self.message))
 
     async def dead_letter(self, reason: str, description: str) -> Settlement | None:
         """The description is redacted and shortened here, so no dead-letter queue ever holds a secret."""
-        operation = self._receiver.dead_letter(self.message, reason, safe_description(description))
+        operation = self.receiver.dead_letter(self.message, reason, safe_description(description))
         return await self._settle(Settlement.DEAD_LETTERED, operation)
 
     async def _settle(self, outcome: Settlement, operation: Coroutine[Any, Any, None]) -> Settlement | None:
@@ -244,6 +244,8 @@ class Consumer(Generic[P]):
         self._in_flight: dict[int, InFlight[P]] = {}
         self._received_at: dict[int, datetime] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # The receiver in use last; before it, those given up on that still hold messages.
+        self._receivers: list[Receiver] = []
         self._capacity = asyncio.Event()
         self._semaphore = asyncio.Semaphore(options.max_concurrency)
         self.paused_reason: str | None = None
@@ -284,19 +286,28 @@ class Consumer(Generic[P]):
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with self._bus.receiver(self._topic, self._subscription, prefetch=self._options.prefetch) as receiver:
-            renewer = asyncio.create_task(self._renew_locks(receiver, stop))
-            try:
+        renewer = asyncio.create_task(self._renew_locks(stop))
+        try:
+            while not stop.is_set():
+                receiver = self._bus.receiver(self._topic, self._subscription, prefetch=self._options.prefetch)
+                self._receivers.append(receiver)
                 await self._receive_until(stop, receiver)
-            finally:
-                await self._drain()
-                renewer.cancel()
-                await asyncio.gather(renewer, return_exceptions=True)
+        finally:
+            await self._drain()
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
+            for receiver in self._receivers:
+                await _close_quietly(receiver)
+            self._receivers.clear()
 
     # -- receiving ------------------------------------------------------------------------------------------
 
     async def _receive_until(self, stop: asyncio.Event, receiver: Receiver) -> None:
+        """Receives through `receiver` until `stop`, or until a receive fails: an SDK receiver that failed (a
+        dropped connection, a link torn down under a concurrent operation) may answer nothing from then on, so
+        the caller opens a new one. Messages held from this one are still settled through it."""
         while not stop.is_set():
+            await self._close_retired()
             if self.paused_reason is not None:
                 await self._wait_for_recovery(stop)
                 continue
@@ -310,9 +321,9 @@ class Consumer(Generic[P]):
                     min(capacity, self._options.receive_batch), self._options.receive_wait_seconds
                 )
             except BusError as error:
-                log.warning("receiving from %s failed (%s); retrying", self.name, error)
+                log.warning("receiving from %s failed (%s); receiving through a new receiver", self.name, error)
                 await first_of(asyncio.sleep(1.0), stop.wait())
-                continue
+                return
             now = self._clock.now()
             for message in messages:
                 await self._dispatch(receiver, message, now)
@@ -461,7 +472,14 @@ class Consumer(Generic[P]):
             log.info("resuming %s: its dependency accepts us again", self.name)
             self.paused_reason = None
 
-    async def _renew_locks(self, receiver: Receiver, stop: asyncio.Event) -> None:
+    async def _close_retired(self) -> None:
+        """Closes the receivers given up on once none of their messages is held any more."""
+        for receiver in self._receivers[:-1]:
+            if not any(item.receiver is receiver for item in self._in_flight.values()):
+                self._receivers.remove(receiver)
+                await _close_quietly(receiver)
+
+    async def _renew_locks(self, stop: asyncio.Event) -> None:
         """Renews a held message's lock once less than half of its lock period remains.
 
         The check runs at least three times per the shortest lock period seen, and renewals go out
@@ -478,12 +496,12 @@ class Consumer(Generic[P]):
                     continue
                 if (locked_until - now) * 2 < (locked_until - renewed_at):
                     due.append((key, item))
-            await asyncio.gather(*(self._renew(receiver, key, item, now) for key, item in due))
+            await asyncio.gather(*(self._renew(key, item, now) for key, item in due))
 
-    async def _renew(self, receiver: Receiver, key: int, item: InFlight[P], now: datetime) -> None:
+    async def _renew(self, key: int, item: InFlight[P], now: datetime) -> None:
         async with self._renewals:
             try:
-                await receiver.renew_lock(item.message)
+                await item.receiver.renew_lock(item.message)
                 self._received_at[key] = now
             except BusError as error:
                 log.warning("renewing the lock of %s failed: %s", item.message.message_id, error)
@@ -525,3 +543,10 @@ def _payload_to(handler: Handler[P]) -> Callable[[InFlight[P]], Awaitable[None]]
 
 async def _nothing_held() -> None:
     return None
+
+
+async def _close_quietly(receiver: Receiver) -> None:
+    try:
+        await receiver.close()
+    except BusError as error:
+        log.warning("closing a receiver failed (%s); the bus lets its locks lapse", error)
