@@ -24,11 +24,15 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)/uv
 	$(TOOLS)/uv/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
+# Bytecode compiled ahead, as the images do (UV_COMPILE_BYTECODE): a process starts in half the time, also where
+# PYTHONDONTWRITEBYTECODE keeps Python from caching it on first import. The project's own sources are compiled on
+# every setup (unchanged files cost nothing); a stale file is still read from its source.
 $(VENV)/.synced: $(UV) uv.lock pyproject.toml libs/common/pyproject.toml services/*/pyproject.toml sandbox/pyproject.toml
-	$(UV) sync --frozen --python $(PYTHON)
+	$(UV) sync --frozen --compile-bytecode --python $(PYTHON)
 	@touch $@
 
 setup: $(VENV)/.synced
+	@$(VENV)/bin/python -m compileall -q libs/common/src services/*/src sandbox/src src bench
 
 # Azurite (npm) for the blob checkpoint tests; the test fixture starts it on a free loopback port.
 azurite:

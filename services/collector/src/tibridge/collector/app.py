@@ -10,7 +10,6 @@ from typing import Any
 
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.monitor.query.aio import LogsQueryClient
-from azure.storage.blob.aio import BlobServiceClient
 
 from tibridge.collector.checkpoint import BlobCheckpointStore, CheckpointStore, FileCheckpointStore
 from tibridge.collector.kql import HASH_KEY_PREFIX, IndicatorTable, QuerySpec
@@ -184,6 +183,9 @@ def checkpoint_store(
         "read_timeout": _STORAGE_TIMEOUT_SECONDS,
         "retry_total": _STORAGE_RETRIES,
     }
+    # Imported here: the Blob SDK takes half a second to import, which every file-checkpoint start would pay.
+    from azure.storage.blob.aio import BlobServiceClient
+
     if settings.connection_string is not None:
         service = BlobServiceClient.from_connection_string(settings.connection_string.get_secret_value(), **timeouts)
     else:

@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -27,7 +27,9 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.storage.blob.aio import ContainerClient
+
+if TYPE_CHECKING:  # the Blob SDK takes half a second to import; a file checkpoint never needs it
+    from azure.storage.blob.aio import ContainerClient
 
 
 class CheckpointStore(Protocol):
