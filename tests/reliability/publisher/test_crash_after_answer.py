@@ -66,9 +66,11 @@ class DyingReceiver:
         self._inner = inner
         self._death = death
 
-    async def receive(self, max_messages: int, max_wait: float) -> list[ReceivedMessage]:
+    async def receive(
+        self, max_messages: int, max_wait: float, *, until: asyncio.Event | None = None
+    ) -> list[ReceivedMessage]:
         self._death.check()
-        return await self._inner.receive(max_messages, max_wait)
+        return await self._inner.receive(max_messages, max_wait, until=until)
 
     async def complete(self, message: ReceivedMessage) -> None:
         self._death.happened.set()

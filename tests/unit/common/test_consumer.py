@@ -479,11 +479,13 @@ class BreakingReceivers(MemoryBus):
         if not self.opened:
             receive, receives = inner.receive, 0
 
-            async def breaking(max_messages: int, max_wait: float) -> list[ReceivedMessage]:
+            async def breaking(
+                max_messages: int, max_wait: float, *, until: asyncio.Event | None = None
+            ) -> list[ReceivedMessage]:
                 nonlocal receives
                 receives += 1
                 if receives == 1:
-                    return await receive(1, max_wait)
+                    return await receive(1, max_wait, until=until)
                 if receives == 2:
                     raise BusUnavailable("the link was detached")
                 await asyncio.sleep(max_wait)

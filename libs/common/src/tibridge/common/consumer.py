@@ -318,7 +318,7 @@ class Consumer(Generic[P]):
                 continue
             try:
                 messages = await receiver.receive(
-                    min(capacity, self._options.receive_batch), self._options.receive_wait_seconds
+                    min(capacity, self._options.receive_batch), self._options.receive_wait_seconds, until=stop
                 )
             except BusError as error:
                 log.warning("receiving from %s failed (%s); receiving through a new receiver", self.name, error)

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import KW_ONLY, dataclass, replace
 from datetime import datetime
 
+from tibridge.common.aio import first_of
 from tibridge.common.bus.port import (
     ClosesOnExit,
     EntityNotFound,
@@ -373,21 +374,26 @@ class MemoryReceiver(ClosesOnExit):
         self._queue = queue
         self._clock = clock
 
-    async def receive(self, max_messages: int, max_wait: float) -> list[ReceivedMessage]:
+    async def receive(
+        self, max_messages: int, max_wait: float, *, until: asyncio.Event | None = None
+    ) -> list[ReceivedMessage]:
         deadline = self._clock.monotonic() + max_wait
         while True:
             batch = self._queue.lock_next(max_messages)
             if batch:
                 return batch
             remaining = deadline - self._clock.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or (until is not None and until.is_set()):
                 return []
             to_expiry = self._queue.seconds_to_next_lock_expiry()
             if to_expiry is not None:
                 remaining = min(remaining, to_expiry + 0.001)
             self._queue.arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.arrived.wait(), timeout=remaining)
+            if until is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._queue.arrived.wait(), timeout=remaining)
+            else:  # nothing is locked while waiting, so giving the wait up strands nothing
+                await first_of(self._queue.arrived.wait(), until.wait(), asyncio.sleep(remaining))
 
     async def complete(self, message: ReceivedMessage) -> None:
         self._queue.complete(message)

@@ -7,6 +7,7 @@ dead-lettering past the max delivery count, duplicate detection on message_id, s
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
@@ -81,8 +82,12 @@ class ReceivedMessage:
 class Receiver(Protocol):
     """A peek-lock receiver on one subscription (or its dead-letter queue)."""
 
-    async def receive(self, max_messages: int, max_wait: float) -> list[ReceivedMessage]:
-        """Up to `max_messages`, waiting at most `max_wait` seconds for the first one."""
+    async def receive(
+        self, max_messages: int, max_wait: float, *, until: asyncio.Event | None = None
+    ) -> list[ReceivedMessage]:
+        """Up to `max_messages`, waiting at most `max_wait` seconds for the first one. The wait ends early once
+        `until` is set where that strands nothing (in memory); Service Bus waits it out, since an SDK receive given
+        up mid-wait may already hold messages under lock."""
         ...
 
     async def complete(self, message: ReceivedMessage) -> None: ...

@@ -237,7 +237,10 @@ class ServiceBusSubscriptionReceiver(ClosesOnExit):
         self._timeout = operation_timeout
         self._open = False
 
-    async def receive(self, max_messages: int, max_wait: float) -> list[ReceivedMessage]:
+    async def receive(
+        self, max_messages: int, max_wait: float, *, until: asyncio.Event | None = None
+    ) -> list[ReceivedMessage]:
+        # `until` is not honoured: see the port.
         wait = max(max_wait, MIN_RECEIVE_WAIT)
         with _translated(f"receiving from {self._entity}"):
             async with asyncio.timeout(wait + self._timeout):
