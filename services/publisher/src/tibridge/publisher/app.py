@@ -21,8 +21,9 @@ from tibridge.publisher.worker import Publisher
 RECEIVE_BATCH = 100
 # The worker only adds a message to a batch; a few at once keep up with any receive rate.
 MAX_CONCURRENCY = 16
-# Nothing arrived for this many of the consumer's receive waits: what the upstream produced is all here.
-QUIET_RECEIVE_WAITS = 2
+# Nothing arrived for this many of the consumer's receive waits, and the scorer's subscription is empty: what the
+# upstream produced is all here. One wait is enough: a message the check misses only goes in the next batch.
+QUIET_RECEIVE_WAITS = 1
 # The pacer never goes below this (requests per second): ThreatStream's Retry-After already spaces requests.
 MIN_REQUESTS_PER_SECOND = 0.5
 

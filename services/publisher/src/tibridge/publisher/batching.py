@@ -102,6 +102,10 @@ class Batcher(Generic[K, P, M]):
         """When the open batch has been quiet long enough for an idle upstream to let it go (monotonic seconds)."""
         return None if self._open is None else self._open.last_arrival + self._quiet
 
+    def opened_at(self) -> float | None:
+        """When the open batch took its first message (monotonic seconds)."""
+        return None if self._open is None else self._open.started
+
     def age_limit(self) -> float | None:
         """When the open batch goes whatever the upstream does (monotonic seconds)."""
         return None if self._open is None else self._open.started + self._max_age

@@ -142,10 +142,12 @@ class PublishingSettings(Section):
         "(the messages are completed).",
     )
     max_in_flight: int = Field(
-        2000,
+        5000,
         ge=1,
         le=20000,
-        description="Unsettled messages the publisher holds at most; at least the batch size, ideally twice it.",
+        description="Unsettled messages the publisher holds at most; at least the batch size, ideally several "
+        "times it: messages about one observable share its entry, so a full batch holds more messages than "
+        "observables, and the next batch gathers while one is delivered.",
     )
 
     @model_validator(mode="after")

@@ -5,7 +5,8 @@ It opts into manual settlement (a `ManualHandler`): `hold` only adds a message t
 loop takes one batch at a time (so two revisions of an observable are never in flight at once) and, top to
 bottom:
 1. skips messages older than a revision of their observable already applied (a lapsed lock, a replay);
-2. reads what changed in ThreatStream among the objects of ours since it last looked (`ownership`);
+2. reads what changed in ThreatStream among the objects of ours since it last looked (`ownership`), unless it
+   looked a moment ago;
 3. plans the requests (`planning`): upserts or import sessions for new intelligence, changes and
    deactivations by id for what we already hold;
 4. sends them one at a time through the client seam (`threatstream.Gateway`), and on each answer:
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -68,6 +70,10 @@ REVISIONS_KEPT = 200_000
 WHITELIST_TTL_SECONDS = 600.0
 MAX_WHITELIST_PAGES = 100
 STALE = "stale_revision"
+# A batch planned this soon after the index was last read (when the batch opened, or the previous batch's
+# confirmation) skips reading it again: a change made in ThreatStream meanwhile is seen by the next read, as if
+# it had been made a moment later.
+OWNERSHIP_FRESH_SECONDS = 5.0
 
 Message = InFlight[IndicatorScored]
 Key = str
@@ -169,6 +175,8 @@ class Publisher:
         )
         self._planner = Planner(publishing)
         self._index = OwnershipIndex()
+        self._index_read_at = -math.inf  # monotonic: when the last read of the index ended complete
+        self._read_ahead_for: float | None = None  # the open batch (by when it opened) read ahead for
         self._revisions: Revisions[Key] = Revisions(REVISIONS_KEPT)
         self._whitelist: tuple[float, frozenset[str]] | None = None
         self._delivering: _Delivery | None = None
@@ -282,6 +290,11 @@ class Publisher:
                 recheck_at = now + self._quiet
             if batch is not None:
                 return batch
+            opened = self._batcher.opened_at()
+            if opened is not None and opened != self._read_ahead_for and self._index_read_at < opened:
+                self._read_ahead_for = opened
+                await self._read_ahead()
+                continue
             self._wake.clear()
             age_limit, quiet_at = self._batcher.age_limit(), self._batcher.quiet_at()
             due = None if age_limit is None or quiet_at is None else min(age_limit, max(quiet_at, recheck_at))
@@ -290,6 +303,16 @@ class Publisher:
                 waits.append(self._clock.sleep(due - now))
             await first_of(*waits)
         return None
+
+    async def _read_ahead(self) -> None:
+        """Reads what we own (and, until it was read once, the whitelist) while a batch gathers, off its path:
+        taken within OWNERSHIP_FRESH_SECONDS, the batch goes straight to its requests. Once per batch; a failure
+        here is no matter: the batch reads again when it is taken."""
+        async with self._lock:
+            if self._whitelist is None:
+                await asyncio.gather(self._refresh(), self._whitelisted())
+            else:
+                await self._refresh()
 
     async def _upstream_has_backlog(self) -> bool:
         try:
@@ -325,7 +348,8 @@ class Publisher:
             self._delivering = None
 
     async def _plan_and_send(self, delivery: _Delivery) -> None:
-        if await self._refresh() is None:
+        fresh = self._clock.monotonic() - self._index_read_at < OWNERSHIP_FRESH_SECONDS
+        if not fresh and await self._refresh() is None:
             self._give_back(delivery, delivery.items, "ThreatStream could not be read")
             return
         self._enqueue(delivery, self._planner.plan(list(delivery.items.values()), self._index, self._clock.now()))
@@ -593,6 +617,7 @@ class Publisher:
             seen |= {(obj.value, obj.itype) for obj in page.owned if obj.status == ACTIVE}
             if page.last or self._index.watermark == before:
                 self._index.loaded = True
+                self._index_read_at = self._clock.monotonic()
                 return seen
 
     # -- sending --------------------------------------------------------------------------------------------
