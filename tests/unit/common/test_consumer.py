@@ -131,6 +131,16 @@ async def running(
         await asyncio.wait_for(task, timeout=10)
 
 
+async def test_on_the_in_memory_bus_a_stop_ends_the_receive_wait_at_once() -> None:
+    bus = MemoryBus(topology())
+    handler = RecordingHandler()
+    # An hour's wait: only the stop can end the receive in time for `running`'s ten-second bound.
+    async with running(bus, handler, replace(FAST, receive_wait_seconds=3600.0)):
+        await publish(bus, 1)
+        await eventually(lambda: depth(bus) == 0, what="the message completed")
+    assert len(handler.seen) == 1
+
+
 async def test_completes_every_message() -> None:
     bus = MemoryBus(topology())
     handler = RecordingHandler()

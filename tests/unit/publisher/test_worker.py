@@ -114,6 +114,53 @@ async def test_while_the_upstream_still_has_work_a_partial_batch_keeps_filling()
     assert [request.objects for request in gateway.writes()] == [3]
 
 
+async def test_what_we_own_is_read_while_a_batch_gathers_and_not_again_when_it_goes_soon_after() -> None:
+    bus, gateway = MemoryBus(), FakeGateway()
+    await bus.publish(INDICATORS_TOPIC, [OutgoingMessage(body=b"{}", message_id="upstream-work")])
+    await publish_scored(bus, (scored_indicator(n) for n in range(3)))
+    async with running(a_service(bus, gateway)):
+        await eventually(
+            lambda: {Operation.SEARCH, Operation.WHITELIST} <= {request.operation for request in gateway.requests},
+            what="ownership and the whitelist read while the batch still gathers",
+        )
+        assert gateway.writes() == []
+        async with bus.receiver(INDICATORS_TOPIC, "scorer") as scorer:
+            (work,) = await scorer.receive(1, 1.0)
+            await scorer.complete(work)
+        await eventually(lambda: depth(bus) == 0, what="the batch went once the upstream was idle")
+    # One read ahead, the upsert, and its confirmation: the batch did not read again before its request.
+    operations = [request.operation for request in gateway.requests if request.operation is not Operation.WHITELIST]
+    assert operations == [Operation.SEARCH, Operation.UPSERT, Operation.SEARCH]
+
+
+async def test_a_read_ahead_that_fails_is_not_repeated_and_the_batch_reads_again_when_it_goes() -> None:
+    bus = MemoryBus()
+    unavailable = Answer(Outcome.UNAVAILABLE, "ThreatStream answered 503")
+    double = ThreatStreamDouble()
+    searches_failing = [True]
+
+    def answer(request: ThreatStreamRequest) -> Answer:
+        if request.operation is Operation.SEARCH and searches_failing[0]:
+            return unavailable
+        return double(request)
+
+    gateway = FakeGateway(answer=answer)
+    await bus.publish(INDICATORS_TOPIC, [OutgoingMessage(body=b"{}", message_id="upstream-work")])
+    await publish_scored(bus, (scored_indicator(n) for n in range(3)))
+    async with running(a_service(bus, gateway)):
+        await eventually(lambda: gateway.requests, what="the read ahead")
+        await asyncio.sleep(0.5)  # many quiet periods (0.1 s each): a failed read ahead is not tried again
+        assert [request.operation for request in gateway.requests].count(Operation.SEARCH) == 1
+        searches_failing[0] = False
+        async with bus.receiver(INDICATORS_TOPIC, "scorer") as scorer:
+            (work,) = await scorer.receive(1, 1.0)
+            await scorer.complete(work)
+        await eventually(lambda: depth(bus) == 0, what="the batch went once the upstream was idle")
+    operations = [request.operation for request in gateway.requests if request.operation is not Operation.WHITELIST]
+    assert operations == [Operation.SEARCH, Operation.SEARCH, Operation.UPSERT, Operation.SEARCH]
+    assert len(gateway.values()) == 3
+
+
 async def test_a_partial_batch_goes_when_its_oldest_message_is_old_enough() -> None:
     bus, gateway = MemoryBus(), FakeGateway()
     await bus.publish(INDICATORS_TOPIC, [OutgoingMessage(body=b"{}", message_id="upstream-work")])
