@@ -57,7 +57,7 @@ def test_graph_is_paced_adaptively_unless_a_hard_cap_is_set() -> None:
     assert graph.lookup_mode is LookupMode.BATCH
     assert graph.max_lookups_per_second is None
     limits = pace_limits(graph)
-    assert (limits.adaptive, limits.max_rate, limits.initial_rate) == (True, None, 100)
+    assert (limits.adaptive, limits.max_rate, limits.initial_rate) == (True, None, 500)
     capped = pace_limits(GraphSettings(max_lookups_per_second=30, max_parallel_requests=1))
     assert (capped.initial_rate, capped.max_rate, capped.initial_parallel, capped.max_parallel) == (30, 30, 1, 1)
 

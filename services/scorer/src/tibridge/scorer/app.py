@@ -31,7 +31,7 @@ RECEIVE_BATCH = 32
 
 
 # Requests in flight at start: the pacer adds more while latency, not Graph's ceiling, holds lookups back.
-INITIAL_PARALLEL_REQUESTS = 2
+INITIAL_PARALLEL_REQUESTS = 4
 
 
 def pace_limits(graph: GraphSettings) -> PaceLimits:

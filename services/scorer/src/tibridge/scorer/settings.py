@@ -40,7 +40,7 @@ class GraphSettings(Section):
         "misbehave); both are paced alike.",
     )
     initial_lookups_per_second: float = Field(
-        100.0,
+        500.0,
         gt=0,
         description="Lookups per second at start; the rate then adapts: it grows while Graph answers cleanly and "
         "is cut by every 429 (each item of a $batch counts).",
