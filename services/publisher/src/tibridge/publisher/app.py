@@ -21,9 +21,10 @@ from tibridge.publisher.worker import Publisher
 RECEIVE_BATCH = 100
 # The worker only adds a message to a batch; a few at once keep up with any receive rate.
 MAX_CONCURRENCY = 16
-# Nothing arrived for this many of the consumer's receive waits, and the scorer's subscription is empty: what the
-# upstream produced is all here. One wait is enough: a message the check misses only goes in the next batch.
-QUIET_RECEIVE_WAITS = 1
+# Nothing arrived for this long (s), and the scorer's subscription is empty: what the upstream produced is all here.
+# The consumer keeps receiving meanwhile, so a message on its way lands well within it; one the check misses only
+# goes in the next batch. The scorer's subscription is asked at most once per receive wait.
+QUIET_SECONDS = 0.25
 # The pacer never goes below this (requests per second): ThreatStream's Retry-After already spaces requests.
 MIN_REQUESTS_PER_SECOND = 0.5
 
@@ -92,7 +93,8 @@ def assemble(
         settings.publisher,
         clock,
         probe_interval_seconds=settings.threatstream.probe_interval_seconds,
-        quiet_seconds=QUIET_RECEIVE_WAITS * consumer.receive_wait_seconds,
+        quiet_seconds=min(QUIET_SECONDS, consumer.receive_wait_seconds),
+        upstream_check_seconds=consumer.receive_wait_seconds,
         upstream_busy=upstream_busy,
     )
     return Service(

@@ -162,13 +162,14 @@ class Publisher:
         *,
         probe_interval_seconds: float,
         quiet_seconds: float,
+        upstream_check_seconds: float,
         upstream_busy: UpstreamBusy,
     ) -> None:
         self._gateway = gateway
         self._publishing = publishing
         self._clock = clock
         self._probe_interval = probe_interval_seconds
-        self._quiet = quiet_seconds
+        self._upstream_check = upstream_check_seconds
         self._upstream_busy = upstream_busy
         self._batcher: Batcher[Key, IndicatorScored, Message] = Batcher(
             publishing.batch_size, publishing.max_in_flight, publishing.batch_age_seconds, quiet_seconds
@@ -287,7 +288,7 @@ class Publisher:
             if batch is None and self._batcher.quiet(now) and now >= recheck_at:
                 if not await self._upstream_has_backlog():
                     batch = self._batcher.take(now, upstream_idle=True)
-                recheck_at = now + self._quiet
+                recheck_at = now + self._upstream_check
             if batch is not None:
                 return batch
             opened = self._batcher.opened_at()
