@@ -148,7 +148,7 @@ async def test_a_read_ahead_that_fails_is_not_repeated_and_the_batch_reads_again
     await bus.publish(INDICATORS_TOPIC, [OutgoingMessage(body=b"{}", message_id="upstream-work")])
     await publish_scored(bus, (scored_indicator(n) for n in range(3)))
     async with running(a_service(bus, gateway)):
-        await eventually(lambda: gateway.requests, what="the read ahead")
+        await eventually(lambda: bool(gateway.requests), what="the read ahead")
         await asyncio.sleep(0.5)  # many quiet periods (0.1 s each): a failed read ahead is not tried again
         assert [request.operation for request in gateway.requests].count(Operation.SEARCH) == 1
         searches_failing[0] = False
