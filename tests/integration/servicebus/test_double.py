@@ -214,3 +214,24 @@ async def test_settling_through_a_receiver_that_shut_down_is_a_lost_lock_not_a_c
             await receiver.complete(received)
     finally:
         await bus.close()
+
+
+async def test_a_broken_sdk_client_is_the_ports_bus_unavailable_not_a_crash(
+    sb_double: ServiceBusDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen under load: once its AMQP layer broke, the SDK's handler answered settlements with a plain
+    # AttributeError ("'NoneType' object has no attribute 'client_ready_async'"), which stopped the publisher.
+    bus = ServiceBusBus.from_connection_string(sb_double.connection_string, operation_timeout=10)
+    try:
+        await bus.publish(INDICATORS_TOPIC, [OutgoingMessage(body=b"{}", message_id="through-a-broken-client")])
+        async with bus.receiver(INDICATORS_TOPIC, SCORER_SUBSCRIPTION) as receiver:
+            [received] = await receiver.receive(max_messages=1, max_wait=5)
+
+            async def broken(*_: object, **__: object) -> None:
+                raise AttributeError("'NoneType' object has no attribute 'client_ready_async'")
+
+            monkeypatch.setattr(receiver._receiver, "complete_message", broken)
+            with pytest.raises(BusUnavailable, match="the Service Bus client failed"):
+                await receiver.complete(received)
+    finally:
+        await bus.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Self
@@ -46,6 +47,8 @@ from tibridge.common.bus.port import (
     ReceivedMessage,
 )
 from tibridge.common.topology import INDICATORS_TOPIC, SCORER_SUBSCRIPTION
+
+log = logging.getLogger(__name__)
 
 CONNECTION_STRING_SETTING = "TIBRIDGE_SERVICEBUS_CONNECTION_STRING"
 NAMESPACE_SETTING = "TIBRIDGE_SERVICEBUS_NAMESPACE"
@@ -309,6 +312,11 @@ def _translated(operation: str) -> Iterator[None]:
         raise BusUnavailable(f"{operation}: {type(error).__name__}: {error.message}") from None
     except TimeoutError:
         raise BusUnavailable(f"{operation}: Service Bus did not answer in time") from None
+    except Exception as error:
+        # The SDK's own failures once a handler broke under it (AttributeError, KeyError from its AMQP layer): the
+        # client is unusable, not the message wrong; callers retry on a new receiver and messages come back.
+        log.warning("%s: the Service Bus client failed (%r)", operation, error)
+        raise BusUnavailable(f"{operation}: the Service Bus client failed ({type(error).__name__})") from None
 
 
 def _handle(message: ReceivedMessage) -> ServiceBusReceivedMessage:
