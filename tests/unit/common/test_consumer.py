@@ -576,6 +576,61 @@ async def test_a_slow_message_keeps_its_lock_while_the_handler_works(renewals_wo
     assert Counter(settlements) == Counter(expected)
 
 
+class SlowRenewals(MemoryBus):
+    """A bus whose lock renewals take a while, recording how many overlap on one receiver."""
+
+    def __init__(self, topology: Topology) -> None:
+        super().__init__(topology)
+        self.peak_overlap = 0
+        self.renewed = 0
+
+    def receiver(
+        self, topic: str, subscription: str, *, dead_letter: bool = False, prefetch: int = 0
+    ) -> MemoryReceiver:
+        inner = super().receiver(topic, subscription, dead_letter=dead_letter, prefetch=prefetch)
+        renew, overlapping = inner.renew_lock, 0
+
+        async def slow_renewal(message: ReceivedMessage) -> datetime:
+            nonlocal overlapping
+            overlapping += 1
+            self.peak_overlap = max(self.peak_overlap, overlapping)
+            try:
+                await asyncio.sleep(0.002)
+                self.renewed += 1
+                return await renew(message)
+            finally:
+                overlapping -= 1
+
+        inner.renew_lock = slow_renewal  # type: ignore[method-assign]
+        return inner
+
+
+async def test_a_receiver_renews_one_lock_at_a_time_and_a_large_batch_keeps_every_lock() -> None:
+    lock_seconds = 0.6
+    bus = SlowRenewals(topology(lock_seconds))
+    release = asyncio.Event()
+    settlements: list[Settlement | None] = []
+
+    async def held_until_released(item: InFlight[IndicatorCollected]) -> None:
+        await release.wait()
+        settlements.append(await item.complete())
+
+    handler = RecordingHandler(held_until_released)
+    await publish(bus, *range(40))
+    options = consumer_options(
+        max_in_flight=100, max_concurrency=100, receive_wait_seconds=0.05, shutdown_grace_seconds=2
+    )
+    async with running(bus, handler, options):
+        await eventually(lambda: len(handler.seen) == 40, what="holding all forty")
+        await asyncio.sleep(lock_seconds * 2)  # every lock renewed at least once
+        release.set()
+        await eventually(lambda: depth(bus) == 0, what="completing all forty")
+    assert bus.renewed >= 40
+    assert bus.peak_overlap == 1
+    assert Counter(settlements) == Counter({Settlement.COMPLETED: 40})
+    assert sorted(count for _, count in handler.seen) == [0] * 40  # no lock lapsed, nothing delivered twice
+
+
 async def test_stop_lets_quick_work_finish_and_abandons_what_outlasts_the_grace_period() -> None:
     bus = MemoryBus(topology())
 

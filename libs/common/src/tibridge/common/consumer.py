@@ -59,8 +59,6 @@ PROCESSING_TIMEOUT = "ProcessingTimeout"
 INVALID_BODY: Final = "InvalidBody"
 # Dead-letter descriptions are for people: long enough for an exception's text, short enough to list.
 MAX_DESCRIPTION = 1024
-# Lock renewals in flight at once (each is one management request on Service Bus).
-_CONCURRENT_RENEWALS = 32
 RECEIVE_WAIT_SECONDS = 1.0
 LOCK_CHECK_INTERVAL_SECONDS = 5.0
 
@@ -250,7 +248,6 @@ class Consumer(Generic[P]):
         self._semaphore = asyncio.Semaphore(options.max_concurrency)
         self.paused_reason: str | None = None
         self._shortest_lock_seconds = float("inf")
-        self._renewals = asyncio.Semaphore(_CONCURRENT_RENEWALS)
         self._settled = Tally("tibridge.messages.settled", "Messages settled, by subscription and outcome")
         _IN_FLIGHT.watch(self._held, subscription=self.name)
         if isinstance(bus, CountsBacklog):
@@ -482,24 +479,31 @@ class Consumer(Generic[P]):
     async def _renew_locks(self, stop: asyncio.Event) -> None:
         """Renews a held message's lock once less than half of its lock period remains.
 
-        The check runs at least three times per the shortest lock period seen, and renewals go out
-        together, so a handler holding a large batch keeps every lock even with short lock durations.
+        The check runs at least three times per the shortest lock period seen, so a handler holding a large
+        batch keeps every lock even with short lock durations. Each receiver renews one lock at a time (receivers
+        side by side): with dozens of renewals in flight on one Service Bus SDK receiver its management link
+        failed ("Management Operation error occurred") and the receiver shut down, leaving its messages to lapse
+        (seen over the wire-level double with the publisher's batches); the SDK renews one lock per request.
         """
         while True:
             await asyncio.sleep(min(self._options.lock_check_interval_seconds, self._shortest_lock_seconds / 3))
             now = self._clock.now()
-            due = []
+            due: dict[int, list[tuple[int, InFlight[P]]]] = {}
             for key, item in list(self._in_flight.items()):
                 locked_until = item.message.locked_until
                 renewed_at = self._received_at.get(key)
                 if item.settled or locked_until is None or renewed_at is None:
                     continue
                 if (locked_until - now) * 2 < (locked_until - renewed_at):
-                    due.append((key, item))
-            await asyncio.gather(*(self._renew(key, item, now) for key, item in due))
+                    due.setdefault(id(item.receiver), []).append((key, item))
+            await asyncio.gather(*(self._renew(items, now) for items in due.values()))
 
-    async def _renew(self, key: int, item: InFlight[P], now: datetime) -> None:
-        async with self._renewals:
+    async def _renew(self, items: list[tuple[int, InFlight[P]]], now: datetime) -> None:
+        """Renews the locks of messages held through one receiver, one after another, soonest to lapse first."""
+        items.sort(key=lambda pair: pair[1].message.locked_until or now)
+        for key, item in items:
+            if item.settled:
+                continue
             try:
                 await item.receiver.renew_lock(item.message)
                 self._received_at[key] = now
