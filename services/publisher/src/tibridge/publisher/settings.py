@@ -142,12 +142,13 @@ class PublishingSettings(Section):
         "(the messages are completed).",
     )
     max_in_flight: int = Field(
-        5000,
+        3000,
         ge=1,
         le=20000,
-        description="Unsettled messages the publisher holds at most; at least the batch size, ideally several "
-        "times it: messages about one observable share its entry, so a full batch holds more messages than "
-        "observables, and the next batch gathers while one is delivered.",
+        description="Unsettled messages the publisher holds at most; at least the batch size, ideally twice the "
+        "messages of a full batch (the next gathers while one is delivered; messages about one observable share "
+        "its entry). On Service Bus the locks of held messages are renewed one request at a time, so many more "
+        "than this risk locks lapsing while ThreatStream is slow.",
     )
 
     @model_validator(mode="after")
