@@ -4,10 +4,12 @@ does not reach through the bus port (peek, the management fallback, released mes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 import threading
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,8 +19,8 @@ from azure.servicebus.aio import ServiceBusClient
 
 from tests.fixtures.servicebus import EMULATOR_CONFIG
 from tests.sbdouble import ServiceBusDouble
-from tibridge.common.bus.port import BusUnavailable, LockLost, OutgoingMessage
-from tibridge.common.bus.servicebus import ServiceBusBus
+from tibridge.common.bus.port import BusUnavailable, LockLost, OutgoingMessage, ReceivedMessage
+from tibridge.common.bus.servicebus import ServiceBusBus, ServiceBusSubscriptionReceiver
 from tibridge.common.topology import INDICATORS_TOPIC, SCORED_TOPIC, SCORER_SUBSCRIPTION
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -200,20 +202,30 @@ async def test_the_standalone_process_serves_until_sigterm() -> None:
             await process.wait()
 
 
+@contextlib.asynccontextmanager
+async def one_received(
+    double: ServiceBusDouble, message_id: str
+) -> AsyncIterator[tuple[ServiceBusSubscriptionReceiver, ReceivedMessage]]:
+    """A message received through the adapter, and the receiver it came through."""
+    bus = ServiceBusBus.from_connection_string(double.connection_string, operation_timeout=10)
+    try:
+        await bus.publish(INDICATORS_TOPIC, [OutgoingMessage(body=b"{}", message_id=message_id)])
+        async with bus.receiver(INDICATORS_TOPIC, SCORER_SUBSCRIPTION) as receiver:
+            [received] = await receiver.receive(max_messages=1, max_wait=5)
+            yield receiver, received
+    finally:
+        await bus.close()
+
+
 async def test_settling_through_a_receiver_that_shut_down_is_a_lost_lock_not_a_crash(
     sb_double: ServiceBusDouble,
 ) -> None:
     # The SDK raises ValueError for a message whose receiver has shut down (as after a failed link reopen); the
     # adapter must answer with the port's LockLost, which every consumer survives, and the message comes back.
-    bus = ServiceBusBus.from_connection_string(sb_double.connection_string, operation_timeout=10)
-    try:
-        await bus.publish(INDICATORS_TOPIC, [OutgoingMessage(body=b"{}", message_id="settled-too-late")])
-        async with bus.receiver(INDICATORS_TOPIC, SCORER_SUBSCRIPTION) as receiver:
-            [received] = await receiver.receive(max_messages=1, max_wait=5)
+    async with one_received(sb_double, "settled-too-late") as (receiver, received):
+        await receiver.close()
         with pytest.raises(LockLost, match="settled-too-late"):
             await receiver.complete(received)
-    finally:
-        await bus.close()
 
 
 async def test_a_broken_sdk_client_is_the_ports_bus_unavailable_not_a_crash(
@@ -221,17 +233,10 @@ async def test_a_broken_sdk_client_is_the_ports_bus_unavailable_not_a_crash(
 ) -> None:
     # Seen under load: once its AMQP layer broke, the SDK's handler answered settlements with a plain
     # AttributeError ("'NoneType' object has no attribute 'client_ready_async'"), which stopped the publisher.
-    bus = ServiceBusBus.from_connection_string(sb_double.connection_string, operation_timeout=10)
-    try:
-        await bus.publish(INDICATORS_TOPIC, [OutgoingMessage(body=b"{}", message_id="through-a-broken-client")])
-        async with bus.receiver(INDICATORS_TOPIC, SCORER_SUBSCRIPTION) as receiver:
-            [received] = await receiver.receive(max_messages=1, max_wait=5)
+    async def broken(*_: object, **__: object) -> None:
+        raise AttributeError("'NoneType' object has no attribute 'client_ready_async'")
 
-            async def broken(*_: object, **__: object) -> None:
-                raise AttributeError("'NoneType' object has no attribute 'client_ready_async'")
-
-            monkeypatch.setattr(receiver._receiver, "complete_message", broken)
-            with pytest.raises(BusUnavailable, match="the Service Bus client failed"):
-                await receiver.complete(received)
-    finally:
-        await bus.close()
+    async with one_received(sb_double, "through-a-broken-client") as (receiver, received):
+        monkeypatch.setattr(receiver._receiver, "complete_message", broken)
+        with pytest.raises(BusUnavailable, match="the Service Bus client failed"):
+            await receiver.complete(received)

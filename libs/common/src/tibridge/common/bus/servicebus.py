@@ -291,6 +291,8 @@ def _translated(operation: str) -> Iterator[None]:
     """The SDK's exceptions as the port's, each message saying what failed and what to check."""
     try:
         yield
+    except BusError:  # the adapter's own, already the port's
+        raise
     except MessageLockLostError:
         raise LockLost(f"{operation}: the lock expired or was lost; the message will be redelivered") from None
     except MessagingEntityNotFoundError:
