@@ -16,7 +16,6 @@ delivery count or the TTL) is counted lost: it would die with the process, so it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
@@ -389,11 +388,9 @@ class MemoryReceiver(ClosesOnExit):
             if to_expiry is not None:
                 remaining = min(remaining, to_expiry + 0.001)
             self._queue.arrived.clear()
-            if until is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._queue.arrived.wait(), timeout=remaining)
-            else:  # nothing is locked while waiting, so giving the wait up strands nothing
-                await first_of(self._queue.arrived.wait(), until.wait(), asyncio.sleep(remaining))
+            # Nothing is locked while waiting, so giving the wait up at `until` strands nothing.
+            stopped = [until.wait()] if until is not None else []
+            await first_of(self._queue.arrived.wait(), asyncio.sleep(remaining), *stopped)
 
     async def complete(self, message: ReceivedMessage) -> None:
         self._queue.complete(message)
