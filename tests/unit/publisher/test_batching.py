@@ -88,3 +88,21 @@ def test_drain_hands_out_every_batch_due_or_not() -> None:
 def test_a_batch_needs_room_and_time() -> None:
     with pytest.raises(ValueError, match="room"):
         Batcher(0, 10, AGE, QUIET)
+
+
+def test_only_observables_to_write_fill_a_batch_and_a_newer_payload_decides_whether_its_entry_counts() -> None:
+    batcher = a_batcher(observables=2, messages=10)
+    assert not batcher.add("expired-1", T0, "expire", 1, now=0.0, written=False)
+    assert not batcher.add("expired-2", T0, "expire", 2, now=0.0, written=False)
+    assert not batcher.add("k", T0, "publish", 3, now=0.0)
+    # The newer expiry of "k" takes its place in the batch: one observable to write fewer.
+    assert not batcher.add("k", T0 + timedelta(hours=1), "expire", 4, now=0.0, written=False)
+    assert not batcher.add("other", T0, "publish", 5, now=0.0)
+    # An older publication of "k" does not make it written again.
+    assert not batcher.add("k", T0, "publish", 6, now=0.0)
+    assert batcher.take(0.0, upstream_idle=False) is None
+    assert batcher.add("last", T0, "publish", 7, now=0.0)
+    batch = batcher.take(0.0, upstream_idle=False)
+    assert batch is not None
+    assert [entry.written for entry in batch.entries.values()] == [False, False, False, True, True]
+    assert batch.messages == 7

@@ -1,7 +1,9 @@
 """Gathering held messages into batches. Pure code: time is passed in.
 
-A batch gathers messages until it holds `max_observables` observables or `max_messages` messages (what the
-consumer may hold at once: it can give no more), or it is due: its oldest message has waited
+A batch gathers messages until it holds `max_observables` observables to write (an entry whose newest payload
+the caller says is `written`: what fills a ThreatStream request; an expiry of something we do not hold costs no
+request, so it does not fill a batch) or `max_messages` messages (what the consumer may hold at once: it can
+give no more), or it is due: its oldest message has waited
 `max_age` seconds (the latency bound while the upstream keeps producing), or the upstream is idle and nothing
 arrived for a quiet moment (so the last partial batch of a backfill, or of a `--once` run, goes at once). The
 caller says whether the upstream is idle; the batcher only knows arrivals.
@@ -32,12 +34,14 @@ class Entry(Generic[K, P, M]):
     payload: P
     order: datetime
     messages: list[M]
+    written: bool = True
 
 
 @dataclass
 class Batch(Generic[K, P, M]):
     entries: dict[K, Entry[K, P, M]] = field(default_factory=dict)
     messages: int = 0
+    written: int = 0  # entries whose newest payload is written
     started: float = 0.0
     last_arrival: float = 0.0
 
@@ -58,8 +62,9 @@ class Batcher(Generic[K, P, M]):
         """Messages waiting in open or sealed batches."""
         return sum(batch.messages for batch in (*self._sealed, *([self._open] if self._open else [])))
 
-    def add(self, key: K, order: datetime, payload: P, message: M, now: float) -> bool:
-        """Adds a message; True when that filled the batch (it is then sealed and `take` hands it out)."""
+    def add(self, key: K, order: datetime, payload: P, message: M, now: float, *, written: bool = True) -> bool:
+        """Adds a message (`written`: whether its payload, should it be the newest of its entry, is written);
+        True when that filled the batch (it is then sealed and `take` hands it out)."""
         batch = self._open
         if batch is None:
             batch = self._open = Batch(started=now)
@@ -67,12 +72,14 @@ class Batcher(Generic[K, P, M]):
         batch.messages += 1
         entry = batch.entries.get(key)
         if entry is None:
-            batch.entries[key] = Entry(key, payload, order, [message])
+            batch.entries[key] = Entry(key, payload, order, [message], written)
+            batch.written += written
         else:
             entry.messages.append(message)
             if order >= entry.order:
-                entry.payload, entry.order = payload, order
-        if len(batch.entries) >= self._max_observables or batch.messages >= self._max_messages:
+                batch.written += written - entry.written
+                entry.payload, entry.order, entry.written = payload, order, written
+        if batch.written >= self._max_observables or batch.messages >= self._max_messages:
             self._seal()
             return True
         return False

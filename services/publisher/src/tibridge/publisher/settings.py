@@ -88,7 +88,8 @@ class PublishingSettings(Section):
         1000,
         ge=1,
         le=10000,
-        description="Observables gathered into one batch (and one ThreatStream request) at most.",
+        description="Observables to write gathered into one batch (and one ThreatStream request) at most; expiries "
+        "of what ThreatStream holds nothing of ours for cost no request and do not count.",
     )
     batch_age_seconds: float = Field(
         120.0,
@@ -145,9 +146,9 @@ class PublishingSettings(Section):
         3000,
         ge=1,
         le=20000,
-        description="Unsettled messages the publisher holds at most; at least the batch size, ideally twice the "
-        "messages of a full batch (the next gathers while one is delivered; messages about one observable share "
-        "its entry). On Service Bus the locks of held messages are renewed one request at a time, so many more "
+        description="Unsettled messages the publisher holds at most, and so in one batch; at least the batch size, "
+        "ideally twice the messages of a full batch (the next gathers while one is delivered; messages about one "
+        "observable share its entry, and expiries come between the observables written). On Service Bus the locks of held messages are renewed one request at a time, so many more "
         "than this risk locks lapsing while ThreatStream is slow.",
     )
 

@@ -202,7 +202,12 @@ class Publisher:
             return
         opened = self._batcher.held == 0
         full = self._batcher.add(
-            scored.observable.key, scored.indicator.time_generated, scored, item, self._clock.monotonic()
+            scored.observable.key,
+            scored.indicator.time_generated,
+            scored,
+            item,
+            self._clock.monotonic(),
+            written=scored.verdict is Verdict.PUBLISH,
         )
         if full or opened:
             self._wake.set()
