@@ -25,7 +25,11 @@ from tibridge.common.topology import TOPOLOGY
 log = logging.getLogger(__name__)
 
 S = TypeVar("S", bound=ServiceSettings)
-IDLE_POLL_SECONDS = 0.2
+# Whether a consumer holds a message is looked at often (it costs nothing); the bus is asked whether anything
+# waits only once none does, at once the first time (the run ends as soon as it drained) and at most every
+# BUS_IDLE_POLL_SECONDS after (a peek per subscription on Service Bus).
+IDLE_POLL_SECONDS = 0.05
+BUS_IDLE_POLL_SECONDS = 0.2
 # Readiness asks the bus too (a peek on Service Bus): less often than idleness.
 READINESS_POLL_SECONDS = 1.0
 
@@ -68,10 +72,15 @@ async def build_pipeline(
     return {name: await spec.build(settings.services[name], bus, resources, clock) for name, spec in SERVICES.items()}
 
 
-async def is_idle(bus: Bus, services: Mapping[ServiceName, Service]) -> bool:
-    """No consumer holds a message (a batch being gathered counts as held) and nothing waits on any subscription."""
+def holding(services: Mapping[ServiceName, Service]) -> bool:
+    """Whether a consumer holds a message (a batch being gathered counts as held)."""
     consumers = [w for service in services.values() for w in service.workers if isinstance(w, Consumer)]
-    if any(consumer.in_flight for consumer in consumers):
+    return any(consumer.in_flight for consumer in consumers)
+
+
+async def is_idle(bus: Bus, services: Mapping[ServiceName, Service]) -> bool:
+    """No consumer holds a message and nothing waits on any subscription."""
+    if holding(services):
         return False
     # Upstream first: a consumer publishes its output before it completes its input, so work moving between
     # topics is always visible on one of them.
@@ -105,6 +114,7 @@ async def stop_when_done(
     checks = readiness_checks(list(services.values()))
     unready_since: float | None = None
     next_check = loop.time()
+    next_bus_look = loop.time()
     while not stop.is_set():
         now = loop.time()
         if now >= next_check:
@@ -124,7 +134,11 @@ async def stop_when_done(
                 )
                 stop.set()
                 return
-        if collector_done.is_set() and await is_idle(bus, services):
-            stop.set()
-            return
+        if not collector_done.is_set() or holding(services):
+            next_bus_look = now
+        elif now >= next_bus_look:
+            next_bus_look = now + BUS_IDLE_POLL_SECONDS
+            if await is_idle(bus, services):
+                stop.set()
+                return
         await asyncio.sleep(IDLE_POLL_SECONDS)
