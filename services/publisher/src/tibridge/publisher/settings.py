@@ -148,8 +148,9 @@ class PublishingSettings(Section):
         le=20000,
         description="Unsettled messages the publisher holds at most, and so in one batch; at least the batch size, "
         "ideally twice the messages of a full batch (the next gathers while one is delivered; messages about one "
-        "observable share its entry, and expiries come between the observables written). On Service Bus the locks of held messages are renewed one request at a time, so many more "
-        "than this risk locks lapsing while ThreatStream is slow.",
+        "observable share its entry, and expiries come between the observables written). On Service Bus the "
+        "locks of held messages are renewed one request at a time, so many more than this risk locks lapsing "
+        "while ThreatStream is slow.",
     )
 
     @model_validator(mode="after")
