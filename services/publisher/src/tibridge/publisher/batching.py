@@ -1,8 +1,8 @@
 """Gathering held messages into batches. Pure code: time is passed in.
 
 A batch gathers messages until it holds `max_observables` observables to write (an entry whose newest payload
-the caller says is `written`: what fills a ThreatStream request; an expiry of something we do not hold costs no
-request, so it does not fill a batch) or `max_messages` messages (what the consumer may hold at once: it can
+the caller says is `written`: what fills a ThreatStream request; an expiry is a request of its own by id, or
+none, so it does not fill a batch) or `max_messages` messages (what the consumer may hold at once: it can
 give no more), or it is due: its oldest message has waited
 `max_age` seconds (the latency bound while the upstream keeps producing), or the upstream is idle and nothing
 arrived for a quiet moment (so the last partial batch of a backfill, or of a `--once` run, goes at once). The

@@ -89,7 +89,7 @@ class PublishingSettings(Section):
         ge=1,
         le=10000,
         description="Observables to write gathered into one batch (and one ThreatStream request) at most; expiries "
-        "of what ThreatStream holds nothing of ours for cost no request and do not count.",
+        "do not count (each is a request of its own by id, or none when ThreatStream holds nothing of ours).",
     )
     batch_age_seconds: float = Field(
         120.0,
